@@ -1,0 +1,3 @@
+from embedstore.cli import main
+
+main()

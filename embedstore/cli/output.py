@@ -1,0 +1,71 @@
+"""Shared CLI output: a polars DataFrame (or dict) printed as a table, JSON, CSV or Parquet."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from typing import Any
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    parquet = "parquet"
+
+
+def emit(data: Any, fmt: Format | str = Format.table, title: str | None = None, out: str | None = None) -> None:
+    """Print `data` (a polars DataFrame, a dict or a list of dicts) in the chosen format."""
+    import polars as pl
+
+    fmt = Format(fmt)
+    if isinstance(data, dict) and fmt is not Format.table:
+        _write(json.dumps(data, indent=2, default=str), out)
+        return
+    if isinstance(data, dict):
+        data = pl.DataFrame({"key": list(data), "value": [str(v) for v in data.values()]})
+    if isinstance(data, list):
+        data = pl.DataFrame(data)
+    if fmt is Format.json:
+        _write(json.dumps(data.to_dicts(), indent=2, default=str), out)
+    elif fmt is Format.csv:
+        _write(data.write_csv(), out)
+    elif fmt is Format.parquet:
+        if out is None:
+            data.write_parquet(sys.stdout.buffer)
+        else:
+            data.write_parquet(out)
+    else:
+        print_table(data, title)
+
+
+def print_table(df, title: str | None = None, max_rows: int = 200) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for name in df.columns:
+        table.add_column(name, overflow="fold")
+    for row in df.head(max_rows).iter_rows():
+        table.add_row(*[_cell(v) for v in row])
+    console = Console()
+    console.print(table)
+    if df.height > max_rows:
+        console.print(f"... {df.height - max_rows} more rows (use --format csv for all)")
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _write(text: str, out: str | None) -> None:
+    if out is None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    else:
+        with open(out, "w") as fh:
+            fh.write(text)
