@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
+	sh scripts/install-chromium.sh
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

@@ -1,0 +1,22 @@
+#!/bin/sh
+# Install Debian's headless Chromium for the report browser test (tests/test_report_browser.py).
+# Does nothing when Chromium is already there; needs root and apt-get (Debian/Ubuntu images).
+set -eu
+if [ -x /usr/bin/chromium ]; then
+    exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-chromium: no apt-get here; the browser test will be skipped" >&2
+    exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+    echo "install-chromium: not root; the browser test will be skipped (run: sudo apt-get install -y chromium)" >&2
+    exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+# A failed install is not a failed test run: the browser test then skips and says why.
+if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null; }; then
+    echo "install-chromium: apt-get could not install chromium; the browser test will be skipped" >&2
+    exit 0
+fi
+echo "install-chromium: $(/usr/bin/chromium --version 2>/dev/null || echo installed)"
