@@ -1,0 +1,36 @@
+"""`embedstore synth`: phantom chest radiographs with known findings, in the Open-i layout."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from embedstore.cli import app
+from embedstore.cli.output import Format, emit
+
+
+@app.command("synth")
+def synth_command(
+    out: str = typer.Argument(..., help="New (or empty) folder to write the phantom data set to."),
+    studies: int = typer.Option(100, "--studies", "-n", help="Number of studies (two images each, some one)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives byte-identical files."),
+    size: int = typer.Option(256, "--size", help="Image side in pixels (default 256)."),
+    dicom: bool = typer.Option(False, "--dicom", help="Also write DICOM copies (MONOCHROME1/2, 12-16 bits) to OUT/dicom."),
+    labels_from: Optional[str] = typer.Option(None, "--labels-from", help="NLMCXR_reports.tgz: one phantom per real report, with its labels and text (ignores --studies)."),
+    workers: int = typer.Option(2, "--workers", help="Worker processes."),
+    fmt: Format = typer.Option(Format.table, "--format", help="Output format of the summary."),
+) -> None:
+    """Write phantom radiographs with known findings: Open-i XML reports, PNGs, boxes.csv, labels.csv."""
+    from dataclasses import asdict
+
+    from embedstore.synth import synth
+
+    summary = asdict(synth(out, studies=studies, seed=seed, size=size, dicom=dicom,
+                           labels_from=labels_from, workers=workers))
+    per = summary.pop("images_per_finding")
+    if fmt is Format.table:
+        emit(summary, fmt, title="synth")
+        emit([{"finding": k, "images": v} for k, v in per.items()], fmt, title="images per finding")
+    else:
+        emit({**summary, "images_per_finding": per}, fmt)
