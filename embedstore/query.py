@@ -1,0 +1,218 @@
+"""`embedstore query`: top-k images for a text, an image file or a stored image.
+
+A text equal to a stored prompt or an earlier query, or a finding name (its positive prompts
+averaged), is served from `text_embeddings` without importing torch. Only a new text (or
+`--image`) loads the model; a new text's embedding is cached for next time.
+
+`--where` filters *before* the search: the matching ids are selected in DuckDB and only
+those are searched (an IDSelector inside FAISS, or exact numpy over the subset), so k
+results come back whenever at least k rows match.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from embedstore.errors import InputError, StoreBusy
+
+
+def query(
+    text: str | None = None,
+    image: str | None = None,
+    like: str | None = None,
+    k: int = 10,
+    where: str | None = None,
+    version: str | None = None,
+    store: Any = None,
+):
+    """Top-k images as a polars DataFrame: rank, score, image_id, path, view, labels, id."""
+    from embedstore.store import Store
+
+    st = store if isinstance(store, Store) else Store(store)
+    given = [x is not None for x in (text, image, like)]
+    if sum(given) != 1:
+        raise InputError("give exactly one of TEXT, --image PATH or --like IMAGE_ID")
+    if k < 1:
+        raise InputError(f"-k must be at least 1, got {k}")
+    ver = st.resolve_version(version)
+    exclude: set[int] = set()
+    if text is not None:
+        q = text_vector(st, ver, text)
+    elif like is not None:
+        sid, q = _stored_image_vector(st, ver, like)
+        exclude.add(sid)
+    else:
+        q = _image_file_vector(st, ver, image)
+    ids, scores = search(st, ver, q, k, where=where, exclude=exclude)
+    return _describe(st, ids, scores)
+
+
+# ---- query vectors -----------------------------------------------------------------------
+def text_vector(st, version: str, text: str) -> np.ndarray:
+    """Stored text, else a finding name (mean of its positive prompts), else the model."""
+    vec = st.stored_text_vector(version, text)
+    if vec is not None:
+        return vec
+    vec = _finding_vector(st, version, text)
+    if vec is not None:
+        return vec
+    import polars as pl
+
+    loaded = load_version_model(st, version)
+    vec = np.asarray(loaded.encode_texts([text]), dtype=np.float32)[0]
+    try:  # cache it; a busy store only costs the cache
+        st.add_text_vectors(version, pl.DataFrame({"text": [text]}), vec[None, :])
+    except StoreBusy:
+        pass
+    return vec
+
+
+def _finding_vector(st, version: str, text: str) -> np.ndarray | None:
+    key = text.replace("_", " ").casefold().strip()
+    with st.connect() as con:
+        rows = con.sql(
+            """SELECT t.vector FROM text_embeddings t JOIN prompts p USING (text_hash)
+               WHERE t.version = ? AND p.polarity = 'positive'
+                 AND lower(replace(p.finding, '_', ' ')) = ?""",
+            params=[version, key],
+        ).fetchall()
+    if not rows:
+        return None
+    v = np.asarray([r[0] for r in rows], dtype=np.float32).mean(axis=0)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+def _stored_image_vector(st, version: str, image_id: str) -> tuple[int, np.ndarray]:
+    from embedstore.store.store import first
+
+    with st.connect() as con:
+        row = first(con.sql(
+            """SELECT i.id, e.vector FROM images i LEFT JOIN image_embeddings e
+                 ON e.id = i.id AND e.version = ? WHERE i.image_id = ?""",
+            params=[version, image_id],
+        ))
+    if row is None:
+        raise InputError(f"--like: no image {image_id!r} in the store; see `embedstore sql \"SELECT image_id FROM images\"`")
+    if row[1] is None:
+        raise InputError(f"--like: image {image_id!r} has no embedding in version {version} (see the errors table)")
+    return int(row[0]), np.asarray(row[1], dtype=np.float32)
+
+
+def _image_file_vector(st, version: str, path: str) -> np.ndarray:
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise InputError(f"--image: no file {path}")
+    from embedstore.data.images import read_image
+
+    loaded = load_version_model(st, version)
+    import torch
+
+    with torch.inference_mode():
+        x = loaded.preprocess(read_image(path).convert("RGB")).unsqueeze(0)
+        return np.asarray(loaded.encode_images(x), dtype=np.float32)[0]
+
+
+def load_version_model(st, version: str):
+    """The model that made `version`, through the registry (name and pretrained of its record)."""
+    from embedstore.models import load_model
+
+    info = st.version_info(version)
+    rec = info["model_record"] or {}
+    pretrained = rec.get("pretrained") or rec.get("source_pretrained")
+    precision = info.get("dtype") or "fp32"
+    return load_model(rec.get("name", info["model_name"]), pretrained=pretrained, device="cpu",
+                      precision="fp32" if precision not in ("fp32", "fp16", "bf16") else precision)
+
+
+# ---- search ------------------------------------------------------------------------------
+def matching_ids(st, version: str, where: str | None) -> np.ndarray:
+    """Ids encoded in `version` whose images (and labels_wide columns) satisfy `where`."""
+    import duckdb
+
+    sql = "SELECT e.id FROM image_embeddings e WHERE e.version = ?"
+    if where:
+        sql = (
+            "SELECT e.id FROM image_embeddings e JOIN images i ON i.id = e.id "
+            "LEFT JOIN (SELECT * EXCLUDE (image_id) FROM labels_wide) lw ON lw.id = e.id "
+            f"WHERE e.version = ? AND ({where})"
+        )
+    with st.connect() as con:
+        try:
+            rows = con.sql(sql + " ORDER BY e.id", params=[version]).fetchnumpy()
+        except duckdb.Error as err:
+            raise InputError(f"--where {where!r}: {str(err).splitlines()[0]}") from None
+    return np.asarray(rows["id"], dtype=np.int64)
+
+
+def search(st, version: str, q: np.ndarray, k: int, where: str | None = None,
+           exclude: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, scores) of the top-k inner products, best first, over the filtered ids."""
+    from embedstore.store import index as idx
+
+    exclude = exclude or set()
+    subset = None
+    if where or exclude:
+        subset = matching_ids(st, version, where)
+        if exclude:
+            subset = subset[~np.isin(subset, list(exclude))]
+        if len(subset) == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    want = k if subset is None else min(k, len(subset))
+    index = _index(st, version)
+    if index is not None:
+        scores, ids = idx.search(index, q, k, subset=subset)
+        ids, scores = ids[0], scores[0]
+        keep = ids >= 0
+        ids, scores = ids[keep], scores[keep]
+        total = index.ntotal if subset is None else len(subset)
+        if len(ids) >= min(want, total):  # HNSW may return fewer under a tight filter
+            return ids, scores
+    return exact_search(st, version, q, k, subset)
+
+
+def exact_search(st, version: str, q: np.ndarray, k: int, subset: np.ndarray | None):
+    """Exact top-k over DuckDB's vectors (the subset only, when given)."""
+    if subset is None:
+        ids, X = st.image_vectors(version)
+    else:
+        ids, X = st.image_vectors_for(version, subset)
+    s = X @ np.asarray(q, dtype=np.float32).ravel()
+    k = min(k, len(s))
+    top = np.argpartition(-s, k - 1)[:k] if k else np.zeros(0, np.int64)
+    top = top[np.lexsort((ids[top], -s[top]))]
+    return ids[top], s[top]
+
+
+def _index(st, version: str):
+    """The current index; rebuilt if stale and the store is free, else None (exact search)."""
+    index = st.load_index(version)
+    if index is not None:
+        return index
+    try:
+        st.rebuild_index(version)
+    except StoreBusy:
+        return None
+    return st.load_index(version)
+
+
+def _describe(st, ids: np.ndarray, scores: np.ndarray):
+    import polars as pl
+
+    hits = pl.DataFrame({"rank": np.arange(1, len(ids) + 1), "score": np.asarray(scores, np.float32),
+                         "id": np.asarray(ids, np.int64)})
+    with st.connect() as con:
+        con.register("hits", hits)
+        try:
+            out = con.sql(
+                """SELECT h.rank, h.score, i.image_id, i.path, i.view,
+                          coalesce(string_agg(l.finding, ', ' ORDER BY l.finding) FILTER (WHERE l.value = 1), '') AS labels,
+                          h.id
+                   FROM hits h JOIN images i ON i.id = h.id LEFT JOIN labels l ON l.id = h.id
+                   GROUP BY h.rank, h.score, i.image_id, i.path, i.view, h.id ORDER BY h.rank"""
+            ).pl()
+        finally:
+            con.unregister("hits")
+    return out

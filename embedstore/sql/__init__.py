@@ -1,0 +1,1 @@
+"""Named SQL queries, run with `embedstore sql --file NAME`."""

@@ -1,0 +1,123 @@
+"""FAISS index files: build, atomic write, checksum, load and (filtered) search.
+
+The index is derived data: DuckDB's `image_embeddings` is the source of truth, and an index
+whose recorded checksum or count disagrees with it is rebuilt. ids are `images.id`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+# Exact inner product up to this many vectors; HNSW above (build time grows, search stays fast).
+FLAT_MAX = 200_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 512
+
+
+def build(ids: np.ndarray, X: np.ndarray, kind: str = "auto"):
+    """An `IndexIDMap2` over flat inner product (or HNSW when `kind`='hnsw' or large)."""
+    import faiss
+
+    n, d = X.shape if X.ndim == 2 else (0, 0)
+    if kind == "auto":
+        kind = "hnsw" if n > FLAT_MAX else "flat"
+    if kind == "hnsw":
+        inner = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        inner.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        inner = faiss.IndexFlatIP(d)
+    index = faiss.IndexIDMap2(inner)
+    if n:
+        index.add_with_ids(np.ascontiguousarray(X, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    return index
+
+
+def kind_of(index) -> str:
+    import faiss
+
+    inner = faiss.downcast_index(index.index)
+    return "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
+
+
+def write_atomic(index, path: Path) -> str:
+    """Write to a temporary file in the same folder, fsync, rename; return the sha256."""
+    import faiss
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(path.name + ".tmp*"):  # left by a killed writer
+        stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        faiss.write_index(index, tmp)
+        checksum = file_checksum(Path(tmp))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return checksum
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_checksum(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def load(path: Path):
+    import faiss
+
+    return faiss.read_index(str(path))
+
+
+def index_ids(index) -> np.ndarray:
+    """The int64 ids an `IndexIDMap2` holds, in insertion order."""
+    import faiss
+
+    return faiss.vector_to_array(index.id_map).astype(np.int64)
+
+
+def search(index, q: np.ndarray, k: int, subset: np.ndarray | None = None):
+    """Top-k inner products for queries `q` [nq, d]; `subset`: only these ids are eligible.
+
+    Returns (scores [nq, k'], ids [nq, k']) with k' = min(k, eligible); -1 ids are dropped
+    by the caller. The filter is applied *inside* the search (an IDSelector), so a filter
+    never silently returns fewer than k when k rows match on a flat index; for HNSW the
+    caller checks and falls back to exact search (see `embedstore.query`).
+    """
+    import faiss
+
+    q = np.ascontiguousarray(np.atleast_2d(q), dtype=np.float32)
+    n = index.ntotal if subset is None else len(subset)
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    if subset is None:
+        return index.search(q, k)
+    sel = faiss.IDSelectorBatch(np.ascontiguousarray(subset, dtype=np.int64))
+    if kind_of(index) == "hnsw":
+        params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, 4 * k))
+    else:
+        params = faiss.SearchParameters(sel=sel)
+    return index.search(q, k, params=params)

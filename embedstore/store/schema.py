@@ -1,0 +1,98 @@
+"""The store's DuckDB schema: every table in docs/architecture.md, created idempotently.
+
+Vectors are `FLOAT[]` (a list) rather than `FLOAT[d]` because one table holds every
+version and versions may differ in dimension; `versions.dim` records each one's width.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+TABLES = """
+CREATE SEQUENCE IF NOT EXISTS images_id_seq START 1;
+CREATE TABLE IF NOT EXISTS images (
+    id BIGINT PRIMARY KEY,
+    image_id TEXT UNIQUE NOT NULL,
+    path TEXT, content_hash TEXT, study_id TEXT, patient_id TEXT, view TEXT, projection TEXT,
+    split TEXT, source TEXT, findings TEXT, impression TEXT, width INTEGER, height INTEGER
+);
+CREATE TABLE IF NOT EXISTS labels (id BIGINT NOT NULL, finding TEXT NOT NULL, value TINYINT,
+    PRIMARY KEY (id, finding));
+CREATE TABLE IF NOT EXISTS boxes (
+    image_id TEXT, finding TEXT, x_min DOUBLE, y_min DOUBLE, x_max DOUBLE, y_max DOUBLE,
+    reader TEXT, width INTEGER, height INTEGER
+);
+CREATE TABLE IF NOT EXISTS models (name TEXT PRIMARY KEY, record JSON);
+CREATE TABLE IF NOT EXISTS versions (
+    version TEXT PRIMARY KEY, parent TEXT, model_name TEXT, model_record JSON, record_hash TEXT,
+    preprocess JSON, dtype TEXT, normalized BOOLEAN, dim INTEGER, logit_scale DOUBLE,
+    count BIGINT DEFAULT 0, index_file TEXT, index_checksum TEXT, index_count BIGINT,
+    code_version TEXT, created TIMESTAMP, kind TEXT
+);
+CREATE TABLE IF NOT EXISTS image_embeddings (
+    version TEXT NOT NULL, id BIGINT NOT NULL, content_hash TEXT, vector FLOAT[] NOT NULL,
+    PRIMARY KEY (version, id)
+);
+CREATE TABLE IF NOT EXISTS prompts (
+    finding TEXT NOT NULL, polarity TEXT NOT NULL, template TEXT, text TEXT NOT NULL,
+    text_hash TEXT NOT NULL, PRIMARY KEY (finding, polarity, text)
+);
+CREATE TABLE IF NOT EXISTS text_embeddings (
+    version TEXT NOT NULL, text_hash TEXT NOT NULL, text TEXT, vector FLOAT[] NOT NULL,
+    PRIMARY KEY (version, text_hash)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, kind TEXT, version TEXT, config JSON, config_hash TEXT,
+    code_version TEXT, started TIMESTAMP, duration_s DOUBLE
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT, finding TEXT, metric TEXT, value DOUBLE, lo DOUBLE, hi DOUBLE
+);
+CREATE TABLE IF NOT EXISTS image_scores (run_id TEXT, id BIGINT, finding TEXT, score DOUBLE, pred DOUBLE);
+CREATE TABLE IF NOT EXISTS projections (run_id TEXT, method TEXT, id BIGINT, x DOUBLE, y DOUBLE);
+CREATE TABLE IF NOT EXISTS errors (
+    version TEXT, image_id TEXT, path TEXT, stage TEXT, reason TEXT, time TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+# Friendly views for SQL. `labels_wide` is rebuilt by `labels_wide_sql` whenever labels change,
+# because DuckDB views cannot PIVOT on values discovered at query time.
+VIEWS = """
+CREATE OR REPLACE VIEW embeddings AS
+    SELECT e.version, i.*, e.vector FROM image_embeddings e JOIN images i USING (id);
+CREATE OR REPLACE VIEW positives AS
+    SELECT i.image_id, l.* FROM labels l JOIN images i USING (id) WHERE l.value = 1;
+CREATE OR REPLACE VIEW version_counts AS
+    SELECT v.version, v.parent, v.kind, v.model_name, v.dim,
+           (SELECT count(*) FROM image_embeddings e WHERE e.version = v.version) AS images,
+           (SELECT count(*) FROM text_embeddings t WHERE t.version = v.version) AS texts,
+           (SELECT count(*) FROM errors r WHERE r.version = v.version) AS errors,
+           v.created
+    FROM versions v;
+"""
+
+# Tables whose rows belong to one analysis run (`write_run` fills these, adding run_id).
+RUN_TABLES = ("metrics", "image_scores", "projections")
+
+
+def quote_ident(name: str) -> str:
+    """A SQL identifier for any finding name (quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def labels_wide_sql(findings: list[str]) -> str:
+    """`labels_wide`: one row per image (image_id, id, then one column per finding)."""
+    if not findings:
+        return "CREATE OR REPLACE VIEW labels_wide AS SELECT id, image_id FROM images"
+    cols = ", ".join(
+        f"max(l.value) FILTER (WHERE l.finding = {quote_literal(f)}) AS {quote_ident(f)}" for f in findings
+    )
+    return (
+        "CREATE OR REPLACE VIEW labels_wide AS SELECT i.id, i.image_id, "
+        f"{cols} FROM images i LEFT JOIN labels l USING (id) GROUP BY i.id, i.image_id"
+    )
