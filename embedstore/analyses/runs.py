@@ -1,0 +1,148 @@
+"""Analysis runs: reuse a stored run with the same config unless forced; time and store new ones.
+
+A run's config holds every parameter plus a fingerprint of the data it read (image ids, their
+labels and splits, and the prompt texts where used), so a changed label or split never reuses
+a stale result. `--force` recomputes and *replaces* the stored run of that config (its rows are
+deleted after the new run is written, so nothing is ever half-written).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from embedstore.errors import InputError
+
+# Result tables the analyses write beyond the store's own (metrics, image_scores, projections).
+# TODO(store): move these two into embedstore/store/schema.py; until then they are created here.
+EXTRA_TABLES = """
+CREATE TABLE IF NOT EXISTS probe_weights (run_id TEXT, finding TEXT, intercept DOUBLE, coef FLOAT[]);
+CREATE TABLE IF NOT EXISTS cooccurrence (run_id TEXT, predicted TEXT, present TEXT, rate DOUBLE, n BIGINT);
+"""
+
+
+@dataclass
+class VersionData:
+    """Everything an analysis reads from the store for one version."""
+
+    version: str
+    findings: list[str]
+    ids: np.ndarray  # int64 [n]
+    X: np.ndarray  # float32 [n, d], unit rows
+    Y: np.ndarray  # float32 [n, F]: 1 / 0 / -1 / NaN
+    split: np.ndarray  # object [n]: "train" / "val" / "test" / None
+    logit_scale: float
+
+    def mask(self, name: str) -> np.ndarray:
+        return self.split == name
+
+    def fingerprint(self) -> str:
+        """Hash of what the results depend on besides the vectors (fixed by the version)."""
+        h = hashlib.sha256()
+        h.update(self.ids.tobytes())
+        h.update(np.ascontiguousarray(self.Y).tobytes())
+        h.update("\x00".join(str(s) for s in self.split).encode())
+        h.update("\x00".join(self.findings).encode())
+        return h.hexdigest()[:16]
+
+
+def load_data(store, version: str | None = None, where: str | None = None, findings: list[str] | None = None) -> VersionData:
+    """Vectors, labels and splits of `version` (latest when None), optionally only the images
+    matching the SQL predicate `where` over `images` columns (e.g. "view = 'frontal'")."""
+    version = store.resolve_version(version)
+    info = store.version_info(version)
+    ids, X = store.image_vectors(version)
+    meta = store.images(where).select("id", "split")
+    if where:
+        keep = np.isin(ids, meta["id"].to_numpy())
+        ids, X = ids[keep], X[keep]
+    split_of = dict(zip(meta["id"].to_list(), meta["split"].to_list()))
+    split = np.array([split_of.get(int(i)) for i in ids], dtype=object)
+    findings = store.findings() if findings is None else list(findings)
+    if not findings:
+        raise InputError(f"store {store.path} has no labels; encode a data set with labels first")
+    if not len(ids):
+        raise InputError(f"version {version} has no image vectors{' matching ' + repr(where) if where else ''}")
+    Y = store.label_matrix(ids, findings)
+    scale = info.get("logit_scale")
+    return VersionData(version, findings, ids, X, Y, split, float(scale) if scale is not None else 100.0)
+
+
+def require_split(data: VersionData, name: str, purpose: str) -> np.ndarray:
+    m = data.mask(name)
+    if not m.any():
+        present = sorted({str(s) for s in data.split})
+        raise InputError(f"no image of version {data.version} is in split {name!r} (needed {purpose}); splits present: {', '.join(present)}")
+    return m
+
+
+@dataclass
+class RunResult:
+    """One stored analysis run and its result tables (as stored, without run_id)."""
+
+    run_id: str
+    kind: str
+    version: str
+    config: dict
+    reused: bool
+    duration_s: float
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> pl.DataFrame:
+        return self.tables.get("metrics", pl.DataFrame())
+
+    def overall(self) -> dict[str, float]:
+        """Overall metrics (finding NULL) as a dict."""
+        m = self.metrics.filter(pl.col("finding").is_null())
+        return dict(zip(m["metric"].to_list(), m["value"].to_list()))
+
+
+def ensure_tables(store) -> None:
+    with store.connect(write=True) as con:
+        con.execute(EXTRA_TABLES)
+
+
+def _load_tables(store, run_id: str, names) -> dict[str, pl.DataFrame]:
+    out = {}
+    with store.connect() as con:
+        have = {r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
+        for name in names:
+            if name in have:
+                out[name] = con.sql(f"SELECT * EXCLUDE (run_id) FROM {name} WHERE run_id = ?", params=[run_id]).pl()
+    return out
+
+
+def cached_run(store, kind: str, version: str, config: dict, compute: Callable[[], dict[str, pl.DataFrame]],
+               force: bool = False, tables: tuple[str, ...] = ("metrics",)) -> RunResult:
+    """Reuse the stored run of (kind, version, config) unless `force`; else compute, time and store it.
+
+    `tables` names the result tables to read back when a run is reused.
+    """
+    old = store.find_run(kind, version, config)
+    if old is not None and not force:
+        row = store.runs().filter(pl.col("run_id") == old)
+        duration = float(row["duration_s"][0]) if row.height else float("nan")
+        return RunResult(old, kind, version, config, True, duration, _load_tables(store, old, tables))
+    started = _dt.datetime.now()
+    t0 = time.perf_counter()
+    result = compute()
+    duration = time.perf_counter() - t0
+    if any(name in result for name in ("probe_weights", "cooccurrence")):
+        ensure_tables(store)
+    run_id = store.write_run(kind, version, config, started, duration, result)
+    if old is not None:
+        store.delete_run(old)  # replaced by the forced recomputation
+    return RunResult(run_id, kind, version, config, False, duration, result)
+
+
+def runs(store, kind: str | None = None) -> pl.DataFrame:
+    """Every stored run (newest first), optionally of one kind."""
+    df = store.runs()
+    return df.filter(pl.col("kind") == kind) if kind else df

@@ -1,0 +1,103 @@
+"""Zero-shot rules on synthetic stored vectors (clustered images + prompt vectors)."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from embedstore.analyses import metrics as mt
+from embedstore.analyses import synthetic
+from embedstore.analyses import zeroshot as zs
+
+
+@pytest.fixture(scope="module")
+def syn():
+    return synthetic.make(n=3000, n_findings=6, d=48, seed=1)
+
+
+def _run(syn, rule, templates="ensemble", calibrate=False):
+    pv = zs.prompt_vectors(syn.texts, syn.M, syn.findings, templates)
+    S = zs.scores(syn.X, pv, rule, syn.logit_scale)
+    thr = None
+    if calibrate:
+        va = syn.split == "val"
+        Y01, known = mt.apply_policy(syn.Y[va])
+        thr = zs.calibrate_thresholds(Y01, known, S[va])
+    te = syn.split == "test"
+    P = zs.predict(S[te], rule, thr)
+    return mt.evaluate(syn.Y[te], S[te], P, syn.findings, n_boot=0), S, P
+
+
+def test_raw_dot_overpredicts(syn):
+    table, S, P = _run(syn, "raw-dot", "single")
+    te = syn.split == "test"
+    over = 0
+    for j, f in enumerate(syn.findings):
+        keep = np.isfinite(syn.Y[te, j]) & (syn.Y[te, j] != -1)
+        prevalence = (syn.Y[te, j][keep] == 1).mean()
+        rate = P[keep, j].mean()
+        assert mt.metric_value(table, "pred_rate", f) == pytest.approx(rate)
+        over += rate > prevalence
+    assert over >= len(syn.findings) - 1
+
+
+def test_raw_dot_is_cosine_sign_and_cosine_at_half_makes_the_same_decisions(syn):
+    pv = zs.prompt_vectors(syn.texts, syn.M, syn.findings, "single")
+    raw = zs.scores(syn.X, pv, "raw-dot", syn.logit_scale)
+    assert np.array_equal(zs.default_predictions(raw, "raw-dot"), (syn.X @ pv.positive.T > 0).astype(np.int8))
+    cos = zs.scores(syn.X, pv, "cosine", syn.logit_scale)
+    assert np.array_equal(zs.default_predictions(cos, "cosine"), zs.default_predictions(raw, "raw-dot"))
+
+
+def test_calibrated_pos_neg_beats_raw_dot_macro_f1(syn):
+    raw, _, _ = _run(syn, "raw-dot", "single")
+    posneg, _, _ = _run(syn, "pos-neg", "ensemble", calibrate=True)
+    assert mt.metric_value(posneg, "macro_f1_masked") > mt.metric_value(raw, "macro_f1_masked")
+
+
+def test_softmax_predicts_the_top_finding_and_sums_to_one(syn):
+    pv = zs.prompt_vectors(syn.texts, syn.M, syn.findings)
+    S = zs.scores(syn.X[:50], pv, "softmax", syn.logit_scale)
+    assert np.allclose(S.sum(axis=1), 1.0)
+    P = zs.default_predictions(S, "softmax")
+    assert (P.sum(axis=1) == 1).all() and (P.argmax(axis=1) == S.argmax(axis=1)).all()
+
+
+def test_pos_neg_is_softmax_over_the_two_prompts(syn):
+    pv = zs.prompt_vectors(syn.texts, syn.M, syn.findings)
+    S = zs.scores(syn.X[:20], pv, "pos-neg", syn.logit_scale)
+    zp, zn = syn.logit_scale * syn.X[:20] @ pv.positive.T, syn.logit_scale * syn.X[:20] @ pv.negative.T
+    expected = np.exp(zp) / (np.exp(zp) + np.exp(zn))
+    assert np.allclose(S, expected, atol=1e-6)
+
+
+def test_ensemble_is_renormalised_mean_and_single_picks_preferred_template(syn):
+    pv = zs.prompt_vectors(syn.texts, syn.M, syn.findings, "ensemble")
+    rows = (syn.texts["finding"] == syn.findings[2]) & (syn.texts["polarity"] == "positive")
+    v = syn.M[rows.to_numpy()].mean(axis=0)
+    assert np.allclose(pv.positive[2], v / np.linalg.norm(v), atol=1e-6)
+    tpl = syn.texts.filter(rows)["template"][1]
+    single = zs.prompt_vectors(syn.texts, syn.M, syn.findings, "single", {"positive": tpl})
+    idx = np.flatnonzero(rows.to_numpy())[1]
+    assert np.allclose(single.positive[2], syn.M[idx], atol=1e-6)
+
+
+def test_calibrated_threshold_maximises_f1_on_its_split(syn):
+    pv = zs.prompt_vectors(syn.texts, syn.M, syn.findings)
+    va = syn.split == "val"
+    S = zs.scores(syn.X[va], pv, "pos-neg", syn.logit_scale)
+    Y01, known = mt.apply_policy(syn.Y[va])
+    thr = zs.calibrate_thresholds(Y01, known, S)
+    for j in range(2):
+        y, s = Y01[known[:, j], j], S[known[:, j], j]
+        best = max(f1_score(y, s >= t) for t in np.unique(s))  # brute force over every cut
+        assert f1_score(y, s >= thr[j]) == pytest.approx(best)
+
+
+def test_bad_rule_and_missing_prompts_are_one_line_errors(syn):
+    from embedstore.errors import InputError
+
+    pv = zs.prompt_vectors(syn.texts, syn.M, syn.findings)
+    with pytest.raises(InputError, match="raw-dot"):
+        zs.scores(syn.X, pv, "dot", syn.logit_scale)
+    with pytest.raises(InputError, match="no positive prompt embedding for Cardiomegaly"):
+        zs.prompt_vectors(syn.texts, syn.M, ["Cardiomegaly"])
