@@ -1,0 +1,216 @@
+"""`embedstore explain` and `embedstore agreement` wired to the store.
+
+Targets per version: "zeroshot" reads the version's stored prompt embeddings; "probe" reads the
+latest stored logistic-regression probe of the version (`probe_weights`); "finetuned" needs the
+fine-tuned model's classifier head (see `finetuned_target`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from embedstore.errors import EmbedstoreError, InputError
+
+TARGETS = ("zeroshot", "probe", "finetuned")
+
+
+def _open(store):
+    from embedstore.api import Store
+
+    return store if hasattr(store, "resolve_version") else Store(store)
+
+
+def _image_rows(st, image_ids: list[str]):
+    """images rows (image_id, path, width, height) for the ids; InputError naming unknown ones."""
+    import polars as pl
+
+    want = pl.DataFrame({"image_id": pl.Series(sorted(set(image_ids)), dtype=pl.String)})
+    with st.connect() as con:
+        con.register("ex_want", want)
+        try:
+            rows = con.sql("SELECT i.image_id, i.path, i.width, i.height FROM images i JOIN ex_want USING (image_id)").pl()
+        finally:
+            con.unregister("ex_want")
+    missing = sorted(set(want["image_id"].to_list()) - set(rows["image_id"].to_list()))
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise InputError(f"image id(s) {', '.join(map(repr, missing[:3]))}{more} not in store {st.path}; "
+                         "check the id or encode the data set first")
+    no_file = rows.filter(pl.col("path").is_null())
+    if no_file.height:
+        raise InputError(f"image {no_file['image_id'][0]!r} has no image file in the store; cannot explain it")
+    return rows
+
+
+def build_target(st, version: str, kind: str, finding: str, loaded=None):
+    """The Grad-CAM target of `kind` for `finding` on `version`."""
+    from embedstore.explain import targets
+
+    if kind == "zeroshot":
+        prompts, M = st.text_vectors(version)
+        return targets.zeroshot_target(finding, prompts, M, version=version)
+    if kind == "probe":
+        return targets.probe_target(finding, _probe_weights(st, version))
+    if kind == "finetuned":
+        return finetuned_target(st, version, finding, loaded)
+    raise InputError(f"unknown target {kind!r}; choose one of {', '.join(TARGETS)}")
+
+
+def _probe_weights(st, version: str):
+    with st.connect() as con:
+        have = {r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "probe_weights" not in have:
+            raise InputError(f"no stored probe for version {version}; run `embedstore probe --version {version}` first")
+        return con.sql(
+            """SELECT w.finding, w.intercept, w.coef FROM probe_weights w JOIN runs r USING (run_id)
+               WHERE r.version = ? AND r.kind = 'probe' ORDER BY r.started, w.finding""", params=[version]
+        ).pl()
+
+
+def finetuned_target(st, version: str, finding: str, loaded=None):
+    """The fine-tuned head's logit. Needs the fine-tune checkpoint loader, not in place yet."""
+    raise EmbedstoreError(
+        f"--target finetuned is not wired to the store yet (version {version}); "
+        "use the Python API: HeadTarget(finding, classifier.head, index) with explain_images"
+    )
+
+
+def _load_model(st, version: str):
+    from embedstore.query import load_version_model
+
+    return load_version_model(st, version)
+
+
+def explain(image_id: str, finding: str, target: str = "zeroshot", version: str | None = None,
+            method: str = "gradcam", layer: str | None = None, out: str | None = None, store=None,
+            colormap: str = "jet", loaded=None) -> dict:
+    """Explain one image for one finding; write the overlay PNG on the original image.
+
+    Returns a summary dict (image, finding, target, method, layer, peak in original pixels,
+    whether the heatmap came from the cache, the PNG written)."""
+    from embedstore.explain.cache import HeatmapCache, cached_heatmaps
+    from embedstore.explain.heatmaps import _read, method_class
+    from embedstore.explain.layers import resolve_layer
+    from embedstore.explain.overlay import write_overlay
+
+    method_class(method)
+    st = _open(store)
+    version = st.resolve_version(version)
+    row = _image_rows(st, [image_id]).row(0, named=True)
+    loaded = loaded or _load_model(st, version)
+    tgt = build_target(st, version, target, finding, loaded)
+    cache = HeatmapCache(st.path / "heatmaps")
+    layer_name = resolve_layer(loaded.model, layer).name
+    before = cache.get(_key(version, tgt, method, layer_name, image_id))
+    hm = cached_heatmaps(loaded, [(image_id, row["path"])], tgt, cache, version, method, layer_name)[image_id]
+    original = hm.original()
+    boxes = _boxes_of(st, image_id, finding)
+    out = Path(out or f"explain-{_slug(image_id)}-{_slug(finding)}-{_slug(method)}.png")
+    write_overlay(out, _read(row["path"]), original, boxes, hm.geometry.visible_box(), colormap)
+    py, px = np.unravel_index(int(np.argmax(original)), original.shape)
+    return {"image_id": image_id, "finding": finding, "target": target, "version": version, "method": method,
+            "layer": layer_name, "peak_x": int(px), "peak_y": int(py), "boxes": len(boxes),
+            "cached": before is not None, "out": str(out)}
+
+
+def _key(version, tgt, method, layer_name, image_id):
+    from embedstore.explain.cache import HeatmapKey
+
+    return HeatmapKey(version, tgt.cache_id, method.lower(), layer_name, tgt.finding, image_id)
+
+
+def _boxes_of(st, image_id: str, finding: str) -> list[tuple]:
+    try:
+        df = st.boxes()
+    except Exception:  # noqa: BLE001 - a store without boxes still gets its overlay
+        return []
+    df = df.filter((df["image_id"] == image_id) & (df["finding"] == finding))
+    return [tuple(r) for r in df.select("x_min", "y_min", "x_max", "y_max").iter_rows()]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text))
+
+
+class _LazyOriginal(Mapping):
+    """(image_id, finding) -> original-frame heatmap, mapped on access (keeps memory small)."""
+
+    def __init__(self, maps: dict):
+        self.maps = maps
+
+    def __getitem__(self, key):
+        return self.maps[key].original()
+
+    def __iter__(self):
+        return iter(self.maps)
+
+    def __len__(self):
+        return len(self.maps)
+
+
+def read_box_file(path: str, box_format: str = "auto"):
+    if not Path(path).is_file():
+        raise InputError(f"--boxes: no file {path}")
+    try:
+        from embedstore.data.datasets import read_boxes
+    except ImportError:
+        raise EmbedstoreError("reading box files needs embedstore.data.datasets.read_boxes (not installed yet)") from None
+    return read_boxes(path, box_format=box_format)
+
+
+def agreement(boxes: str | None = None, box_format: str = "auto", target: str = "zeroshot",
+              version: str | None = None, method: str = "gradcam", layer: str | None = None,
+              threshold: str = "top:0.15", store=None, batch_size: int = 16, n_boot: int = 1000,
+              seed: int = 0, force: bool = False, loaded=None):
+    """Heatmap-box agreement for every annotated (image, finding); stored as an `agreement` run.
+
+    Boxes come from `boxes` (a file) or else the store's boxes table. Returns (summary, per_item)
+    where per_item is None when a stored run with the same config was reused.
+    """
+    import polars as pl
+
+    from embedstore.analyses.runs import cached_run
+    from embedstore.explain import agreement as agr
+    from embedstore.explain.cache import HeatmapCache, cached_heatmaps
+    from embedstore.explain.heatmaps import method_class
+    from embedstore.explain.layers import resolve_layer
+
+    thr = agr.Threshold.parse(threshold)  # bad options fail before the store is opened
+    method_class(method)
+    st = _open(store)
+    version = st.resolve_version(version)
+    box_df = read_box_file(boxes, box_format) if boxes else st.boxes()
+    if box_df.height == 0:
+        raise InputError("no boxes: pass --boxes FILE or load boxes into the store")
+    agr._checked_boxes(box_df)
+    rows = _image_rows(st, box_df["image_id"].cast(pl.String).to_list())
+    paths = dict(zip(rows["image_id"].to_list(), rows["path"].to_list()))
+    loaded = loaded or _load_model(st, version)
+    layer_name = resolve_layer(loaded.model, layer).name
+    findings = sorted(set(box_df["finding"].cast(pl.String).to_list()))
+    tgts = {f: build_target(st, version, target, f, loaded) for f in findings}  # fail before any work
+    fingerprint = hashlib.sha256(box_df.sort(box_df.columns).write_csv().encode()).hexdigest()[:16]
+    config = {"target": target, "targets": {f: t.cache_id for f, t in tgts.items()}, "method": method.lower(),
+              "layer": layer_name, "threshold": str(thr), "n_boot": n_boot, "seed": seed, "boxes": fingerprint}
+    result: dict = {}
+
+    def compute():
+        cache = HeatmapCache(st.path / "heatmaps")
+        maps = {}
+        for f in findings:
+            ids = sorted(set(box_df.filter(pl.col("finding") == f)["image_id"].cast(pl.String).to_list()))
+            got = cached_heatmaps(loaded, [(i, paths[i]) for i in ids], tgts[f], cache, version, method,
+                                  layer_name, batch_size)
+            maps.update({(i, f): got[i] for i in ids})
+        per_item, summary = agr.agreement(_LazyOriginal(maps), box_df, thr, n_boot=n_boot, seed=seed)
+        result["per_item"] = per_item
+        metric = pl.when(pl.col("heatmap") == "model").then(pl.col("metric")).otherwise(
+            pl.col("metric") + "@" + pl.col("heatmap"))
+        return {"metrics": summary.select("finding", metric.alias("metric"), "value", "lo", "hi")}
+
+    run = cached_run(st, "agreement", version, config, compute, force=force)
+    return run, result.get("per_item")

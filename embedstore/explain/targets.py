@@ -1,0 +1,172 @@
+"""The scalar Grad-CAM differentiates, computed from the image tower's raw embedding.
+
+grad-cam calls a target once per image with that image's model output (here the (D,) image
+embedding) and sums the results before `backward`, so every target below works on (D,) as well
+as (B, D).
+
+- `ZeroShotTarget`: cosine between the image embedding and the finding's prompt embedding
+  (templates averaged then re-normalised, as CLIP does); with negative prompts, the
+  positive cosine minus the negative one.
+- `ProbeTarget`: a linear probe's logit w.z + b on the L2-normalised embedding (the store keeps
+  normalised vectors, which is what the probes were fitted on).
+- `HeadTarget`: one output of a fine-tuned head module.
+
+`cache_id` names the target's weights so cached heatmaps go stale when the weights change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from embedstore.errors import InputError
+
+
+def _digest(*arrays: Any) -> str:
+    h = hashlib.sha1()
+    for a in arrays:
+        h.update(np.ascontiguousarray(np.asarray(a, dtype=np.float32)).tobytes())
+    return h.hexdigest()[:12]
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    if v.ndim == 2:  # several templates: normalise each, average, re-normalise
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        v = v.mean(axis=0)
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+class Target:
+    """Base class: `score(embedding) -> scalar per image`; `kind`, `finding`, `cache_id`."""
+
+    kind = "target"
+
+    def __init__(self, finding: str):
+        self.finding = finding
+
+    def score(self, emb):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, emb):
+        return self.score(emb)
+
+    @property
+    def cache_id(self) -> str:
+        return self.kind
+
+
+class ZeroShotTarget(Target):
+    kind = "zeroshot"
+
+    def __init__(self, finding: str, positive: np.ndarray, negative: np.ndarray | None = None):
+        super().__init__(finding)
+        self.positive = _unit(positive)
+        self.negative = None if negative is None else _unit(negative)
+
+    def score(self, emb):
+        import torch.nn.functional as F
+
+        z = F.normalize(emb, dim=-1)
+        s = z @ _tensor(self.positive, z)
+        if self.negative is not None:
+            s = s - z @ _tensor(self.negative, z)
+        return s
+
+    @property
+    def cache_id(self) -> str:
+        parts = [self.positive] if self.negative is None else [self.positive, self.negative]
+        return f"zeroshot-{_digest(*parts)}"
+
+
+class ProbeTarget(Target):
+    kind = "probe"
+
+    def __init__(self, finding: str, coef: np.ndarray, intercept: float, normalize: bool = True):
+        super().__init__(finding)
+        self.coef = np.asarray(coef, dtype=np.float32).reshape(-1)
+        self.intercept = float(intercept)
+        self.normalize = normalize
+
+    def score(self, emb):
+        import torch.nn.functional as F
+
+        z = F.normalize(emb, dim=-1) if self.normalize else emb
+        return z @ _tensor(self.coef, z) + self.intercept
+
+    @property
+    def cache_id(self) -> str:
+        return f"probe-{_digest(self.coef, [self.intercept, float(self.normalize)])}"
+
+
+class HeadTarget(Target):
+    """Output `index` of a fine-tuned head (a torch module on the image embedding)."""
+
+    kind = "finetuned"
+
+    def __init__(self, finding: str, head, index: int, normalize: bool = False, weights_id: str = ""):
+        super().__init__(finding)
+        self.head, self.index, self.normalize, self.weights_id = head, int(index), normalize, weights_id
+
+    def score(self, emb):
+        import torch.nn.functional as F
+
+        z = F.normalize(emb, dim=-1) if self.normalize else emb
+        self.head.to(z.device)
+        return self.head(z)[..., self.index]
+
+    @property
+    def cache_id(self) -> str:
+        if not self.weights_id:
+            self.weights_id = _digest(*[p.detach().cpu().numpy() for p in self.head.parameters()])
+        return f"finetuned-{self.weights_id}-{self.index}"
+
+
+def _tensor(a: np.ndarray, like):
+    import torch
+
+    return torch.as_tensor(a, dtype=like.dtype, device=like.device)
+
+
+# ---- builders ------------------------------------------------------------------------------
+
+def zeroshot_target(finding: str, prompts, matrix: np.ndarray, use_negative: bool = False,
+                    version: str | None = None) -> ZeroShotTarget:
+    """From stored prompts: `prompts` (polars, columns finding / polarity; row i <-> matrix[i]),
+    as returned by `Store.text_vectors(version)`."""
+    findings = prompts["finding"].to_list()
+    polarity = prompts["polarity"].to_list()
+    pos = [i for i, (f, p) in enumerate(zip(findings, polarity)) if f == finding and p == "positive"]
+    neg = [i for i, (f, p) in enumerate(zip(findings, polarity)) if f == finding and p == "negative"]
+    if not pos:
+        known = sorted({f for f, p in zip(findings, polarity) if p == "positive"})
+        where = f" in version {version}" if version else ""
+        raise InputError(
+            f"finding {finding!r} has no positive prompt embeddings{where}; known: {', '.join(known) or 'none'}"
+            " (add it to prompts.toml and re-run `embedstore encode`)"
+        )
+    M = np.asarray(matrix, dtype=np.float32)
+    return ZeroShotTarget(finding, M[pos], M[neg] if use_negative and neg else None)
+
+
+def zeroshot_target_from_texts(loaded, finding: str, positive: list[str],
+                               negative: list[str] | None = None) -> ZeroShotTarget:
+    """Encode the prompt texts with the loaded model (no store needed)."""
+    if not positive:
+        raise InputError(f"finding {finding!r}: no prompt texts given")
+    pos = np.asarray(loaded.encode_texts(list(positive)), dtype=np.float32)
+    neg = np.asarray(loaded.encode_texts(list(negative)), dtype=np.float32) if negative else None
+    return ZeroShotTarget(finding, pos, neg)
+
+
+def probe_target(finding: str, weights) -> ProbeTarget:
+    """From a probe-weights table (polars; columns finding, coef (list of floats), intercept)."""
+    rows = weights.filter(weights["finding"] == finding) if weights.height else weights
+    if rows.height == 0:
+        known = sorted(set(weights["finding"].to_list())) if weights.height else []
+        raise InputError(f"no stored probe for finding {finding!r}; probes exist for: {', '.join(known) or 'none'}"
+                         " (run `embedstore probe` first)")
+    row = rows.row(rows.height - 1, named=True)  # the latest when several
+    return ProbeTarget(finding, np.asarray(row["coef"], dtype=np.float32), float(row["intercept"]))
