@@ -1,0 +1,12 @@
+"""Training core shared by the bundled `phantom-clip` model and `embedstore finetune`.
+
+- `objectives.py`: the CLIP (contrastive) loss, BCE with per-finding positive weights, and the
+  two objectives (`ContrastiveObjective`, `BCEObjective`) the loop trains.
+- `data.py`: images decoded once into a uint8 tensor, paired with texts and labels.
+- `loop.py`: one optimizer and one warm-up + cosine schedule for the whole run, freezing,
+  gradient accumulation, mixed precision on GPU only, early stopping on validation macro AUROC,
+  a checkpoint every epoch and resume from the last one.
+
+Everything here imports torch; nothing the CLI imports at start-up may import this package at
+module top level.
+"""
