@@ -1,0 +1,29 @@
+"""Model registry: one name -> `LoadedModel(model, preprocess, tokenizer, record)`.
+
+Nothing heavy is imported here; torch and open_clip load inside `load_model` / `export_model`.
+"""
+
+from __future__ import annotations
+
+from embedstore.models.loaded import LoadedModel, ModelRecord
+from embedstore.models.registry import (
+    ALIASES,
+    BIOMEDCLIP_CONFIG,
+    SHIPPED,
+    load_model,
+    model_config,
+    resolve,
+)
+
+
+def export_model(model, out_dir, model_cfg, preprocess_cfg=None, tokenizer=None, precision="fp32",
+                 source=None, revision=None):
+    """Write `model` as an open_clip local-dir folder (see `embedstore.models.export`)."""
+    from embedstore.models.export import export_model as _export
+
+    return _export(model, out_dir, model_cfg, preprocess_cfg, tokenizer=tokenizer, precision=precision,
+                   source=source, revision=revision)
+
+
+__all__ = ["ALIASES", "BIOMEDCLIP_CONFIG", "SHIPPED", "LoadedModel", "ModelRecord", "export_model",
+           "load_model", "model_config", "resolve"]
