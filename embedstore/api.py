@@ -22,7 +22,7 @@ class Store(_BaseStore):
     def encode(self, source: str, dataset: str = "auto", model: str = "biomedclip", labels: str | None = None,
                images: str | None = None, batch_size: int = 32, workers: int | None = None, device: str = "auto",
                precision: str = "fp32", version: str | None = None, pretrained: str | None = None,
-               progress: bool = False, loaded=None):
+               progress: bool = False, loaded=None, boxes: str | None = None, box_format: str = "auto"):
         """`embedstore encode`: a one-row DataFrame (version, encoded, skipped, failed, texts,
         seconds, index_rebuilt, images_per_s). The full summary is in `.last_encode`."""
         import polars as pl
@@ -31,7 +31,8 @@ class Store(_BaseStore):
 
         summary = encode(source, dataset=dataset, model=model, labels=labels, images=images,
                          batch_size=batch_size, workers=workers, device=device, precision=precision,
-                         version=version, store=self, pretrained=pretrained, progress=progress, loaded=loaded)
+                         version=version, store=self, pretrained=pretrained, progress=progress, loaded=loaded,
+                         boxes=boxes, box_format=box_format)
         self.last_encode = summary
         return pl.DataFrame([summary.as_dict()])
 

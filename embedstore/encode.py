@@ -137,10 +137,15 @@ def encode(
     pretrained: str | None = None,
     progress: bool = True,
     loaded: Any = None,
+    boxes: str | None = None,
+    box_format: str = "auto",
 ) -> EncodeSummary:
     """Encode every image of a data set (and its label prompts) once into the store.
 
     `source` is a path read by `read_dataset`, or an already read `Dataset`.
+
+    `boxes` is an annotation file loaded into the store's `boxes` table beside the images; when it
+    is not given, a `boxes.csv` next to the data set (the layout `embedstore synth` writes) is used.
 
     `loaded` lets a caller pass an already built `LoadedModel` (tests, benchmarks); otherwise
     `embedstore.models.load_model(model, pretrained, device, precision)` builds it.
@@ -153,8 +158,11 @@ def encode(
 
     st = store if isinstance(store, Store) else Store(store)
     ds = source if isinstance(source, Dataset) else _read_dataset(source, dataset=dataset, labels=labels, images=images)
+    box_df = _read_boxes(boxes, box_format, ds)  # bad box files fail before the store is touched
     with st.connect(write=True):  # the lock is held for the whole run
         ids = st.upsert_images(ds.records)
+        if box_df is not None:
+            st.write_boxes(box_df)
         if loaded is None:
             from embedstore.models import load_model
 
@@ -325,6 +333,20 @@ class _Progress:
         if self._p is not None:
             self._p.__exit__(*exc)
         return False
+
+
+def _read_boxes(boxes: str | None, box_format: str, ds):
+    """The box file to store with this data set: the given one, else `boxes.csv` beside it."""
+    from pathlib import Path
+
+    if boxes is None:
+        beside = Path(ds.source) / "boxes.csv" if ds.source else None
+        if beside is None or not beside.is_file():
+            return None
+        boxes, box_format = str(beside), "canonical"
+    from embedstore.data.datasets import read_boxes
+
+    return read_boxes(boxes, box_format=box_format)
 
 
 def _read_dataset(source, **kw):

@@ -33,6 +33,11 @@ def _root(
 # Register command groups (each module adds its commands to `app`).
 from embedstore.cli import datasets as _datasets  # noqa: E402,F401
 from embedstore.cli import images as _images  # noqa: E402,F401
+from embedstore.cli import synth as _synth  # noqa: E402,F401
+from embedstore.cli import report as _report  # noqa: E402,F401
+from embedstore.cli import store as _store  # noqa: E402,F401
+from embedstore.cli import explain as _explain  # noqa: E402,F401
+from embedstore.cli import analyses as _analyses  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,8 @@ def encode(
     pretrained: Optional[str] = typer.Option(None, "--pretrained", help="Weights file or tag for the model."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Label scheme (reader-specific)."),
     images: Optional[str] = typer.Option(None, "--images", help="Folder with the image files."),
+    boxes: Optional[str] = typer.Option(None, "--boxes", help="Annotated boxes to store (default: boxes.csv beside SOURCE)."),
+    box_format: str = typer.Option("auto", "--box-format", help="auto|canonical|nih|vindr|rsna"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: cores - 1)."),
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
@@ -44,7 +46,7 @@ def encode(
 
     summary = run(source, dataset=dataset, model=model, labels=labels, images=images, batch_size=batch_size,
                   workers=workers, device=device, precision=precision, version=version, store=store,
-                  pretrained=pretrained, progress=True)
+                  pretrained=pretrained, progress=True, boxes=boxes, box_format=box_format)
     emit(summary.as_dict(), fmt, title="encode")
     if summary.errors and fmt is Format.table:
         import sys
