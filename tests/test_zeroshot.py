@@ -56,8 +56,8 @@ def test_calibrated_pos_neg_beats_raw_dot_macro_f1(syn):
 
 def test_softmax_predicts_the_top_finding_and_sums_to_one(syn):
     pv = zs.prompt_vectors(syn.texts, syn.M, syn.findings)
-    S = zs.scores(syn.X[:50], pv, "softmax", syn.logit_scale)
-    assert np.allclose(S.sum(axis=1), 1.0)
+    S = zs.scores(syn.X[:50], pv, "softmax", syn.logit_scale)  # log-probabilities
+    assert np.allclose(np.exp(S).sum(axis=1), 1.0)
     P = zs.default_predictions(S, "softmax")
     assert (P.sum(axis=1) == 1).all() and (P.argmax(axis=1) == S.argmax(axis=1)).all()
 
@@ -67,7 +67,15 @@ def test_pos_neg_is_softmax_over_the_two_prompts(syn):
     S = zs.scores(syn.X[:20], pv, "pos-neg", syn.logit_scale)
     zp, zn = syn.logit_scale * syn.X[:20] @ pv.positive.T, syn.logit_scale * syn.X[:20] @ pv.negative.T
     expected = np.exp(zp) / (np.exp(zp) + np.exp(zn))
-    assert np.allclose(S, expected, atol=1e-6)
+    assert np.allclose(1 / (1 + np.exp(-S)), expected, atol=1e-6)  # scores are the logits
+
+
+def test_confident_scores_do_not_tie(syn):
+    """At CLIP's logit scale sigmoid probabilities round to exactly 1.0; logits keep the ranking."""
+    pv = zs.prompt_vectors(syn.texts, syn.M, syn.findings)
+    S = zs.scores(syn.X, pv, "cosine", 100.0)
+    assert (1 / (1 + np.exp(-S)) == 1.0).any()  # the probabilities would tie here
+    assert len(np.unique(S[:, 0])) > 0.99 * S.shape[0]
 
 
 def test_ensemble_is_renormalised_mean_and_single_picks_preferred_template(syn):

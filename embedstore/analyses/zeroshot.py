@@ -8,13 +8,16 @@ Rules, all on the store's L2-normalised vectors, with `s` the model's logit scal
   seed's decisions exactly (the score is the model's logit, up to the missing norms). Its
   threshold of 0 is why nearly everything comes out positive: CLIP-style image-text
   cosines are almost all positive.
-- `cosine`: sigmoid(s * cos(x, t_pos)), positive when >= threshold (default 0.5). NOTE: at 0.5
-  this makes the same decisions as raw-dot (sigmoid(z) >= 0.5 iff z >= 0); it differs in its
-  bounded score and once thresholds are calibrated.
+- `cosine`: sigmoid(s * cos(x, t_pos)) >= threshold (default 0.5, i.e. logit >= 0). At the
+  default it makes the same decisions as raw-dot (sigmoid(z) >= 0.5 iff z >= 0); it differs once
+  thresholds are calibrated and uses the ensemble of prompts.
 - `softmax`: softmax over findings of s * cos(x, t_pos); by default the top-1 finding is
   predicted positive (the rule assumes one finding per image); calibrated thresholds replace it.
 - `pos-neg`: per finding, softmax over its positive and negative prompt (CheXzero):
-  sigmoid(s * (cos(x, t_pos) - cos(x, t_neg))), positive when >= 0.5.
+  sigmoid(s * (cos(x, t_pos) - cos(x, t_neg))) >= 0.5.
+
+Stored scores are the logits (log-probabilities for softmax), which rank images exactly as the
+probabilities do but do not saturate to a tied 1.0 at CLIP's logit scale.
 
 Templates: `single` uses the first prompt (store order) per finding and polarity; `ensemble`
 averages the normalised embeddings of all of a finding's prompts per polarity, then
@@ -76,31 +79,32 @@ def prompt_vectors(texts: pl.DataFrame, M: np.ndarray, findings: list[str], temp
     return PromptVectors(list(findings), out["positive"], out["negative"])
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
-
-
 def scores(X: np.ndarray, prompts: PromptVectors, rule: str, logit_scale: float) -> np.ndarray:
-    """Scores [n, F] of images X (unit rows) under a rule; higher = more likely positive."""
+    """Scores [n, F] of images X (unit rows) under a rule; higher = more likely positive.
+
+    Scores are logits, not probabilities: cosine's sigmoid(scale * cos) and pos-neg's two-way
+    softmax are monotone in these, and in float64 they saturate to exactly 1.0 at CLIP's logit
+    scale (100), which would tie every confident image and flatten AUROC. softmax gives
+    log-probabilities over the findings for the same reason.
+    """
     if rule not in RULES:
         raise InputError(f"zero-shot rule {rule!r} is not one of {', '.join(RULES)}")
     cos_pos = X @ prompts.positive.T
-    if rule == "raw-dot":
+    if rule in ("raw-dot", "cosine"):
         return logit_scale * cos_pos
-    if rule == "cosine":
-        return _sigmoid(logit_scale * cos_pos)
     if rule == "softmax":
         z = logit_scale * cos_pos
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     no_neg = [f for j, f in enumerate(prompts.findings) if not np.isfinite(prompts.negative[j]).all()]
     if no_neg:
         raise InputError(f"rule pos-neg needs a negative prompt for {', '.join(no_neg)}; add one to the prompts")
-    return _sigmoid(logit_scale * (cos_pos - X @ prompts.negative.T))
+    return logit_scale * (cos_pos - X @ prompts.negative.T)
 
 
 def default_predictions(S: np.ndarray, rule: str) -> np.ndarray:
-    """Uncalibrated decisions: raw-dot > 0; cosine and pos-neg >= 0.5; softmax top-1."""
+    """Uncalibrated decisions: raw-dot dot > 0 (the seed notebook's rule); cosine and pos-neg
+    probability >= 0.5, i.e. logit >= 0; softmax top-1."""
     if rule == "raw-dot":
         return (S > 0).astype(np.int8)
     if rule == "softmax":
@@ -108,7 +112,7 @@ def default_predictions(S: np.ndarray, rule: str) -> np.ndarray:
         if S.size:
             P[np.arange(S.shape[0]), S.argmax(axis=1)] = 1
         return P
-    return (S >= 0.5).astype(np.int8)
+    return (S >= 0).astype(np.int8)
 
 
 def calibrate_thresholds(Y01: np.ndarray, known: np.ndarray, S: np.ndarray) -> np.ndarray:
