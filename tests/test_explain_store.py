@@ -138,9 +138,6 @@ def test_agreement_run_is_stored_and_reused(tiny, store):
 def test_probe_target_reads_the_latest_stored_probe(tmp_path, tiny, store):
     import datetime as dt
 
-    from embedstore.analyses.runs import ensure_tables
-
-    ensure_tables(store)
     weights = pl.DataFrame({"finding": ["Cardiomegaly"], "intercept": [0.5], "coef": [[1.0] * 32]},
                            schema={"finding": pl.String, "intercept": pl.Float64, "coef": pl.List(pl.Float32)})
     store.write_run("probe", "v1", {"c": 1}, dt.datetime.now(), 0.1, {"probe_weights": weights})

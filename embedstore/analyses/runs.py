@@ -21,12 +21,6 @@ from embedstore.errors import InputError
 
 # Result tables the analyses write beyond the store's own (metrics, image_scores, projections).
 # TODO(store): move these two into embedstore/store/schema.py; until then they are created here.
-EXTRA_TABLES = """
-CREATE TABLE IF NOT EXISTS probe_weights (run_id TEXT, finding TEXT, intercept DOUBLE, coef FLOAT[]);
-CREATE TABLE IF NOT EXISTS cooccurrence (run_id TEXT, predicted TEXT, present TEXT, rate DOUBLE, n BIGINT);
-"""
-
-
 @dataclass
 class VersionData:
     """Everything an analysis reads from the store for one version."""
@@ -104,11 +98,6 @@ class RunResult:
         return dict(zip(m["metric"].to_list(), m["value"].to_list()))
 
 
-def ensure_tables(store) -> None:
-    with store.connect(write=True) as con:
-        con.execute(EXTRA_TABLES)
-
-
 def _load_tables(store, run_id: str, names) -> dict[str, pl.DataFrame]:
     out = {}
     with store.connect() as con:
@@ -134,8 +123,6 @@ def cached_run(store, kind: str, version: str, config: dict, compute: Callable[[
     t0 = time.perf_counter()
     result = compute()
     duration = time.perf_counter() - t0
-    if any(name in result for name in ("probe_weights", "cooccurrence")):
-        ensure_tables(store)
     run_id = store.write_run(kind, version, config, started, duration, result)
     if old is not None:
         store.delete_run(old)  # replaced by the forced recomputation

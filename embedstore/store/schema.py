@@ -50,6 +50,8 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 CREATE TABLE IF NOT EXISTS image_scores (run_id TEXT, id BIGINT, finding TEXT, score DOUBLE, pred DOUBLE);
 CREATE TABLE IF NOT EXISTS projections (run_id TEXT, method TEXT, id BIGINT, x DOUBLE, y DOUBLE);
+CREATE TABLE IF NOT EXISTS probe_weights (run_id TEXT, finding TEXT, intercept DOUBLE, coef FLOAT[]);
+CREATE TABLE IF NOT EXISTS cooccurrence (run_id TEXT, predicted TEXT, present TEXT, rate DOUBLE, n BIGINT);
 CREATE TABLE IF NOT EXISTS errors (
     version TEXT, image_id TEXT, path TEXT, stage TEXT, reason TEXT, time TIMESTAMP
 );
