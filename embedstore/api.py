@@ -87,6 +87,20 @@ class Store(_BaseStore):
         self.last_runs = [separability(self, version, force=force, **kw)]
         return _metrics_of(self.last_runs)
 
+    # ---- fine-tuning (embedstore/finetune/commands.py) and version comparison -----------------
+    def finetune(self, from_version: str | None = None, objective: str = "bce", train: str = "vision", **kw):
+        """`embedstore finetune`: a new version beside `from_version`; returns a `FinetuneResult`
+        (version, parent, epochs_run, best_val_auroc, resumed_from, reused, ...)."""
+        from embedstore.finetune.commands import finetune
+
+        return finetune(self, from_version=from_version, objective=objective, train=train, **kw)
+
+    def compare(self, v1: str, v2: str):
+        """`embedstore compare`: the metrics of every analysis run on both versions, side by side."""
+        from embedstore.analyses.compare import compare
+
+        return compare(self, v1, v2)
+
 
 def _metrics_of(results, config_key: str | None = None):
     """The runs' metrics tables stacked, with run_id (and one config value) in front."""

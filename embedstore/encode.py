@@ -245,7 +245,31 @@ def encode_prompts(st, version: str, loaded, findings: list[str], batch: int = 6
     return todo.height
 
 
-def _run_batches(st, version, loaded, items, batch_size, workers, summary, progress) -> None:
+def encode_into(st, version: str, loaded, ids=None, batch_size: int = 32, workers: int | None = None,
+                progress: bool = False, reencode: bool = False, on_batch=None) -> EncodeSummary:
+    """Encode store images (`ids`, default every image with a file) into an existing `version`
+    with `loaded`, through the same batches and workers as `encode`; the index is not touched.
+
+    Images already stored in the version with the same content hash are skipped unless
+    `reencode`. `on_batch(ids)` is called after each batch is committed (e.g. to collect
+    per-image outputs a wrapper around `loaded` computed in the same forward pass).
+    Used by `embedstore finetune` to fill a new version.
+    """
+    meta = st.images().select("id", "image_id", "path")
+    if ids is not None:
+        want = {int(i) for i in ids}
+        meta = meta.filter(meta["id"].is_in(list(want)))
+    known = {} if reencode else st.encoded_hashes(version)
+    items = [(int(i), image_id, path, known.get(int(i))) for i, image_id, path in meta.iter_rows() if path]
+    summary = EncodeSummary(version=version)
+    start = time.perf_counter()
+    _run_batches(st, version, loaded, items, batch_size, default_workers() if workers is None else workers,
+                 summary, progress, on_batch=on_batch)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _run_batches(st, version, loaded, items, batch_size, workers, summary, progress, on_batch=None) -> None:
     import torch
     from torch.utils.data import DataLoader
 
@@ -267,6 +291,8 @@ def _run_batches(st, version, loaded, items, batch_size, workers, summary, progr
             X = loaded.encode_images(batch["tensor"]) if batch["tensor"] is not None else np.zeros((0, 0), np.float32)
             st.add_image_vectors(version, batch["ids"], batch["hashes"], np.asarray(X, dtype=np.float32),
                                  sizes=batch["sizes"], errors=batch["errors"])
+            if on_batch is not None and len(batch["ids"]):
+                on_batch(batch["ids"])
             summary.encoded += len(batch["ids"])
             summary.skipped += batch["skipped"]
             summary.failed += len(batch["errors"])

@@ -116,15 +116,10 @@ def _image_file_vector(st, version: str, path: str) -> np.ndarray:
 
 
 def load_version_model(st, version: str):
-    """The model that made `version`, through the registry (name and pretrained of its record)."""
-    from embedstore.models import load_model
+    """The model that made `version`: a fine-tuned checkpoint in the store, else the registry."""
+    from embedstore.finetune.commands import load_version_model as load
 
-    info = st.version_info(version)
-    rec = info["model_record"] or {}
-    pretrained = rec.get("pretrained") or rec.get("source_pretrained")
-    precision = info.get("dtype") or "fp32"
-    return load_model(rec.get("name", info["model_name"]), pretrained=pretrained, device="cpu",
-                      precision="fp32" if precision not in ("fp32", "fp16", "bf16") else precision)
+    return load(st, version)
 
 
 # ---- search ------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def test_explain_errors(tmp_path, tiny, store):
         commands.explain("img0", "Pneumothorax", store=store, loaded=tiny, out=str(tmp_path / "x.png"))
     with pytest.raises(InputError, match="no stored probe"):
         commands.explain("img0", "Cardiomegaly", target="probe", store=store, loaded=tiny)
-    with pytest.raises(EmbedstoreError, match="finetuned"):
+    with pytest.raises(InputError, match="no fine-tuned classifier head"):
         commands.explain("img0", "Cardiomegaly", target="finetuned", store=store, loaded=tiny)
     assert not (tmp_path / "x.png").exists()
 

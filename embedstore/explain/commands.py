@@ -72,15 +72,19 @@ def _probe_weights(st, version: str):
 
 
 def finetuned_target(st, version: str, finding: str, loaded=None):
-    """The fine-tuned head's logit. Needs the fine-tune checkpoint loader, not in place yet."""
-    raise EmbedstoreError(
-        f"--target finetuned is not wired to the store yet (version {version}); "
-        "use the Python API: HeadTarget(finding, classifier.head, index) with explain_images"
-    )
+    """The fine-tuned classifier head's logit for `finding` (a `bce` fine-tuned version)."""
+    from embedstore.explain.targets import HeadTarget
+    from embedstore.finetune.commands import load_version_head
+
+    head, findings = load_version_head(st, version)
+    if finding not in findings:
+        raise InputError(f"finding {finding!r} has no output in version {version}'s head; "
+                         f"choose one of: {', '.join(findings)}")
+    return HeadTarget(finding, head, findings.index(finding), normalize=False)
 
 
 def _load_model(st, version: str):
-    from embedstore.query import load_version_model
+    from embedstore.finetune.commands import load_version_model
 
     return load_version_model(st, version)
 
@@ -214,3 +218,28 @@ def agreement(boxes: str | None = None, box_format: str = "auto", target: str = 
 
     run = cached_run(st, "agreement", version, config, compute, force=force)
     return run, result.get("per_item")
+
+
+def write_gallery(store, run, limit: int = 12, loaded=None) -> int:
+    """Overlay PNGs for an agreement run, in `<store>/heatmaps/<run_id>/` where reports find them.
+
+    One annotated image per finding first (then more, up to `limit`), with the run's target,
+    method and layer; heatmaps come from the cache the run filled, so this costs no forward pass.
+    """
+    import polars as pl
+
+    st = _open(store)
+    cfg = run.config
+    boxes = st.boxes()
+    if boxes.height == 0:
+        return 0
+    pairs = boxes.select("image_id", "finding").unique(maintain_order=True)
+    pairs = pairs.with_columns(pl.int_range(pl.len()).over("finding").alias("rank")).sort("rank", "finding")
+    loaded = loaded or _load_model(st, run.version)
+    folder = st.path / "heatmaps" / run.run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    for image_id, finding, _ in pairs.head(limit).iter_rows():
+        explain(image_id, finding, target=cfg["target"], version=run.version, method=cfg["method"],
+                layer=cfg["layer"], out=str(folder / f"{_slug(image_id)}_{_slug(finding)}.png"), store=st,
+                loaded=loaded)
+    return min(limit, pairs.height)

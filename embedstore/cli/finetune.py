@@ -1,0 +1,104 @@
+"""`embedstore finetune | compare`: fine-tune a version's model into a new version; compare two versions."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from embedstore.cli import app
+from embedstore.cli.output import Format
+
+STORE_HELP = "Store directory (else $EMBEDSTORE_STORE, else ./.embedstore)."
+# The compact compare table: these overall metrics and per-finding AUROC.
+COMPACT_OVERALL = ("macro_auroc", "macro_ap", "macro_f1", "micro_f1", "exact_match", "lrap", "coverage_error",
+                   "silhouette", "inter_intra_ratio")
+
+
+def _store(path: Optional[str]):
+    from embedstore.api import Store
+
+    return Store(path)
+
+
+@app.command()
+def finetune(
+    from_version: Optional[str] = typer.Option(None, "--from-version", help="Parent version (default: the latest)."),
+    objective: str = typer.Option("bce", "--objective", help="bce (image tower + linear head) | contrastive (CLIP loss)."),
+    train: str = typer.Option("vision", "--train", help="vision | all | last-N-blocks (e.g. last-2-blocks)."),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    lr: float = typer.Option(1e-4, "--lr"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    accumulate: int = typer.Option(1, "--accumulate", min=1, help="Micro-batches per optimizer step."),
+    patience: int = typer.Option(3, "--patience", min=1, help="Epochs without a better val macro AUROC before stopping."),
+    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | auto (mixed precision on GPU)."),
+    seed: int = typer.Option(0, "--seed"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes for re-encoding."),
+    force: bool = typer.Option(False, "--force", help="Train again even if this fine-tune was already done."),
+    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+    fmt: Format = typer.Option(Format.table, "--format"),
+) -> None:
+    """Fine-tune a version's model on the train split and write a new version beside it.
+
+    Run again with the same arguments, a killed fine-tune resumes from its last saved epoch; a
+    finished one is reused unless --force.
+    """
+    from embedstore.cli.output import emit
+    from embedstore.finetune.commands import finetune as run
+
+    def report(row: dict) -> None:
+        print(f"epoch {row['epoch']}: loss {row['loss']:.4f}, val macro AUROC {row['val_auroc']:.4f}", file=sys.stderr)
+
+    result = run(_store(store), from_version=from_version, objective=objective, train=train, epochs=epochs, lr=lr,
+                 batch_size=batch_size, accumulate=accumulate, device=device, precision=precision, seed=seed,
+                 patience=patience, workers=workers, force=force, progress=fmt is Format.table, on_epoch=report)
+    emit(result.as_dict(), fmt)
+
+
+@app.command()
+def compare(
+    v1: str = typer.Argument(..., help="First version (e.g. the parent)."),
+    v2: str = typer.Argument(..., help="Second version (e.g. the fine-tuned one)."),
+    all_rows: bool = typer.Option(False, "--all", help="Every metric (default: summary metrics and per-finding AUROC)."),
+    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+    fmt: Format = typer.Option(Format.table, "--format"),
+) -> None:
+    """Metrics of every analysis run on both versions, side by side, with the difference and
+    whether the bootstrap intervals overlap."""
+    import polars as pl
+
+    from embedstore.analyses.compare import compare as run
+    from embedstore.cli.output import emit
+
+    st = _store(store)
+    df = run(st, v1, v2)
+    if df.is_empty():
+        print(f"no analysis run with the same settings on both {v1} and {v2}; run e.g. "
+              f"`embedstore zeroshot --version {v1}` and `--version {v2}` (and probe) first", file=sys.stderr)
+        raise typer.Exit(1)
+    if not all_rows:
+        df = df.filter(((pl.col("finding").is_null() & pl.col("metric").is_in(COMPACT_OVERALL))
+                        | (pl.col("finding").is_not_null() & (pl.col("metric") == "auroc")))
+                       & (pl.col("value_1").is_not_null() | pl.col("value_2").is_not_null()))
+    if fmt is not Format.table:
+        emit(df.with_columns(pl.col(pl.Float64).fill_nan(None)), fmt)
+        return
+    a, b = st.resolve_version(v1), st.resolve_version(v2)
+    table = df.select(
+        "run", pl.col("finding").fill_null("(all)"), "metric",
+        _cell("value_1", "lo_1", "hi_1").alias(a), _cell("value_2", "lo_2", "hi_2").alias(b),
+        pl.col("diff").round(3), pl.col("overlap").replace_strict({True: "yes", False: "NO"}, default="",
+                                                                  return_dtype=pl.String).alias("CIs overlap"),
+    )
+    emit(table, fmt, title=f"{a} vs {b}")
+
+
+def _cell(value: str, lo: str, hi: str):
+    """"0.812 [0.77-0.85]" where there is an interval, else "0.812"."""
+    import polars as pl
+
+    v = pl.col(value).round(3).cast(pl.String)
+    ci = pl.format("{} [{}-{}]", v, pl.col(lo).round(2).cast(pl.String), pl.col(hi).round(2).cast(pl.String))
+    return pl.when(pl.col(lo).is_not_null() & pl.col(hi).is_not_null()).then(ci).otherwise(v)

@@ -1,0 +1,354 @@
+"""`embedstore finetune`: a new version beside its parent, re-encoded, resumable after SIGKILL.
+
+The model is the tiny open_clip CLIP of store_helpers (64 px), exported to a `local-dir:` folder
+so the parent version is loaded through the registry as a real one would be. The images are
+64 px noise with label-dependent blobs at random places: "Cardiomegaly" a bright 14 px square,
+"Effusion" a dark 10 px square. The randomly initialised tower's vectors separate them only
+partly (a logistic regression on them reaches about 0.8 validation macro AUROC), a tuned tower
+almost fully.
+
+"Raises validation macro AUROC over its parent" is tested as: the fine-tuned head's scores
+(stored in the `finetune` run) have a higher macro AUROC on the val split, and on the held-out
+test split, than a logistic regression fitted by scikit-learn on the parent's stored vectors of
+the same train images (the best a linear head on the parent's frozen tower does), by > 0.05.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+from store_helpers import TINY_CFG  # noqa: E402
+
+FINDINGS = ["Cardiomegaly", "Effusion"]
+N_IMAGES = 160  # split train / train / val / test by index: 80 / 40 / 40
+ARGS = dict(objective="bce", train="all", epochs=4, lr=2e-3, batch_size=16, patience=10, seed=1, device="cpu",
+            workers=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def blob_dataset(folder: Path, n: int, seed: int = 0):
+    """PNGs with label-dependent blobs at random places, and a Dataset over them."""
+    from PIL import Image
+
+    from embedstore.data.records import Dataset, ImageRecord
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    recs = []
+    for i in range(n):
+        a, b = int(rng.random() < 0.4), int(rng.random() < 0.4)
+        arr = rng.normal(120, 25, (64, 64))
+        if a:
+            x, y = rng.integers(4, 44, 2)
+            arr[y:y + 14, x:x + 14] += 70
+        if b:
+            x, y = rng.integers(4, 50, 2)
+            arr[y:y + 10, x:x + 10] -= 70
+        path = folder / f"im{i:03d}.png"
+        Image.fromarray(arr.clip(0, 255).astype(np.uint8), mode="L").save(path)
+        recs.append(ImageRecord(image_id=f"IM{i:03d}", path=str(path), study_id=f"S{i}", patient_id=f"P{i}",
+                                view="frontal", projection="PA", split=("train", "train", "val", "test")[i % 4],
+                                labels={"Cardiomegaly": a, "Effusion": b}, source="manifest",
+                                findings="heart is enlarged" if a else "heart size normal",
+                                impression="effusion" if b else "no effusion"))
+    return Dataset(name="blobs", source=str(folder), scheme="test", findings=FINDINGS, records=recs)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A store with one encoded version (v1) of the tiny model, and the model folder."""
+    import open_clip
+
+    from embedstore.api import Store
+    from embedstore.models import export_model, load_model
+
+    root = tmp_path_factory.mktemp("ft-base")
+    torch.manual_seed(0)
+    export_model(open_clip.CLIP(**TINY_CFG), root / "tiny", TINY_CFG)
+    st = Store(root / "store")
+    st.encode(blob_dataset(root / "img", N_IMAGES), loaded=load_model(f"local-dir:{root / 'tiny'}"),
+              batch_size=32, workers=0)
+    return root
+
+
+def copy_store(base: Path, dest: Path):
+    from embedstore.api import Store
+
+    shutil.copytree(base / "store", dest)
+    return Store(dest)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _parent_snapshot(st):
+    ids, X = st.image_vectors("v1")
+    texts, M = st.text_vectors("v1")
+    info = st.version_info("v1")
+    return ids, X, texts["text_hash"].to_list(), M, info["index_checksum"], _sha(st.index_path("v1"))
+
+
+def _macro_auroc(y: np.ndarray, s: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(np.mean([roc_auc_score(y[:, j], s[:, j]) for j in range(y.shape[1])]))
+
+
+@pytest.fixture(scope="module")
+def tuned(base, tmp_path_factory):
+    """The store after one uninterrupted bce fine-tune, the parent snapshot before it, the result."""
+    st = copy_store(base, tmp_path_factory.mktemp("ft-run") / "store")
+    before = _parent_snapshot(st)
+    result = st.finetune("v1", **{k: v for k, v in ARGS.items() if k not in ("objective", "train")},
+                         objective=ARGS["objective"], train=ARGS["train"])
+    return st, before, result
+
+
+def test_bce_finetune_writes_a_new_version_and_leaves_the_parent_alone(tuned):
+    from embedstore.models import load_model
+
+    st, before, r = tuned
+    assert (r.version, r.parent, r.reused, r.resumed_from, r.trained_now) == ("v2", "v1", False, 0, [1, 2, 3, 4])
+    versions = st.versions()
+    row = versions.filter(versions["version"] == "v2").row(0, named=True)
+    assert (row["parent"], row["kind"], row["images"]) == ("v1", "finetune", N_IMAGES)
+    # parent: rows, texts, recorded checksum and the index file itself unchanged
+    after = _parent_snapshot(st)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[1], before[1])
+    assert after[2] == before[2]
+    np.testing.assert_array_equal(after[3], before[3])
+    assert after[4:] == before[4:]
+    # the new version: every parent image, different vectors, its own current index
+    ids2, X2 = st.image_vectors("v2")
+    np.testing.assert_array_equal(ids2, before[0])
+    assert np.abs(X2 - before[1]).max() > 0.05
+    np.testing.assert_allclose(np.linalg.norm(X2, axis=1), 1.0, atol=1e-4)
+    assert st.index_is_current("v2") and st.load_index("v2").ntotal == N_IMAGES
+    # prompts re-encoded with the (here also tuned) text tower: the same texts, self-contained
+    texts2, _ = st.text_vectors("v2")
+    assert sorted(texts2["text_hash"].to_list()) == sorted(before[2])
+    # the checkpoint rebuilds through the registry and gives the stored vectors
+    ckpt = st.path / "checkpoints" / "v2"
+    assert {"open_clip_config.json", "open_clip_model.safetensors", "head.safetensors", "finetune.json"} <= {
+        p.name for p in ckpt.iterdir()}
+    lm = load_model(f"local-dir:{ckpt}")
+    path = st.images().filter(st.images()["id"] == int(ids2[5]))["path"][0]
+    from embedstore.data.images import read_image
+
+    x = lm.preprocess(read_image(path).convert("RGB")).unsqueeze(0)
+    np.testing.assert_allclose(lm.encode_images(x)[0], X2[5], atol=1e-4)
+    # nothing left of the work folder
+    assert not [p for p in (st.path / "checkpoints").iterdir() if p.name.startswith(".work")]
+
+
+def _head_scores(st, version: str, ids: np.ndarray) -> np.ndarray:
+    with st.connect() as con:
+        df = con.sql("""SELECT s.id, s.finding, s.score FROM image_scores s JOIN runs r USING (run_id)
+                        WHERE r.version = ? AND r.kind = 'finetune'""", params=[version]).pl()
+    pos = {int(i): k for k, i in enumerate(ids)}
+    S = np.full((len(ids), len(FINDINGS)), np.nan)
+    for i, f, s in df.iter_rows():
+        if i in pos:
+            S[pos[i], FINDINGS.index(f)] = s
+    return S
+
+
+def test_bce_head_beats_a_linear_head_on_the_parent_tower(tuned):
+    from sklearn.linear_model import LogisticRegression
+
+    st, before, r = tuned
+    ids, X1 = before[0], before[1]
+    split = dict(zip(st.images()["id"].to_list(), st.images()["split"].to_list()))
+    sp = np.array([split[int(i)] for i in ids])
+    Y = st.label_matrix(ids, FINDINGS)
+    tr, va, te = sp == "train", sp == "val", sp == "test"
+    S = _head_scores(st, "v2", ids)
+    assert np.isfinite(S).all()  # every image of the version has its head logits
+    parent = np.column_stack([LogisticRegression(C=10, max_iter=5000).fit(X1[tr], Y[tr, j]).decision_function(X1)
+                              for j in range(len(FINDINGS))])
+    parent_val, tuned_val = _macro_auroc(Y[va], parent[va]), _macro_auroc(Y[va], S[va])
+    parent_test, tuned_test = _macro_auroc(Y[te], parent[te]), _macro_auroc(Y[te], S[te])
+    assert tuned_val > parent_val + 0.05, (parent_val, tuned_val)
+    assert tuned_test > parent_test + 0.05, (parent_test, tuned_test)
+    # the loop's own best validation AUROC is the one of the stored head (best epoch's weights)
+    assert r.best_val_auroc == pytest.approx(tuned_val, abs=1e-4)
+    # the run's test metrics agree with scikit-learn on the stored scores
+    m = st.sql(f"SELECT finding, value FROM metrics WHERE run_id = '{r.run_id}' AND metric = 'auroc'")
+    from sklearn.metrics import roc_auc_score
+
+    for f, v in m.iter_rows():
+        j = FINDINGS.index(f)
+        assert v == pytest.approx(roc_auc_score(Y[te, j], S[te, j]), abs=1e-9)
+
+
+def test_head_and_model_of_a_version_load_for_query_and_explain(tuned):
+    from embedstore.data.images import read_image
+    from embedstore.finetune.commands import load_version_head, load_version_model
+
+    st, before, r = tuned
+    lm = load_version_model(st, "v2")
+    head, findings = load_version_head(st, "v2")
+    assert findings == FINDINGS
+    ids = before[0][:3]
+    paths = st.images().filter(st.images()["id"].is_in(ids.tolist())).sort("id")["path"].to_list()
+    x = torch.stack([lm.preprocess(read_image(p).convert("RGB")) for p in paths])
+    with torch.inference_mode():
+        logits = head(lm.model.encode_image(x)).numpy()
+    np.testing.assert_allclose(logits, _head_scores(st, "v2", ids), atol=1e-4)
+    from embedstore.errors import InputError
+
+    with pytest.raises(InputError, match="no fine-tuned classifier head"):
+        load_version_head(st, "v1")
+
+
+def test_same_arguments_reuse_the_finished_version(tuned):
+    st, _, r = tuned
+    again = st.finetune("v1", **{k: v for k, v in ARGS.items() if k not in ("objective", "train")},
+                        objective=ARGS["objective"], train=ARGS["train"])
+    assert (again.version, again.reused, again.trained_now, again.run_id) == ("v2", True, [], r.run_id)
+    assert st.versions().height == 2
+
+
+KILLED = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {tests!r})
+    import torch
+    torch.set_num_threads(1)
+    from embedstore.api import Store
+
+    def on_epoch(row):
+        print("EPOCH", row["epoch"], flush=True)
+        time.sleep(600)  # killed here, after epoch 1's checkpoint was saved
+
+    Store({store!r}).finetune("v1", on_epoch=on_epoch, **{args!r})
+""")
+
+
+def test_a_run_killed_after_its_first_epoch_resumes_there(base, tuned, tmp_path):
+    st = copy_store(base, tmp_path / "store")
+    script = KILLED.format(tests=str(TESTS), store=str(st.path), args=ARGS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "EPOCH 1", proc.stderr.read()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    work = [p for p in (st.path / "checkpoints").iterdir() if p.name.startswith(".work-") and p.is_dir()]
+    assert len(work) == 1
+    state = json.loads((work[0] / "train" / "state.json").read_text())
+    assert state["epoch"] == 1
+    assert st.versions().height == 1  # no half version: it is created only after training
+
+    r = st.finetune("v1", **{k: v for k, v in ARGS.items() if k not in ("objective", "train")},
+                    objective=ARGS["objective"], train=ARGS["train"])
+    assert (r.version, r.resumed_from, r.trained_now, r.epochs_run) == ("v2", 1, [2, 3, 4], 4)
+    assert r.history[0] == state["history"][0]  # epoch 1 comes from the killed run
+    # the same result as the uninterrupted run: resume restores weights, optimizer and RNG
+    ref_st, _, ref = tuned
+    assert [h["val_auroc"] for h in r.history] == pytest.approx([h["val_auroc"] for h in ref.history], abs=1e-6)
+    np.testing.assert_allclose(st.image_vectors("v2")[1], ref_st.image_vectors("v2")[1], atol=1e-5)
+
+
+def test_contrastive_keeps_zero_shot_working_on_the_new_version(base, tmp_path, capsys):
+    st = copy_store(base, tmp_path / "store")
+    r = st.finetune("v1", objective="contrastive", train="vision", epochs=2, lr=2e-3, batch_size=16, seed=0,
+                    device="cpu", workers=0)
+    assert r.version == "v2" and st.version_info("v2")["parent"] == "v1"
+    # train=vision leaves the text tower alone: the prompts' vectors are the parent's, re-encoded
+    t1, M1 = st.text_vectors("v1")
+    t2, M2 = st.text_vectors("v2")
+    assert t1["text_hash"].to_list() == t2["text_hash"].to_list()
+    np.testing.assert_allclose(M1, M2, atol=1e-5)
+    assert np.abs(st.image_vectors("v2")[1] - st.image_vectors("v1")[1]).max() > 0.05
+    assert not (st.path / "checkpoints" / "v2" / "head.safetensors").exists()
+    metrics = st.zeroshot("v2", rule="pos-neg", n_boot=50)
+    assert metrics.filter(metrics["metric"] == "macro_auroc").height == 1
+    # a fine-tuned version is itself a parent (its model loads from its checkpoint), from the CLI
+    from embedstore.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["finetune", "--from-version", "v2", "--objective", "bce", "--train", "last-1-blocks", "--epochs", "1",
+              "--lr", "0.002", "--batch-size", "16", "--device", "cpu", "--workers", "0", "--store", str(st.path),
+              "--format", "json"])
+    assert exc.value.code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["version"], out["parent"], out["objective"], out["trained_now"]) == ("v3", "v2", "bce", "1")
+    assert st.version_info("v3")["parent"] == "v2"
+    # last-1-blocks leaves the first block of the image tower as it was in v2
+    from safetensors.torch import load_file
+
+    w2 = load_file(str(st.path / "checkpoints/v2/open_clip_model.safetensors"))
+    w3 = load_file(str(st.path / "checkpoints/v3/open_clip_model.safetensors"))
+    first = [k for k in w2 if k.startswith("visual.transformer.resblocks.0.")]
+    last = [k for k in w2 if k.startswith("visual.transformer.resblocks.1.")]
+    assert first and all(torch.equal(w2[k], w3[k]) for k in first)
+    assert any(not torch.equal(w2[k], w3[k]) for k in last)
+
+
+def test_bad_arguments_fail_before_anything_is_written(base, tmp_path):
+    from embedstore.errors import InputError
+
+    st = copy_store(base, tmp_path / "store")
+    with pytest.raises(InputError, match="--objective"):
+        st.finetune("v1", objective="mse", device="cpu")
+    with pytest.raises(InputError, match="last-N-blocks"):
+        st.finetune("v1", train="some", device="cpu")
+    with pytest.raises(InputError, match="only 2 blocks"):
+        st.finetune("v1", train="last-3-blocks", epochs=1, device="cpu", workers=0)
+    assert st.versions().height == 1
+    assert not [p for p in st.path.glob("checkpoints/v*")]
+
+
+def test_a_run_that_fails_while_writing_its_version_finishes_it_when_run_again(base, tmp_path, monkeypatch):
+    """Killed after the version row and its vectors were written but before its run: the next call
+    completes that same version (head logits recomputed for images it no longer re-encodes)."""
+    from embedstore.finetune import commands
+
+    st = copy_store(base, tmp_path / "store")
+    args = dict(objective="bce", train="vision", epochs=1, lr=2e-3, batch_size=16, seed=0, device="cpu", workers=0)
+
+    def boom(*a, **k):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(commands, "_write_run", boom)
+        with pytest.raises(RuntimeError, match="killed"):
+            st.finetune("v1", **args)
+    assert st.versions().height == 2 and st.image_vectors("v2")[0].size == N_IMAGES
+    assert st.runs().filter(st.runs()["kind"] == "finetune").height == 0  # not complete yet
+    r = st.finetune("v1", **args)
+    assert (r.version, r.encoded, r.trained_now, r.reused) == ("v2", 0, [], False)
+    assert st.versions().height == 2
+    S = _head_scores(st, "v2", st.image_vectors("v2")[0])
+    assert np.isfinite(S).all()
