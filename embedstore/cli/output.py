@@ -60,6 +60,8 @@ def _cell(v: Any) -> str:
         return ""
     if isinstance(v, float):
         return f"{v:.4g}"
+    if hasattr(v, "isoformat") and hasattr(v, "hour"):  # datetimes: to the second is enough on screen
+        return v.isoformat(sep=" ", timespec="seconds")
     return str(v)
 
 

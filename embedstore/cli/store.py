@@ -99,7 +99,11 @@ def versions(
     """Every version: lineage (parent), model, dimension and counts."""
     from embedstore.cli.output import emit
 
-    emit(_store(store).versions(), fmt)
+    df = _store(store).versions()
+    if fmt is Format.table:  # the terminal gets the lineage at a glance; json/csv get every column
+        df = df.select([c for c in ("version", "parent", "kind", "model_name", "dim", "images", "texts", "errors",
+                                    "created") if c in df.columns])
+    emit(df, fmt)
 
 
 @app.command()
