@@ -30,15 +30,16 @@ def _root(
         raise typer.Exit()
 
 
-# Register command groups (each module adds its commands to `app`).
-from embedstore.cli import datasets as _datasets  # noqa: E402,F401
-from embedstore.cli import images as _images  # noqa: E402,F401
-from embedstore.cli import synth as _synth  # noqa: E402,F401
-from embedstore.cli import report as _report  # noqa: E402,F401
-from embedstore.cli import store as _store  # noqa: E402,F401
-from embedstore.cli import explain as _explain  # noqa: E402,F401
-from embedstore.cli import analyses as _analyses  # noqa: E402,F401
-
+# Register command groups (each module adds its commands to `app`), in the order of the study.
+from embedstore.cli import datasets as _datasets  # noqa: E402,F401  inspect
+from embedstore.cli import images as _images  # noqa: E402,F401  preview
+from embedstore.cli import synth as _synth  # noqa: E402,F401  synth
+from embedstore.cli import store as _store  # noqa: E402,F401  encode, query, sql, versions, verify
+from embedstore.cli import analyses as _analyses  # noqa: E402,F401  zeroshot, probe, separability, runs
+from embedstore.cli import finetune as _finetune  # noqa: E402,F401  finetune, compare
+from embedstore.cli import explain as _explain  # noqa: E402,F401  explain, agreement
+from embedstore.cli import report as _report  # noqa: E402,F401  report
+from embedstore.cli import demo as _demo  # noqa: E402,F401  demo
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors become one line and a non-zero exit code."""

@@ -99,7 +99,8 @@ def box_mask(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def item_metrics(heatmap: np.ndarray, mask: np.ndarray, threshold: Threshold | str = "top:0.15") -> dict:
     """Every metric of one heatmap against one box mask (see the module docstring)."""
-    h = np.asarray(heatmap, dtype=np.float64)
+    # A heatmap with no signal at all (Grad-CAM's 0/0 on a dead layer gives NaN) is flat: it scores chance.
+    h = np.nan_to_num(np.asarray(heatmap, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     m = np.asarray(mask, dtype=bool)
     peak = h == h.max()
     pointing = float(peak[m].sum() / peak.sum())

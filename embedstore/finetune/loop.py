@@ -44,7 +44,7 @@ class TrainConfig:
     batch_size: int = 64
     accumulate: int = 1  # micro-batches per optimizer step
     warmup: float = 0.1  # share of all optimizer steps spent warming up linearly
-    train: str = "all"  # "all" | "vision" | "last-N-blocks" (of the image tower)
+    train: str = "all"  # "all" | "vision" | "text" | "last-N-blocks" (of the image tower)
     patience: int = 3  # epochs without a better validation macro AUROC before stopping
     seed: int = 0
     device: str = "cpu"
@@ -75,8 +75,8 @@ class TrainResult:
 
 
 def parse_train_mode(mode: str) -> int | None:
-    """None for "all" / "vision"; N for "last-N-blocks"."""
-    if mode in ("all", "vision"):
+    """None for "all" / "vision" / "text"; N for "last-N-blocks"."""
+    if mode in ("all", "vision", "text"):
         return None
     m = re.fullmatch(r"last-(\d+)-blocks", mode)
     if not m or int(m.group(1)) < 1:
@@ -102,6 +102,7 @@ def set_trainable(module: nn.Module, mode: str) -> list[str]:
     """Freeze `module` per `mode`; returns the names of the parameters left trainable.
 
     "all": everything; "vision": the image tower (`visual.*`) and a classifier `head.*`;
+    "text": everything but the image tower (locked-image tuning, LiT; logit scale included);
     "last-N-blocks": the image tower's last N blocks, its final norm and projection, and `head.*`.
     """
     n = parse_train_mode(mode)
@@ -116,6 +117,8 @@ def set_trainable(module: nn.Module, mode: str) -> list[str]:
             keep = True
         elif mode == "vision":
             keep = name.startswith(("visual.", "head."))
+        elif mode == "text":
+            keep = not name.startswith("visual.")
         else:
             keep = name.startswith(blocks + _VISION_TAIL + ("head.",))
         p.requires_grad_(keep)

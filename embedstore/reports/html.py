@@ -13,6 +13,7 @@ import functools
 import html
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,8 +116,19 @@ def thumbnail(path, max_side: int = 320, quality: int = 80) -> tuple[bytes, str]
 
 
 def _script_json(obj: Any) -> str:
-    """JSON that is safe inside a <script> element: `</` cannot close it early."""
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str).replace("</", "<\\/")
+    """JSON that is safe inside a <script> element: `</` cannot close it early; NaN and
+    infinities (undefined metrics, e.g. AUROC of a finding without positives) become null."""
+    return json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False, default=str).replace("</", "<\\/")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _cell(v: Any) -> str:
