@@ -4,7 +4,8 @@ Defaults, per image tower:
 - open_clip VisionTransformer: `visual.transformer.resblocks[-1].ln_1`, grid `visual.grid_size`;
 - timm ViT inside open_clip (BiomedCLIP): `visual.trunk.blocks[-1].norm1`, grid
   `visual.trunk.patch_embed.grid_size`;
-- open_clip ModifiedResNet: `visual.layer4[-1]` (already spatial, no reshape).
+- open_clip ModifiedResNet: `visual.layer4[-1]` (already spatial, no reshape);
+- timm CNN inside open_clip (phantom-clip's ResNet): `visual.trunk.layer4[-1]` (spatial).
 
 A token map keeps its last H*W tokens: the class token and any register tokens come first in
 both open_clip and timm, so dropping the prefix works whatever their number.
@@ -73,6 +74,8 @@ def default_layer_name(model) -> str:
         return f"visual.transformer.resblocks.{len(transformer.resblocks) - 1}.ln_1"
     if hasattr(visual, "layer4"):
         return f"visual.layer4.{len(visual.layer4) - 1}"
+    if trunk is not None and hasattr(trunk, "layer4"):
+        return f"visual.trunk.layer4.{len(trunk.layer4) - 1}"
     raise InputError(f"no default Grad-CAM layer for image tower {type(visual).__name__}; pass --layer NAME")
 
 
