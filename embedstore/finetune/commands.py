@@ -257,13 +257,13 @@ class TrainingData:
         return train, val
 
     def prompts(self) -> dict:
-        from embedstore.models.train_phantom_clip import prompt_sets
+        from embedstore.finetune.data import prompt_sets
 
         return prompt_sets(self.findings)
 
     def candidate_texts(self, rows: np.ndarray) -> list:
         """Per image: its report, its positive label prompts ("No Finding" when none) and negatives."""
-        from embedstore.models.train_phantom_clip import NORMAL, candidate_texts, prompt_sets
+        from embedstore.finetune.data import NORMAL, candidate_texts, prompt_sets
 
         prompts, normal = self.prompts(), prompt_sets([NORMAL])[NORMAL][0]
         # uncertain (-1) and missing labels constrain nothing when matching texts in a batch

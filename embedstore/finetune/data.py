@@ -155,3 +155,41 @@ def _augment(images: torch.Tensor) -> torch.Tensor:
     gain = 1 + (torch.rand(b, 1, 1, 1) - 0.5) * 0.2
     bias = (torch.rand(b, 1, 1, 1) - 0.5) * 0.1
     return (out * gain + bias).clamp_(0, 1)
+
+
+# ---- texts an image may be paired with (contrastive training) ----------------------------
+NORMAL = "No Finding"  # prompts.toml's entry for normal studies
+
+
+def prompt_sets(findings: list[str]) -> dict[str, tuple[list[str], list[str]]]:
+    """finding -> (positive phrasings, negative phrasings) from prompts.toml."""
+    from embedstore.data.prompts import prompts_for
+
+    out = {}
+    for f in findings:
+        rows = prompts_for(f)
+        out[f] = ([r["text"] for r in rows if r["polarity"] == "positive"],
+                  [r["text"] for r in rows if r["polarity"] == "negative"])
+    return out
+
+
+def candidate_texts(labels: np.ndarray, report: str, prompts: dict, normal: list[str]) -> list:
+    """An image's texts: its report (weight 1), positive prompts (1 in all), negative prompts (0.6 in all)."""
+    names = list(prompts)
+    nan = np.full(len(names), np.nan, dtype=np.float32)
+
+    def cond(k: int, v: float) -> np.ndarray:
+        c = nan.copy()
+        c[k] = v
+        return c
+
+    out = [Text(report, labels.astype(np.float32), 1.0)] if report else []
+    pos = [k for k in range(len(names)) if labels[k] == 1]
+    if pos:
+        texts = [(t, cond(k, 1.0)) for k in pos for t in prompts[names[k]][0]]
+    else:
+        texts = [(t, np.zeros(len(names), dtype=np.float32)) for t in normal]
+    out += [Text(t, c, 1.0 / len(texts)) for t, c in texts]
+    neg = [(t, cond(k, 0.0)) for k in range(len(names)) if labels[k] == 0 for t in prompts[names[k]][1]]
+    out += [Text(t, c, 0.6 / len(neg)) for t, c in neg]
+    return out

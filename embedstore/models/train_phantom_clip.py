@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from embedstore.errors import InputError
+from embedstore.finetune.data import NORMAL, candidate_texts, prompt_sets  # noqa: F401 - used below and by tests
 
 IMAGE_SIZE = 64
 CONTEXT_LENGTH = 64
@@ -46,7 +47,6 @@ ARCH = {
 SYNTH_SIZE = 128  # phantoms are rendered at 128 px (as for the other tools) and resized to IMAGE_SIZE
 TRAIN_STUDIES, TRAIN_SEED = 1500, 7
 BENCH_SEED, TEST_SEED = 1001, 2024
-NORMAL = "No Finding"  # prompts.toml's entry for normal studies
 IMAGE_EPOCHS, TEXT_EPOCHS = 30, 15  # stage 1 (BCE, image tower), stage 2 (contrastive, text tower)
 MIN_POSITIVES = 5  # a finding with fewer held-out positives (or negatives) is not scored
 
@@ -98,42 +98,6 @@ def read_phantoms(root: str | Path) -> Phantoms:
         studies=table["study_id"].to_list(), views=table["view"].to_list(), findings=findings,
         labels=table.select(findings).cast(pl.Float32).to_numpy(), reports=[reports[i] for i in ids],
     )
-
-
-def prompt_sets(findings: list[str]) -> dict[str, tuple[list[str], list[str]]]:
-    """finding -> (positive phrasings, negative phrasings) from prompts.toml."""
-    from embedstore.data.prompts import prompts_for
-
-    out = {}
-    for f in findings:
-        rows = prompts_for(f)
-        out[f] = ([r["text"] for r in rows if r["polarity"] == "positive"],
-                  [r["text"] for r in rows if r["polarity"] == "negative"])
-    return out
-
-
-def candidate_texts(labels: np.ndarray, report: str, prompts: dict, normal: list[str]) -> list:
-    """An image's texts: its report (weight 1), positive prompts (1 in all), negative prompts (0.6 in all)."""
-    from embedstore.finetune.data import Text
-
-    names = list(prompts)
-    nan = np.full(len(names), np.nan, dtype=np.float32)
-
-    def cond(k: int, v: float) -> np.ndarray:
-        c = nan.copy()
-        c[k] = v
-        return c
-
-    out = [Text(report, labels.astype(np.float32), 1.0)] if report else []
-    pos = [k for k in range(len(names)) if labels[k] == 1]
-    if pos:
-        texts = [(t, cond(k, 1.0)) for k in pos for t in prompts[names[k]][0]]
-    else:
-        texts = [(t, np.zeros(len(names), dtype=np.float32)) for t in normal]
-    out += [Text(t, c, 1.0 / len(texts)) for t, c in texts]
-    neg = [(t, cond(k, 0.0)) for k in range(len(names)) if labels[k] == 0 for t in prompts[names[k]][1]]
-    out += [Text(t, c, 0.6 / len(neg)) for t, c in neg]
-    return out
 
 
 def build_model(seed: int):

@@ -1,0 +1,112 @@
+"""The study end to end on phantoms with the bundled model: synth -> read -> encode -> analyses
+-> Grad-CAM agreement. These are the acceptance checks that need real model behaviour.
+
+One module-scoped store (a few hundred phantom studies) serves every test, so the model is
+loaded and the images are encoded once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+import embedstore
+from embedstore.data.datasets import read_boxes, read_dataset
+from embedstore.data.records import POSITIVE
+
+STUDIES = 300
+SEED = 1
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    from embedstore.synth import synth
+
+    out = tmp_path_factory.mktemp("phantoms") / "p"
+    synth(str(out), studies=STUDIES, seed=SEED, size=128, workers=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def store(phantoms, tmp_path_factory):
+    st = embedstore.open(tmp_path_factory.mktemp("store"))
+    st.encode(str(phantoms), model="phantom-clip", workers=0)
+    return st
+
+
+def _overall(metrics: pl.DataFrame, name: str) -> float:
+    row = metrics.filter(pl.col("finding").is_null() & (pl.col("metric") == name))
+    return float(row["value"][0])
+
+
+def test_synth_then_openi_reader_gives_the_recorded_labels(phantoms):
+    ds = read_dataset(str(phantoms))
+    truth = pl.read_csv(phantoms / "labels.csv")
+    assert len({r.study_id for r in ds.records}) == STUDIES
+    assert len(ds.records) == truth.height
+    by_id = {r.image_id: r for r in ds.records}
+    findings = [c for c in truth.columns if c not in ("image_id", "study_id", "view")]
+    assert sorted(findings) == sorted(ds.findings)
+    for row in truth.iter_rows(named=True):
+        rec = by_id[row["image_id"]]
+        got = {f for f, v in rec.labels.items() if v == POSITIVE}
+        assert got == {f for f in findings if row[f] == 1}, row["image_id"]
+        assert rec.view == row["view"]
+
+
+def test_synth_boxes_read_through_the_canonical_reader(phantoms):
+    boxes = read_boxes(str(phantoms / "boxes.csv"), box_format="canonical")
+    truth = pl.read_csv(phantoms / "labels.csv")
+    assert boxes.height > 0
+    assert set(boxes["image_id"]) <= set(truth["image_id"])
+    assert (boxes["x_max"] > boxes["x_min"]).all() and (boxes["y_max"] > boxes["y_min"]).all()
+
+
+def test_encode_stores_every_image_and_boxes(store, phantoms):
+    truth = pl.read_csv(phantoms / "labels.csv")
+    ids, X = store.image_vectors(store.resolve_version(None))
+    assert len(ids) == truth.height
+    assert np.allclose(np.linalg.norm(X, axis=1), 1, atol=1e-3)
+    assert store.boxes().height == pl.read_csv(phantoms / "boxes.csv").height
+    assert store.verify(strict=True).height > 0
+
+
+def test_raw_dot_over_predicts(store):
+    m = store.zeroshot(rule="raw-dot")
+    per = m.filter(pl.col("finding").is_not_null())
+    wide = per.pivot(on="metric", index="finding", values="value")
+    wide = wide.filter(pl.col("prevalence") > 0)
+    over = (wide["pred_rate"] > wide["prevalence"]).sum()
+    assert over > wide.height / 2, wide.select("finding", "prevalence", "pred_rate")
+
+
+def test_calibrated_pos_neg_beats_raw_dot_on_macro_f1(store):
+    raw = store.zeroshot(rule="raw-dot")
+    posneg = store.zeroshot(rule="pos-neg", calibrate_on="val")
+    assert _overall(posneg, "macro_f1_masked") > _overall(raw, "macro_f1_masked")
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (issue 5 stays open): phantom-clip's image tower was trained "
+                   "on phantom labels, so its zero-shot is in distribution (held-out macro AUROC 0.77-0.83) and a "
+                   "probe fitted on a few hundred train images does not beat it (0.61 here, 0.80 at 1,000 studies)")
+def test_probe_beats_zero_shot_on_macro_auroc(store):
+    zs = store.zeroshot(rule="pos-neg")
+    probe = store.probe()
+    assert _overall(probe, "macro_auroc") > _overall(zs, "macro_auroc")
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (issue 7 stays open): phantom-clip's ResNet tower gives a 2x2 "
+                   "map at layer4 (4x4 at layer3); its probe heatmaps beat the random baseline but not the centre "
+                   "prior (pointing 0.09 vs 0.13 at 1,000 studies)")
+def test_gradcam_pointing_beats_both_baselines(store, phantoms):
+    from embedstore.explain.commands import agreement
+
+    store.probe()
+    run, _ = agreement(boxes=str(phantoms / "boxes.csv"), box_format="canonical", target="probe",
+                       store=store, n_boot=200)
+    overall = {r["metric"]: r["value"] for r in run.metrics.filter(pl.col("finding").is_null()).iter_rows(named=True)}
+    for metric in ("pointing", "energy"):
+        model = overall[metric]
+        for baseline in ("random", "centre"):
+            assert model > overall[f"{metric}@{baseline}"] + 0.05, (metric, baseline, overall)
