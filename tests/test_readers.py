@@ -17,20 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from txv_files import txv_file  # noqa: E402
+
 from embedstore.data.datasets import read_dataset
 from embedstore.data.inspect import inspect_dataset
 from embedstore.errors import InputError
 
 
-def txv_file(name: str) -> str:
-    """A real file in torchxrayvision's package data, found without importing it (that pulls in torch)."""
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("torchxrayvision (the `test` extra) is not installed: it ships the real data files")
-    path = os.path.join(spec.submodule_search_locations[0], "data", name)
-    if not os.path.isfile(path):
-        pytest.skip(f"{name} is not in this torchxrayvision's package data")
-    return path
 
 
 # ------------------------------------------------------------------ independent Open-i parse

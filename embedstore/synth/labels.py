@@ -11,36 +11,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from embedstore.data.labels import AUTOMATIC_FINDINGS, AUTOMATIC_SUBSTRINGS
 from embedstore.synth.label_table import COMBOS
 
-# torchxrayvision's order and final names (sorted, then Opacity -> Lung Opacity, Lesion -> Lung Lesion).
-FINDINGS: tuple[str, ...] = (
-    "Atelectasis", "Calcified Granuloma", "Cardiomegaly", "Edema", "Effusion", "Emphysema",
-    "Fibrosis", "Fracture", "Granuloma", "Hernia", "Infiltration", "Lung Lesion", "Mass",
-    "Nodule", "Lung Opacity", "Pleural_Thickening", "Pneumonia", "Pneumothorax",
-)
-
-# Substrings searched in the "|"-joined lower-cased automatic terms (torchxrayvision's rule).
-SUBSTRINGS: dict[str, tuple[str, ...]] = {
-    "Atelectasis": ("atelectasis", "atelectases"),
-    "Calcified Granuloma": ("calcified granuloma",),
-    "Cardiomegaly": ("cardiomegaly",),
-    "Edema": ("edema",),
-    "Effusion": ("effusion",),
-    "Emphysema": ("emphysema",),
-    "Fibrosis": ("fibrosis",),
-    "Fracture": ("fracture",),
-    "Granuloma": ("granuloma",),
-    "Hernia": ("hernia",),
-    "Infiltration": ("infiltration", "infiltrate"),
-    "Lung Lesion": ("lesion",),
-    "Mass": ("mass",),
-    "Nodule": ("nodule",),
-    "Lung Opacity": ("opacity",),
-    "Pleural_Thickening": ("pleural_thickening", "pleural thickening"),
-    "Pneumonia": ("pneumonia",),
-    "Pneumothorax": ("pneumothorax",),
-}
+# torchxrayvision's order and final names, and the substrings its rule searches in the "|"-joined
+# lower-cased automatic terms: the same scheme the Open-i reader applies, so phantoms read back exactly.
+FINDINGS: tuple[str, ...] = AUTOMATIC_FINDINGS
+SUBSTRINGS: dict[str, tuple[str, ...]] = AUTOMATIC_SUBSTRINGS
 
 # IU-Xray: about 36 % of images are "normal" (MeSH major), while 63 % carry none of the 18
 # findings; the rest of those have incidental findings outside the scheme (devices, sternotomy,
