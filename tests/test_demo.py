@@ -1,0 +1,29 @@
+"""`embedstore demo` end to end at a small size: every stage runs, the report renders, and a
+second run reuses what the first stored."""
+
+import shutil
+
+import pytest
+
+from embedstore.demo import demo
+
+STAGES = ["synth", "encode", "zeroshot", "probe", "separability", "finetune", "analyses v2", "agreement", "report"]
+
+
+def test_demo_runs_every_stage_and_writes_a_rendering_report(tmp_path):
+    lines: list[str] = []
+    first = demo(out=tmp_path / "d", studies=40, epochs=1, echo=lines.append)
+    assert [name for name, _, _ in first.stages] == STAGES
+    assert len(lines) == len(STAGES) and first.report.is_file()
+    assert "v1 -> v2" in dict((n, note) for n, _, note in first.stages)["finetune"]
+
+    again = demo(out=tmp_path / "d", studies=40, epochs=1, echo=lines.append)
+    notes = dict((n, note) for n, _, note in again.stages)
+    assert "reusing" in notes["synth"] and "0 encoded" in notes["encode"]
+
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (make test installs it): the report was not opened in a browser")
+    from embedstore.reports.browser import check_report
+
+    check = check_report(first.report)
+    assert check.rendered == check.charts > 0 and not check.errors and not check.console_errors
