@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from embedstore.analyses.metrics import metric_value
+
 MODEL = "phantom-clip"
 
 
@@ -92,12 +94,12 @@ def _zeroshot(st, version: str) -> str:
 
 def _probe(st, version: str) -> str:
     metrics = st.probe(version)
-    return f"{version} probe macro-AUROC {_overall(metrics, 'macro_auroc')[0][1]:.3f}"
+    return f"{version} probe macro-AUROC {metric_value(metrics, 'macro_auroc'):.3f}"
 
 
 def _separability(st, version: str) -> str:
     metrics = st.separability(version)
-    return f"{version} inter/intra ratio {_overall(metrics, 'inter_intra_ratio')[0][1]:.3f}"
+    return f"{version} inter/intra ratio {metric_value(metrics, 'inter_intra_ratio'):.3f}"
 
 
 def _finetune(st, base: str, epochs: int, seed: int, made: dict) -> str:
@@ -129,11 +131,10 @@ def _report(st, report: Path) -> str:
     return f"{built.charts} charts, {built.size_bytes / 1e6:.1f} MB -> {built.path}"
 
 
-def _overall(metrics, name: str, by: str | None = None) -> list[tuple[str, float]]:
-    """Overall (finding NULL) values of one metric, optionally per `by` column."""
+def _overall(metrics, name: str, by: str) -> list[tuple[str, float]]:
+    """Overall (finding NULL) values of one metric, one per value of the `by` column."""
     import polars as pl
 
     rows = metrics.filter(pl.col("finding").is_null() & (pl.col("metric") == name))
-    if by is None:
-        return [("", float(rows["value"][0]) if rows.height else float("nan"))]
     return [(str(r[by]), float(r["value"])) for r in rows.iter_rows(named=True)]
+
