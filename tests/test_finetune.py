@@ -15,14 +15,9 @@ the same train images (the best a linear head on the parent's frozen tower does)
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +28,7 @@ pytest.importorskip("open_clip")
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
+from finetune_helpers import kill_after_first_epoch, parent_snapshot, torch_threads  # noqa: E402
 from store_helpers import TINY_CFG  # noqa: E402
 
 FINDINGS = ["Cardiomegaly", "Effusion"]
@@ -43,10 +39,8 @@ ARGS = dict(objective="bce", train="all", epochs=4, lr=2e-3, batch_size=16, pati
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with torch_threads(1):
+        yield
 
 
 def blob_dataset(folder: Path, n: int, seed: int = 0):
@@ -101,17 +95,6 @@ def copy_store(base: Path, dest: Path):
     return Store(dest)
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _parent_snapshot(st):
-    ids, X = st.image_vectors("v1")
-    texts, M = st.text_vectors("v1")
-    info = st.version_info("v1")
-    return ids, X, texts["text_hash"].to_list(), M, info["index_checksum"], _sha(st.index_path("v1"))
-
-
 def _macro_auroc(y: np.ndarray, s: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -122,7 +105,7 @@ def _macro_auroc(y: np.ndarray, s: np.ndarray) -> float:
 def tuned(base, tmp_path_factory):
     """The store after one uninterrupted bce fine-tune, the parent snapshot before it, the result."""
     st = copy_store(base, tmp_path_factory.mktemp("ft-run") / "store")
-    before = _parent_snapshot(st)
+    before = parent_snapshot(st)
     result = st.finetune("v1", **{k: v for k, v in ARGS.items() if k not in ("objective", "train")},
                          objective=ARGS["objective"], train=ARGS["train"])
     return st, before, result
@@ -137,7 +120,7 @@ def test_bce_finetune_writes_a_new_version_and_leaves_the_parent_alone(tuned):
     row = versions.filter(versions["version"] == "v2").row(0, named=True)
     assert (row["parent"], row["kind"], row["images"]) == ("v1", "finetune", N_IMAGES)
     # parent: rows, texts, recorded checksum and the index file itself unchanged
-    after = _parent_snapshot(st)
+    after = parent_snapshot(st)
     np.testing.assert_array_equal(after[0], before[0])
     np.testing.assert_array_equal(after[1], before[1])
     assert after[2] == before[2]
@@ -234,39 +217,9 @@ def test_same_arguments_reuse_the_finished_version(tuned):
     assert st.versions().height == 2
 
 
-KILLED = textwrap.dedent("""
-    import os, sys, time
-    sys.path.insert(0, {tests!r})
-    import torch
-    torch.set_num_threads(1)
-    from embedstore.api import Store
-
-    def on_epoch(row):
-        print("EPOCH", row["epoch"], flush=True)
-        time.sleep(600)  # killed here, after epoch 1's checkpoint was saved
-
-    Store({store!r}).finetune("v1", on_epoch=on_epoch, **{args!r})
-""")
-
-
 def test_a_run_killed_after_its_first_epoch_resumes_there(base, tuned, tmp_path):
     st = copy_store(base, tmp_path / "store")
-    script = KILLED.format(tests=str(TESTS), store=str(st.path), args=ARGS)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        assert line.strip() == "EPOCH 1", proc.stderr.read()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-    work = [p for p in (st.path / "checkpoints").iterdir() if p.name.startswith(".work-") and p.is_dir()]
-    assert len(work) == 1
-    state = json.loads((work[0] / "train" / "state.json").read_text())
+    state = kill_after_first_epoch(st.path, ARGS)
     assert state["epoch"] == 1
     assert st.versions().height == 1  # no half version: it is created only after training
 

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
 from embedstore.errors import InputError  # noqa: E402
+from finetune_helpers import torch_threads  # noqa: E402
 from embedstore.finetune.data import PairDataset, Text, match_matrix  # noqa: E402
 from embedstore.finetune.loop import TrainConfig, macro_auroc, set_trainable, train, warmup_cosine  # noqa: E402
 from embedstore.finetune.objectives import (  # noqa: E402
@@ -27,10 +28,8 @@ PROMPTS = {"Spot": (["a bright spot"], ["no spot"]), "Bar": (["a dark bar"], ["n
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+    with torch_threads(1):
+        yield
 
 
 def tiny_model(seed: int = 0):
@@ -244,3 +243,18 @@ def test_bce_objective_learns_the_easy_findings(tmp_path):
     res = train(obj, data, tiny_data(48, 2, texts=False), cfg(epochs=6, lr=3e-3, train="vision"), tmp_path)
     assert res.best_auroc > 0.8, res.history
     assert res.history[res.best_epoch - 1]["val_auroc"] == res.best_auroc
+
+
+def test_zero_shot_head_starts_at_the_pos_neg_zero_shot_scores():
+    from embedstore.finetune.objectives import ContrastiveObjective, ImageClassifier, zero_shot_head, zero_shot_pos_neg
+
+    model, tok = tiny_model()
+    model.eval()
+    images = tiny_data(8, seed=3, texts=False).collate([{"index": i} for i in range(8)])["images"]
+    head = ImageClassifier(model.visual, 16, 2, normalize=True, init=zero_shot_head(model, tok, PROMPTS)).eval()
+    pos, neg = ContrastiveObjective(model, tok, PROMPTS).prompt_embeddings(torch.device("cpu"))
+    with torch.no_grad():
+        expected = zero_shot_pos_neg(model.encode_image(images, normalize=True), pos, neg, model.logit_scale.exp())
+        got = torch.sigmoid(head(images))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    assert got.std() > 0  # not a constant: the check could fail

@@ -35,6 +35,8 @@ def finetune(
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | auto (mixed precision on GPU)."),
     seed: int = typer.Option(0, "--seed"),
+    head_init: str = typer.Option("zeroshot", "--head-init",
+                                  help="bce head start: zeroshot (the parent's pos-neg classifier) | random."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes for re-encoding."),
     force: bool = typer.Option(False, "--force", help="Train again even if this fine-tune was already done."),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
@@ -53,7 +55,7 @@ def finetune(
 
     result = run(_store(store), from_version=from_version, objective=objective, train=train, epochs=epochs, lr=lr,
                  batch_size=batch_size, accumulate=accumulate, device=device, precision=precision, seed=seed,
-                 patience=patience, workers=workers, force=force, progress=fmt is Format.table, on_epoch=report)
+                 patience=patience, head_init=head_init, workers=workers, force=force, progress=fmt is Format.table, on_epoch=report)
     emit(result.as_dict(), fmt)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from embedstore.errors import InputError, StoreError
 
 OBJECTIVES = ("bce", "contrastive")
+HEAD_INITS = ("zeroshot", "random")
 RUN_KIND = "finetune"  # the run written last: training history, head metrics on test, head logits
 HEAD_FILE = "head.safetensors"
 RECORD_FILE = "finetune.json"
@@ -85,8 +86,9 @@ def load_version_model(store, version: str, device: str = "cpu"):
 
 
 def load_version_head(store, version: str):
-    """(torch.nn.Linear, findings) of a `bce` fine-tuned version; its input is the image tower's
-    output before normalisation (`model.encode_image(x)`). InputError when the version has none."""
+    """(head module, findings) of a `bce` fine-tuned version; its input is the image tower's output
+    before normalisation (`model.encode_image(x)`); a head trained from the zero-shot
+    initialisation normalises it first. InputError when the version has none."""
     import torch
     from safetensors.torch import load_file
 
@@ -100,6 +102,10 @@ def load_version_head(store, version: str):
     out_dim, in_dim = weights["weight"].shape
     head = torch.nn.Linear(in_dim, out_dim)
     head.load_state_dict(weights)
+    if ft.get("head_init") == "zeroshot":  # such heads read the unit image vector
+        from embedstore.finetune.objectives import UnitInputHead
+
+        head = UnitInputHead(head)
     return head.eval(), list(ft["findings"])
 
 
@@ -119,6 +125,7 @@ def finetune(
     patience: int = 3,
     weight_decay: float = 0.05,
     warmup: float = 0.1,
+    head_init: str = "zeroshot",
     workers: int | None = None,
     force: bool = False,
     progress: bool = False,
@@ -127,8 +134,11 @@ def finetune(
     """Fine-tune the model of `from_version` (latest when None) into a new version beside it.
 
     `objective`: "bce" or "contrastive"; `train`: "vision", "all" or "last-N-blocks";
-    `precision`: "fp32" or "auto" (mixed precision on GPU). Trains on the images whose split
-    is "train", early-stops on "val". See the module docstring for resume and reuse.
+    `precision`: "fp32" or "auto" (mixed precision on GPU). `head_init` (bce): "zeroshot" starts
+    the head from the parent's pos-neg zero-shot classifier on unit vectors, so training starts
+    at the parent's zero-shot scores; "random" from a random head on the raw tower output.
+    Trains on the images whose split is "train", early-stops on "val". See the module docstring
+    for resume and reuse.
     """
     from embedstore.encode import resolve_device
     from embedstore.store import stable_hash
@@ -137,6 +147,8 @@ def finetune(
     started = time.perf_counter()
     if objective not in OBJECTIVES:
         raise InputError(f"--objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
+    if head_init not in HEAD_INITS:
+        raise InputError(f"--head-init {head_init!r}: use one of {', '.join(HEAD_INITS)}")
     st = _open(store)
     parent = st.resolve_version(from_version)
     info = st.version_info(parent)
@@ -144,6 +156,8 @@ def finetune(
     settings = {"objective": objective, "train": train, "epochs": epochs, "lr": lr, "batch_size": batch_size,
                 "accumulate": accumulate, "precision": precision, "seed": seed, "patience": patience,
                 "weight_decay": weight_decay, "warmup": warmup}
+    if objective == "bce":
+        settings["head_init"] = head_init
     key = stable_hash({"parent": parent, "record_hash": info["record_hash"], "data": data.fingerprint(), **settings})
     config = _train_config(settings, resolve_device(device))  # validates before anything is written
 
@@ -164,7 +178,7 @@ def finetune(
         head = None
         if pending is None:
             loaded = load_version_model(st, parent, device=config.device)
-            trained, head = _train(loaded, data, config, objective, work / "train", result, on_epoch)
+            trained, head = _train(loaded, data, config, objective, head_init, work / "train", result, on_epoch)
             folder = _export(trained, loaded, head, data, work / "export", settings, result, parent, key)
         result.seconds = time.perf_counter() - started  # recorded as the run's duration (training)
         with st.connect(write=True):
@@ -272,11 +286,13 @@ class TrainingData:
 
 
 # ---- training and export --------------------------------------------------------------------------
-def _train(loaded, data: TrainingData, config, objective: str, out_dir: Path, result: FinetuneResult, on_epoch):
+def _train(loaded, data: TrainingData, config, objective: str, head_init: str, out_dir: Path,
+           result: FinetuneResult, on_epoch):
     """Train in `out_dir` (resuming there); fills `result`; returns (model with best weights, head or None)."""
     from embedstore.finetune.loop import seed_everything
     from embedstore.finetune.loop import train as run_training
-    from embedstore.finetune.objectives import BCEObjective, ContrastiveObjective, pos_weight_from_labels
+    from embedstore.finetune.objectives import (BCEObjective, ContrastiveObjective, pos_weight_from_labels,
+                                                zero_shot_head)
 
     rec = _record(loaded)
     model = loaded.model
@@ -285,8 +301,10 @@ def _train(loaded, data: TrainingData, config, objective: str, out_dir: Path, re
                                      rec["preprocess"]["std"], config.seed)
     seed_everything(config.seed)  # the head's initial weights depend on the seed only
     if objective == "bce":
+        unit = head_init == "zeroshot"
+        init = zero_shot_head(model, loaded.tokenizer, data.prompts()) if unit else None
         obj = BCEObjective(model.visual, int(rec["embed_dim"]), len(data.findings),
-                           pos_weight_from_labels(train_ds.labels.numpy()))
+                           pos_weight_from_labels(train_ds.labels.numpy()), normalize=unit, init=init)
     else:
         obj = ContrastiveObjective(model, loaded.tokenizer, data.prompts())
     res = run_training(obj, train_ds, val_ds, config, out_dir, on_epoch=on_epoch)

@@ -88,15 +88,51 @@ def ensemble(embeddings: torch.Tensor) -> torch.Tensor:
 
 
 class ImageClassifier(nn.Module):
-    """The image tower of a CLIP model plus a linear head: one logit per finding."""
+    """The image tower of a CLIP model plus a linear head: one logit per finding.
 
-    def __init__(self, visual: nn.Module, embed_dim: int, n_findings: int):
+    With `normalize` the head reads the unit image embedding (as zero-shot scoring does), so it can
+    start from the zero-shot classifier (`zero_shot_head`); otherwise the raw tower output.
+    """
+
+    def __init__(self, visual: nn.Module, embed_dim: int, n_findings: int, normalize: bool = False,
+                 init: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         self.visual = visual
+        self.normalize = normalize
         self.head = nn.Linear(embed_dim, n_findings)
+        if init is not None:
+            with torch.no_grad():
+                self.head.weight.copy_(init[0])
+                self.head.bias.copy_(init[1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.visual(images))
+        z = self.visual(images)
+        return self.head(F.normalize(z, dim=-1) if self.normalize else z)
+
+
+class UnitInputHead(nn.Module):
+    """A stored head that reads unit vectors: normalises, then applies its linear layer."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.linear(F.normalize(z, dim=-1))
+
+
+@torch.no_grad()
+def zero_shot_head(model: nn.Module, tokenizer, prompts: dict, device: torch.device | str = "cpu"):
+    """(weight [F, D], bias [F]) of the pos-neg zero-shot classifier as a linear head on unit vectors.
+
+    softmax over (positive, negative) prompt logits = sigmoid(scale * x.(p - n)), so the head's
+    logit equals the zero-shot logit: a fine-tune from it starts at the parent's zero-shot scores
+    (zero-shot head initialisation, as in WiSE-FT / FLYP) instead of from a random head.
+    """
+    pos, neg = ContrastiveObjective(model, tokenizer, prompts).prompt_embeddings(torch.device(device))
+    scale = model.logit_scale.exp().float().clamp(max=100).cpu()
+    weight = scale * (pos - neg).float().cpu()
+    return weight, torch.zeros(weight.shape[0])
 
 
 class ContrastiveObjective:
@@ -155,8 +191,9 @@ class BCEObjective:
 
     name = "bce"
 
-    def __init__(self, visual: nn.Module, embed_dim: int, n_findings: int, pos_weight: torch.Tensor):
-        self.module = ImageClassifier(visual, embed_dim, n_findings)
+    def __init__(self, visual: nn.Module, embed_dim: int, n_findings: int, pos_weight: torch.Tensor,
+                 normalize: bool = False, init: tuple[torch.Tensor, torch.Tensor] | None = None):
+        self.module = ImageClassifier(visual, embed_dim, n_findings, normalize=normalize, init=init)
         self.pos_weight = pos_weight
 
     def loss(self, batch: dict, device: torch.device) -> torch.Tensor:
