@@ -187,6 +187,23 @@ def test_different_seed_differs(tmp_path):
     assert pngs and all(a[k] != b[k] for k in pngs)
 
 
+def test_site_b_shift_changes_pixels_only(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    synth(str(tmp_path / "a"), studies=6, seed=1, size=64, workers=1)
+    synth(str(tmp_path / "b"), studies=6, seed=1, size=64, workers=1, shift="site-b")
+    a, b = _tree_bytes(tmp_path / "a"), _tree_bytes(tmp_path / "b")
+    assert a.keys() == b.keys()
+    same = [k for k in a if not k.endswith(".png")]
+    assert same and all(a[k] == b[k] for k in same)  # reports, labels.csv and boxes.csv unchanged
+    for k in [k for k in a if k.endswith(".png")]:
+        x = np.asarray(Image.open(tmp_path / "a" / k), dtype=np.float32)
+        y = np.asarray(Image.open(tmp_path / "b" / k), dtype=np.float32)
+        assert np.abs(x - y).mean() > 5  # another look ...
+        assert np.corrcoef(x.ravel(), y.ravel())[0, 1] > 0.8  # ... of the same anatomy
+
+
 def test_dicom_reads_back_through_the_luts(small_set):
     pydicom = pytest.importorskip("pydicom")
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -247,6 +264,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     (tmp_path / "bad.tgz").write_text("not a tarball")
     with pytest.raises(InputError, match="tar"):
         synth(str(tmp_path / "o2"), labels_from=str(tmp_path / "bad.tgz"))
+    with pytest.raises(InputError, match="--shift 'site-c': use one of none, site-b"):
+        synth(str(tmp_path / "o3"), studies=1, shift="site-c")
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob("o*.partial-*"))
 
 

@@ -19,6 +19,7 @@ def synth_command(
     dicom: bool = typer.Option(False, "--dicom", help="Also write DICOM copies (MONOCHROME1/2, 12-16 bits) to OUT/dicom."),
     labels_from: Optional[str] = typer.Option(None, "--labels-from", help="NLMCXR_reports.tgz: one phantom per real report, with its labels and text (ignores --studies)."),
     workers: int = typer.Option(2, "--workers", help="Worker processes."),
+    shift: str = typer.Option("none", "--shift", help="Render as another site would: none | site-b (harder tone curve, edge enhancement; out of phantom-clip's distribution)."),
     fmt: Format = typer.Option(Format.table, "--format", help="Output format of the summary."),
 ) -> None:
     """Write phantom radiographs with known findings: Open-i XML reports, PNGs, boxes.csv, labels.csv."""
@@ -27,7 +28,7 @@ def synth_command(
     from embedstore.synth import synth
 
     summary = asdict(synth(out, studies=studies, seed=seed, size=size, dicom=dicom,
-                           labels_from=labels_from, workers=workers))
+                           labels_from=labels_from, workers=workers, shift=shift))
     per = summary.pop("images_per_finding")
     if fmt is Format.table:
         emit(summary, fmt, title="synth")

@@ -37,6 +37,11 @@ BOX_COLUMNS = ["image_id", "finding", "x_min", "y_min", "x_max", "y_max", "reade
 LABEL_COLUMNS = ["image_id", "study_id", "view", *FINDINGS]
 DEFAULT_SIZE = 256
 MAX_BOXES_PER_FINDING = 4  # more separate pieces (reticular patterns) become one box
+# Named domain shifts: the same studies as another site's equipment would show them. Photometric
+# only, so labels, reports and boxes are unchanged. "site-b": a harder tone curve and strong edge
+# enhancement (unsharp masking, as some CR/DR vendors apply), which also amplifies the noise.
+# phantom-clip never saw it: on such phantoms it is out of distribution, as BiomedCLIP is on IU-Xray.
+SHIFTS = ("none", "site-b")
 
 
 @dataclass
@@ -48,6 +53,7 @@ class SynthSummary:
     boxes: int
     seconds: float
     workers: int
+    shift: str = "none"
     images_per_finding: dict[str, int] = field(default_factory=dict)
 
 
@@ -149,6 +155,17 @@ class ImageRenderer:
         return rows
 
 
+def apply_shift(img: np.ndarray, shift: str) -> np.ndarray:
+    """The final [0, 1] image as the named site's processing would show it (see SHIFTS)."""
+    if shift == "none":
+        return img
+    from scipy.ndimage import gaussian_filter
+
+    toned = np.clip((img - 0.1) / 0.8, 0, 1) ** 1.8
+    sharpened = toned + 1.5 * (toned - gaussian_filter(toned, 2.0 * img.shape[0] / 128))
+    return np.clip(0.1 + 0.8 * sharpened, 0, 1).astype(np.float32)
+
+
 def mask_boxes(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Boxes (pixel edges) around the separate pieces of a mask; many pieces give one box."""
     from scipy.ndimage import binary_dilation, find_objects, label
@@ -175,13 +192,13 @@ def png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _render_study(study: Study, root: str, dicom: bool) -> tuple[list[dict], list[dict]]:
+def _render_study(study: Study, root: str, dicom: bool, shift: str = "none") -> tuple[list[dict], list[dict]]:
     """Write a study's XML, PNGs (and DICOMs); return its box and label rows."""
     boxes, labels = [], []
     for j, (image_id, view, proj) in enumerate(study.images):
         r = ImageRenderer(study, j)
         clean = r.clean()
-        noisy = r.noisy(clean)
+        noisy = apply_shift(r.noisy(clean), shift)
         with open(os.path.join(root, "images", image_id + ".png"), "wb") as fh:
             fh.write(png_bytes(to_uint8(noisy)))
         if dicom:
@@ -200,10 +217,10 @@ def _render_study(study: Study, root: str, dicom: bool) -> tuple[list[dict], lis
 
 
 def _job(args) -> tuple[list[dict], list[dict], bool]:
-    seed, n, size, root, dicom, real = args
+    seed, n, size, root, dicom, real, shift = args
     labels = _real_labels(real) if real else None
     study = make_study(seed, n, size, labels, real)
-    b, lab = _render_study(study, root, dicom)
+    b, lab = _render_study(study, root, dicom, shift)
     return b, lab, study.labels.normal
 
 
@@ -272,8 +289,13 @@ def _real_labels(real: dict) -> StudyLabels:
 
 
 def synth(out: str, studies: int = 100, seed: int = 0, size: int = DEFAULT_SIZE, dicom: bool = False,
-          labels_from: str | None = None, workers: int = 2) -> SynthSummary:
-    """Write `studies` phantom studies (or one per real report with `labels_from`) to `out`."""
+          labels_from: str | None = None, workers: int = 2, shift: str = "none") -> SynthSummary:
+    """Write `studies` phantom studies (or one per real report with `labels_from`) to `out`.
+
+    `shift` renders them as another site would (SHIFTS); labels, reports and boxes are the same.
+    """
+    if shift not in SHIFTS:
+        raise InputError(f"--shift {shift!r}: use one of {', '.join(SHIFTS)}")
     if size < 32 or size > 4096:
         raise InputError(f"--size {size}: give a side between 32 and 4096 pixels")
     if labels_from is None and studies < 1:
@@ -287,8 +309,8 @@ def synth(out: str, studies: int = 100, seed: int = 0, size: int = DEFAULT_SIZE,
     shutil.rmtree(tmp, ignore_errors=True)
     for sub in ("ecgen-radiology", "images") + (("dicom",) if dicom else ()):
         os.makedirs(os.path.join(tmp, sub))
-    jobs = ([(seed, r["n"], size, tmp, dicom, r) for r in reals] if reals
-            else [(seed, n, size, tmp, dicom, None) for n in range(1, studies + 1)])
+    jobs = ([(seed, r["n"], size, tmp, dicom, r, shift) for r in reals] if reals
+            else [(seed, n, size, tmp, dicom, None, shift) for n in range(1, studies + 1)])
     try:
         results = _run(jobs, workers)
         box_rows = [b for r in results for b in r[0]]
@@ -303,7 +325,7 @@ def synth(out: str, studies: int = 100, seed: int = 0, size: int = DEFAULT_SIZE,
         raise
     counts = {f: sum(row[f] for row in label_rows) for f in FINDINGS}
     return SynthSummary(out, len(jobs), len(label_rows), sum(r[2] for r in results), len(box_rows),
-                        round(time.perf_counter() - t0, 2), workers, counts)
+                        round(time.perf_counter() - t0, 2), workers, shift, counts)
 
 
 def _run(jobs: list, workers: int) -> list:
