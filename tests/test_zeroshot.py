@@ -101,6 +101,15 @@ def test_calibrated_threshold_maximises_f1_on_its_split(syn):
         assert f1_score(y, s >= thr[j]) == pytest.approx(best)
 
 
+def test_a_finding_with_too_few_calibration_positives_keeps_the_default_threshold():
+    S = np.array([[0.9, 0.9], [0.8, 0.8], [0.7, 0.7], [0.6, 0.6], [0.5, 0.5], [0.1, 0.1], [0.2, 0.2]])
+    Y01 = np.array([[1, 1], [1, 0], [1, 0], [1, 0], [1, 0], [0, 0], [0, 0]])
+    thr = zs.calibrate_thresholds(Y01, np.ones_like(Y01, bool), S, min_positives=5)
+    assert thr[0] == pytest.approx(0.5) and np.isnan(thr[1])  # 5 positives: fitted; 1: default
+    P = zs.predict(S, "pos-neg", thr)
+    np.testing.assert_array_equal(P[:, 1], (S[:, 1] >= 0).astype(np.int8))
+
+
 def test_bad_rule_and_missing_prompts_are_one_line_errors(syn):
     from embedstore.errors import InputError
 

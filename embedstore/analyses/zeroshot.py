@@ -115,9 +115,14 @@ def default_predictions(S: np.ndarray, rule: str) -> np.ndarray:
     return (S >= 0).astype(np.int8)
 
 
-def calibrate_thresholds(Y01: np.ndarray, known: np.ndarray, S: np.ndarray) -> np.ndarray:
+MIN_CALIBRATION_POSITIVES = 5  # fewer: a max-F1 threshold fitted to 1-4 positives generalises worse than the default
+
+
+def calibrate_thresholds(Y01: np.ndarray, known: np.ndarray, S: np.ndarray,
+                         min_positives: int = MIN_CALIBRATION_POSITIVES) -> np.ndarray:
     """Per-finding threshold t maximising the F1 of `score >= t` on (Y01, S), masked entries left
-    out; NaN where the split has no positive for a finding (the rule's default is kept there).
+    out; NaN where the split has fewer than `min_positives` positives for a finding (the rule's
+    default is kept there).
 
     Every distinct score is a candidate: one sort and two cumulative sums per finding (the same
     curve as scikit-learn's precision_recall_curve, without its per-call overhead).
@@ -127,7 +132,7 @@ def calibrate_thresholds(Y01: np.ndarray, known: np.ndarray, S: np.ndarray) -> n
         m = known[:, j]
         y, s = Y01[m, j].astype(bool), S[m, j]
         P = int(y.sum())
-        if P == 0:
+        if P == 0 or P < min_positives:
             continue
         order = np.argsort(-s, kind="stable")
         s, y = s[order], y[order]
