@@ -1,0 +1,140 @@
+"""Issue 6's acceptance on CPU with `phantom-clip` at a small size.
+
+300 phantom studies rendered as another site would (`synth --shift site-b`), out of the model's
+training distribution as IU-Xray is for BiomedCLIP, encoded with phantom-clip as v1; a `bce`
+fine-tune of the image tower (head started from the zero-shot classifier) writes v2.
+"Raises validation macro AUROC over its parent" is checked against the better of the parent's
+two linear read-outs on the same val images: its pos-neg zero-shot scores, and logistic
+regressions fitted by scikit-learn on its stored train vectors (the C best on val).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from finetune_helpers import kill_after_first_epoch, parent_snapshot, torch_threads  # noqa: E402
+
+ARGS = dict(objective="bce", train="vision", epochs=4, lr=3e-4, batch_size=32, patience=4, seed=0, device="cpu",
+            workers=0)
+
+
+@pytest.fixture(autouse=True)
+def _two_threads():
+    with torch_threads(2):
+        yield
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """Phantoms and a store holding v1 (phantom-clip), copied by each test that writes."""
+    import embedstore
+    from embedstore.synth import synth
+
+    root = tmp_path_factory.mktemp("ft-phantoms")
+    synth(str(root / "p"), studies=300, seed=3, size=128, workers=2, shift="site-b")
+    embedstore.open(root / "store").encode(str(root / "p"), model="phantom-clip", workers=0)
+    return root
+
+
+def _copy(base: Path, dest: Path):
+    import embedstore
+
+    shutil.copytree(base / "store", dest)
+    return embedstore.open(dest)
+
+
+@pytest.fixture(scope="module")
+def tuned(base, tmp_path_factory):
+    st = _copy(base, tmp_path_factory.mktemp("ft-run") / "store")
+    before = parent_snapshot(st)
+    return st, before, st.finetune("v1", **ARGS)
+
+
+def _macro_auroc(Y: np.ndarray, S: np.ndarray) -> float:
+    """Mean AUROC over findings with both classes among known (0 / 1) labels, by scikit-learn."""
+    from sklearn.metrics import roc_auc_score
+
+    aurocs = []
+    for j in range(Y.shape[1]):
+        known = (Y[:, j] == 0) | (Y[:, j] == 1)
+        if len(np.unique(Y[known, j])) == 2:
+            aurocs.append(roc_auc_score(Y[known, j], S[known, j]))
+    return float(np.mean(aurocs))
+
+
+def _scores(st, run_id: str, ids: np.ndarray, findings: list[str]) -> np.ndarray:
+    df = st.sql(f"SELECT id, finding, score FROM image_scores WHERE run_id = '{run_id}'")
+    pos = {int(i): k for k, i in enumerate(ids)}
+    S = np.full((len(ids), len(findings)), np.nan)
+    for i, f, s in df.iter_rows():
+        if int(i) in pos and f in findings:
+            S[pos[int(i)], findings.index(f)] = s
+    return S
+
+
+def test_new_version_records_its_parent_and_leaves_the_parent_alone(tuned):
+    st, before, r = tuned
+    assert (r.version, r.parent, r.reused, r.trained_now) == ("v2", "v1", False, [1, 2, 3, 4])
+    row = st.versions().filter(st.versions()["version"] == "v2").row(0, named=True)
+    assert (row["parent"], row["kind"]) == ("v1", "finetune")
+    after = parent_snapshot(st)
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[1], before[1])
+    assert after[2] == before[2]
+    np.testing.assert_array_equal(after[3], before[3])
+    assert after[4:] == before[4:]  # recorded index checksum and the index file's bytes
+    ids2, X2 = st.image_vectors("v2")
+    np.testing.assert_array_equal(ids2, before[0])
+    assert np.abs(X2 - before[1]).max() > 0.05
+    assert st.index_is_current("v2")
+
+
+def test_bce_finetune_raises_val_macro_auroc_over_its_parent(tuned):
+    from sklearn.linear_model import LogisticRegression
+
+    st, before, r = tuned
+    ids, X1 = before[0], before[1]
+    findings = st.findings()
+    split = dict(zip(st.images()["id"].to_list(), st.images()["split"].to_list()))
+    sp = np.array([split[int(i)] for i in ids])
+    Y = st.label_matrix(ids, findings)
+    tr, va = sp == "train", sp == "val"
+
+    head = _scores(st, r.run_id, ids, findings)
+    assert np.isfinite(head).all()
+    tuned_val = _macro_auroc(Y[va], head[va])
+    assert r.best_val_auroc == pytest.approx(tuned_val, abs=1e-4)  # the stored head is the best epoch's
+
+    zs = st.zeroshot("v1", rule="pos-neg", split="val", n_boot=0)
+    zero_shot_val = _macro_auroc(Y[va], _scores(st, zs["run_id"][0], ids, findings)[va])
+    probe_val = 0.0
+    for C in (0.1, 1.0, 10.0):
+        S = np.zeros((int(va.sum()), len(findings)))
+        for j in range(len(findings)):
+            known = tr & ((Y[:, j] == 0) | (Y[:, j] == 1))
+            if len(np.unique(Y[known, j])) == 2:
+                lr = LogisticRegression(C=C, class_weight="balanced", max_iter=5000).fit(X1[known], Y[known, j])
+                S[:, j] = lr.decision_function(X1[va])
+        probe_val = max(probe_val, _macro_auroc(Y[va], S))
+    parent_val = max(zero_shot_val, probe_val)
+    assert tuned_val > parent_val + 0.03, (tuned_val, zero_shot_val, probe_val)
+
+
+def test_a_run_killed_after_its_first_epoch_resumes_instead_of_restarting(base, tuned, tmp_path):
+    st = _copy(base, tmp_path / "store")
+    state = kill_after_first_epoch(st.path, ARGS, threads=2)
+    assert state["epoch"] == 1 and st.versions().height == 1
+    r = st.finetune("v1", **ARGS)
+    assert (r.version, r.resumed_from, r.trained_now, r.epochs_run) == ("v2", 1, [2, 3, 4], 4)
+    assert r.history[0] == state["history"][0]
+    ref_st, _, ref = tuned
+    assert [h["val_auroc"] for h in r.history] == pytest.approx([h["val_auroc"] for h in ref.history], abs=1e-6)
+    np.testing.assert_allclose(st.image_vectors("v2")[1], ref_st.image_vectors("v2")[1], atol=1e-5)
