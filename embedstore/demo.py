@@ -41,15 +41,19 @@ class _Stages:
 
 
 def demo(out: str | Path = "demo-out", studies: int = 1000, seed: int = 0, size: int = 128,
-         epochs: int = 3, model: str = MODEL, echo: Callable[[str], None] = print) -> DemoResult:
-    """Run the study end to end under `out/` (phantoms/, store/, report.html)."""
+         epochs: int = 3, model: str = MODEL, shift: str = "site-b", echo: Callable[[str], None] = print) -> DemoResult:
+    """Run the study end to end under `out/` (phantoms/, store/, report.html).
+
+    `shift` "site-b" (default) renders the phantoms as another site would, out of phantom-clip's
+    training distribution, as IU-Xray is for BiomedCLIP; "none" keeps them in distribution.
+    """
     import embedstore
 
     out = Path(out)
     data, store_dir, report = out / "phantoms", out / "store", out / "report.html"
     out.mkdir(parents=True, exist_ok=True)
     stages = _Stages(echo)
-    stages.run("synth", lambda: _synth(data, studies, seed, size))
+    stages.run("synth", lambda: _synth(data, studies, seed, size, shift))
     st = embedstore.open(store_dir)
     made: dict[str, str] = {}  # versions the stages create: "base" (encode) and "tuned" (finetune)
     stages.run("encode", lambda: _encode(st, data, model, made))
@@ -65,13 +69,13 @@ def demo(out: str | Path = "demo-out", studies: int = 1000, seed: int = 0, size:
     return DemoResult(out, report, stages.done)
 
 
-def _synth(data: Path, studies: int, seed: int, size: int) -> str:
+def _synth(data: Path, studies: int, seed: int, size: int, shift: str) -> str:
     if (data / "labels.csv").is_file():  # synth is deterministic: same seed, same files
         return f"reusing {data}"
     from embedstore.synth import synth
 
-    s = synth(str(data), studies=studies, seed=seed, size=size)
-    return f"{s.studies} studies, {s.images} images, {s.boxes} boxes -> {data}"
+    s = synth(str(data), studies=studies, seed=seed, size=size, shift=shift)
+    return f"{s.studies} studies, {s.images} images, {s.boxes} boxes, shift {shift} -> {data}"
 
 
 def _encode(st, data: Path, model: str, made: dict) -> str:
@@ -88,7 +92,8 @@ def _zeroshot(st, version: str) -> str:
     seed_rule = st.zeroshot(version, rule="raw-dot", templates="single")
     calibrated = st.zeroshot(version, rule=["cosine", "softmax", "pos-neg"], calibrate_on="val")
     metrics = pl.concat([seed_rule, calibrated], how="diagonal_relaxed")
-    return f"{version} zero-shot macro-F1 " + ", ".join(
+    auroc = dict(_overall(metrics, "macro_auroc", by="rule"))["pos-neg"]
+    return f"{version} zero-shot pos-neg macro-AUROC {auroc:.3f}; macro-F1 " + ", ".join(
         f"{rule} {val:.3f}" for rule, val in _overall(metrics, "macro_f1", by="rule"))
 
 
@@ -105,7 +110,7 @@ def _separability(st, version: str) -> str:
 def _finetune(st, base: str, epochs: int, seed: int, made: dict) -> str:
     from embedstore.finetune.commands import finetune
 
-    result = finetune(store=st, from_version=base, objective="bce", epochs=epochs, seed=seed)
+    result = finetune(store=st, from_version=base, objective="bce", epochs=epochs, lr=3e-4, seed=seed)
     made["tuned"] = result.version
     return (f"{base} -> {result.version} ({result.objective}, {result.epochs_run} epochs, "
             f"val macro-AUROC {result.best_val_auroc:.3f})")

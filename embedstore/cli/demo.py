@@ -14,10 +14,11 @@ def demo(
     seed: int = typer.Option(0, "--seed"),
     epochs: int = typer.Option(3, "--epochs", min=1, help="Fine-tuning epochs."),
     model: str = typer.Option("phantom-clip", "--model", help="Model to encode with (the bundled one by default)."),
+    shift: str = typer.Option("site-b", "--shift", help="site-b: phantoms out of phantom-clip's distribution (as IU-Xray is for BiomedCLIP) | none."),
 ) -> None:
     """synth -> encode (phantom-clip) -> zero-shot -> probe -> separability -> fine-tune -> Grad-CAM agreement -> report."""
     from embedstore.demo import demo as run
 
-    result = run(out=out, studies=studies, seed=seed, epochs=epochs, model=model)
+    result = run(out=out, studies=studies, seed=seed, epochs=epochs, model=model, shift=shift)
     total = sum(s for _, s, _ in result.stages)
     print(f"done in {total:.0f} s; open {result.report}")
