@@ -1,8 +1,8 @@
 """Grad-CAM heatmaps per second on CPU: batched (one forward + backward per batch) against one
-image at a time, for a tiny open_clip ViT (phantom-clip stand-in) and a ViT-B/16-sized model
+image at a time, for the shipped phantom-clip (ResNet tower, 128 px) and a ViT-B/16-sized model
 (random weights, 224 px). Appends a section to bench/RESULTS.md.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/gradcam.py [--n-tiny 64] [--n-vit 8] [--batch 16]
+    OMP_NUM_THREADS=2 .venv/bin/python bench/gradcam.py [--n-phantom 64] [--n-vit 8] [--batch 16]
 
 Timed: `explain_images` on 512x400 PIL images in memory (preprocess, Grad-CAM, map back to the
 original frame), zero-shot target, method gradcam, default layer; one warm-up call first.
@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import TINY_CFG, OpenClipLoaded, append_results  # noqa: E402
+from _common import OpenClipLoaded, append_results  # noqa: E402
 
 
 def images(n: int):
@@ -54,14 +54,16 @@ def main() -> None:
     import torch
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n-tiny", type=int, default=64)
+    ap.add_argument("--n-phantom", type=int, default=64)
     ap.add_argument("--n-vit", type=int, default=8)
     ap.add_argument("--batch", type=int, default=16)
     args = ap.parse_args()
     lines = ["| model | images | batch | batched heatmaps/s | one-by-one heatmaps/s | batched / one-by-one |",
              "|---|---|---|---|---|---|"]
-    lines.append(bench("bench-tiny (phantom-clip stand-in, 64 px, grid 4x4)", OpenClipLoaded("tiny", TINY_CFG),
-                       args.n_tiny, args.batch))
+    from embedstore.models import load_model
+
+    lines.append(bench("phantom-clip (ResNet, 128 px, layer4 map 4x4)", load_model("phantom-clip"), args.n_phantom,
+                       args.batch))
     lines.append(bench("ViT-B-16 (224 px, grid 14x14, random weights)", OpenClipLoaded("ViT-B-16"), args.n_vit,
                        args.batch))
     lines.append("")

@@ -87,6 +87,14 @@ def test_calibrated_pos_neg_beats_raw_dot_on_macro_f1(store):
     assert _overall(posneg, "macro_f1_masked") > _overall(raw, "macro_f1_masked")
 
 
+def test_separability_fits_on_train_and_scores_on_test(store, monkeypatch):
+    from embedstore.analyses import separability as sp
+    from separability_spy import assert_fitted_on_train_scored_on_test, spy_on_fitted_parts
+
+    seen = spy_on_fitted_parts(monkeypatch)
+    assert_fitted_on_train_scored_on_test(store, seen, sp.separability(store, tsne_max=200))
+
+
 @pytest.fixture(scope="module")
 def shifted_store(tmp_path_factory):
     """1,000 phantom studies rendered as another site would (`--shift site-b`), encoded with
