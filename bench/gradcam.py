@@ -2,7 +2,7 @@
 image at a time, for the shipped phantom-clip (ResNet tower, 128 px) and a ViT-B/16-sized model
 (random weights, 224 px). Appends a section to bench/RESULTS.md.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/gradcam.py [--n-phantom 64] [--n-vit 8] [--batch 16]
+    OMP_NUM_THREADS=2 .venv/bin/python bench/gradcam.py [--n-phantom 64] [--n-vit 16] [--batch 16]
 
 Timed: `explain_images` on 512x400 PIL images in memory (preprocess, Grad-CAM, map back to the
 original frame), zero-shot target, method gradcam, default layer; one warm-up call first.

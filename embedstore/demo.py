@@ -69,12 +69,26 @@ def demo(out: str | Path = "demo-out", studies: int = 1000, seed: int = 0, size:
     return DemoResult(out, report, stages.done)
 
 
+SYNTH_RECORD = "demo-synth.json"  # the settings the phantoms were made with, beside them
+
+
 def _synth(data: Path, studies: int, seed: int, size: int, shift: str) -> str:
-    if (data / "labels.csv").is_file():  # synth is deterministic: same seed, same files
+    import json
+
+    from embedstore.errors import InputError
+
+    settings = {"studies": studies, "seed": seed, "size": size, "shift": shift}
+    record = data.parent / SYNTH_RECORD
+    if (data / "labels.csv").is_file():  # synth is deterministic: the same settings give the same files
+        made = json.loads(record.read_text()) if record.is_file() else None
+        if made != settings:
+            raise InputError(f"{data} holds phantoms made with other settings ({made or 'unknown'}, not "
+                             f"{settings}); give another --out, or delete {data.parent}")
         return f"reusing {data}"
     from embedstore.synth import synth
 
     s = synth(str(data), studies=studies, seed=seed, size=size, shift=shift)
+    record.write_text(json.dumps(settings))
     return f"{s.studies} studies, {s.images} images, {s.boxes} boxes, shift {shift} -> {data}"
 
 

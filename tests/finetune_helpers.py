@@ -54,11 +54,15 @@ def parent_snapshot(st, version: str = "v1"):
     return ids, X, texts["text_hash"].to_list(), M, info["index_checksum"], sha256(st.index_path(version))
 
 
-def kill_after_first_epoch(store_path: Path, args: dict, parent: str = "v1", threads: int = 1) -> dict:
+def kill_after_first_epoch(store_path: Path, args: dict, parent: str = "v1") -> dict:
     """Run `finetune(parent, **args)` in a subprocess, SIGKILL it once epoch 1 is saved; returns
-    the work folder's state.json. `threads`: torch's, as in the reference run (sums depend on it)."""
-    script = KILLED.format(tests=str(TESTS), store=str(store_path), parent=parent, args=args, threads=threads)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    the work folder's state.json. The subprocess gets this process's environment and torch thread
+    count, so its sums (hence its weights) are those of a run in this process."""
+    import torch
+
+    script = KILLED.format(tests=str(TESTS), store=str(store_path), parent=parent, args=args,
+                           threads=torch.get_num_threads())
+    env = dict(os.environ)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
     try:

@@ -20,6 +20,10 @@ def test_demo_runs_every_stage_and_writes_a_rendering_report(tmp_path):
     again = demo(out=tmp_path / "d", studies=40, epochs=1, echo=lines.append)
     notes = dict((n, note) for n, _, note in again.stages)
     assert "reusing" in notes["synth"] and "0 encoded" in notes["encode"]
+    from embedstore.errors import InputError
+
+    with pytest.raises(InputError, match="made with other settings"):  # not silently the other domain
+        demo(out=tmp_path / "d", studies=40, epochs=1, shift="none", echo=lines.append)
 
     if shutil.which("chromium") is None:
         pytest.skip("chromium is not installed (make test installs it): the report was not opened in a browser")

@@ -37,7 +37,7 @@ ARGS = dict(objective="bce", train="all", epochs=4, lr=2e-3, batch_size=16, pati
             workers=0)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)  # before the module's fixtures train anything
 def _one_thread():
     with torch_threads(1):
         yield
@@ -207,6 +207,26 @@ def test_head_and_model_of_a_version_load_for_query_and_explain(tuned):
 
     with pytest.raises(InputError, match="no fine-tuned classifier head"):
         load_version_head(st, "v1")
+
+
+def test_a_random_head_reads_the_raw_tower_output(base, tmp_path):
+    from embedstore.data.images import read_image
+    from embedstore.finetune.commands import load_version_head, load_version_model
+    from embedstore.finetune.objectives import UnitInputHead
+
+    st = copy_store(base, tmp_path / "store")
+    r = st.finetune("v1", objective="bce", train="vision", epochs=1, lr=2e-3, batch_size=16, seed=0, device="cpu",
+                    workers=0, head_init="random")
+    head, _ = load_version_head(st, r.version)
+    assert isinstance(head, torch.nn.Linear) and "head_init" not in st.version_info(r.version)["model_record"]["finetune"]
+    lm = load_version_model(st, r.version)
+    ids = st.image_vectors(r.version)[0][:3]
+    paths = st.images().filter(st.images()["id"].is_in(ids.tolist())).sort("id")["path"].to_list()
+    x = torch.stack([lm.preprocess(read_image(p).convert("RGB")) for p in paths])
+    with torch.inference_mode():
+        raw = lm.model.encode_image(x)
+        np.testing.assert_allclose(head(raw).numpy(), _head_scores(st, r.version, ids), atol=1e-4)
+        assert not np.allclose(UnitInputHead(head)(raw).numpy(), head(raw).numpy(), atol=1e-3)  # normalising would differ
 
 
 def test_same_arguments_reuse_the_finished_version(tuned):

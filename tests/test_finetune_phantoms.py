@@ -26,7 +26,7 @@ ARGS = dict(objective="bce", train="vision", epochs=4, lr=3e-4, batch_size=32, p
             workers=0)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)  # before the module's fixtures train anything
 def _two_threads():
     with torch_threads(2):
         yield
@@ -80,6 +80,28 @@ def _scores(st, run_id: str, ids: np.ndarray, findings: list[str]) -> np.ndarray
     return S
 
 
+def test_zero_shot_head_gives_the_stored_pos_neg_scores(base):
+    """The head a bce fine-tune starts from, applied to v1's stored vectors, equals the store's
+    own pos-neg zero-shot logits (analyses/zeroshot.py, from stored prompt vectors)."""
+    import embedstore
+    from embedstore.analyses import zeroshot as zs
+    from embedstore.finetune.data import prompt_sets
+    from embedstore.finetune.objectives import zero_shot_head
+    from embedstore.models import load_model
+
+    st = embedstore.open(base / "store")
+    findings = st.findings()
+    _, X = st.image_vectors("v1")
+    texts, M = st.text_vectors("v1")
+    expected = zs.scores(X, zs.prompt_vectors(texts, M, findings, "ensemble", zs._preferred_templates()), "pos-neg",
+                         float(st.version_info("v1")["logit_scale"]))
+    lm = load_model("phantom-clip")
+    W, b = zero_shot_head(lm.model.float(), lm.tokenizer, prompt_sets(findings))
+    got = X @ W.numpy().T + b.numpy()
+    assert np.abs(expected).max() > 0.5  # a real spread of logits, not all zero
+    np.testing.assert_allclose(got, expected, atol=2e-3)
+
+
 def test_new_version_records_its_parent_and_leaves_the_parent_alone(tuned):
     st, before, r = tuned
     assert (r.version, r.parent, r.reused, r.trained_now) == ("v2", "v1", False, [1, 2, 3, 4])
@@ -130,7 +152,7 @@ def test_bce_finetune_raises_val_macro_auroc_over_its_parent(tuned):
 
 def test_a_run_killed_after_its_first_epoch_resumes_instead_of_restarting(base, tuned, tmp_path):
     st = _copy(base, tmp_path / "store")
-    state = kill_after_first_epoch(st.path, ARGS, threads=2)
+    state = kill_after_first_epoch(st.path, ARGS)
     assert state["epoch"] == 1 and st.versions().height == 1
     r = st.finetune("v1", **ARGS)
     assert (r.version, r.resumed_from, r.trained_now, r.epochs_run) == ("v2", 1, [2, 3, 4], 4)

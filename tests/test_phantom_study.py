@@ -92,7 +92,7 @@ def test_separability_fits_on_train_and_scores_on_test(store, monkeypatch):
     from separability_spy import assert_fitted_on_train_scored_on_test, spy_on_fitted_parts
 
     seen = spy_on_fitted_parts(monkeypatch)
-    assert_fitted_on_train_scored_on_test(store, seen, sp.separability(store, tsne_max=200))
+    assert_fitted_on_train_scored_on_test(store, seen, sp.separability(store, tsne_max=200, force=True))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ probabilities do but do not saturate to a tied 1.0 at CLIP's logit scale.
 
 Templates: `single` uses the first prompt (store order) per finding and polarity; `ensemble`
 averages the normalised embeddings of all of a finding's prompts per polarity, then
-renormalises. Calibration picks per-finding thresholds that maximise F1 on another split.
+renormalises. Calibration picks per-finding thresholds that maximise F1 on another split; a
+finding with fewer than MIN_CALIBRATION_POSITIVES positives there keeps the rule's default.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def calibrate_thresholds(Y01: np.ndarray, known: np.ndarray, S: np.ndarray,
         m = known[:, j]
         y, s = Y01[m, j].astype(bool), S[m, j]
         P = int(y.sum())
-        if P == 0 or P < min_positives:
+        if P < min_positives:
             continue
         order = np.argsort(-s, kind="stable")
         s, y = s[order], y[order]
@@ -189,6 +190,8 @@ def zeroshot(store, version: str | None = None, rule: str | list[str] = "all", t
     base = {"templates": templates, "calibrate_on": calibrate_on, "split": split, "uncertain": uncertain,
             "where": where, "n_boot": n_boot, "seed": seed, "findings": data.findings,
             "data": data.fingerprint(), "prompts": sorted(used["text_hash"].to_list())}
+    if calibrate_on:
+        base["min_calibration_positives"] = MIN_CALIBRATION_POSITIVES  # runs calibrated by another rule are not reused
     results = []
     for r in rules:
         def compute(r=r):

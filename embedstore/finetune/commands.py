@@ -156,7 +156,7 @@ def finetune(
     settings = {"objective": objective, "train": train, "epochs": epochs, "lr": lr, "batch_size": batch_size,
                 "accumulate": accumulate, "precision": precision, "seed": seed, "patience": patience,
                 "weight_decay": weight_decay, "warmup": warmup}
-    if objective == "bce":
+    if objective == "bce" and head_init != "random":  # absent = random head, as before head_init existed
         settings["head_init"] = head_init
     key = stable_hash({"parent": parent, "record_hash": info["record_hash"], "data": data.fingerprint(), **settings})
     config = _train_config(settings, resolve_device(device))  # validates before anything is written
@@ -299,10 +299,10 @@ def _train(loaded, data: TrainingData, config, objective: str, head_init: str, o
     model.float()  # train in fp32 master weights whatever the parent's precision; autocast does the rest
     train_ds, val_ds = data.datasets(objective, int(rec["image_size"]), rec["preprocess"]["mean"],
                                      rec["preprocess"]["std"], config.seed)
-    seed_everything(config.seed)  # the head's initial weights depend on the seed only
+    seed_everything(config.seed)  # a random head's initial weights depend on the seed only
     if objective == "bce":
         unit = head_init == "zeroshot"
-        init = zero_shot_head(model, loaded.tokenizer, data.prompts()) if unit else None
+        init = zero_shot_head(model, loaded.tokenizer, data.prompts(), device=config.device) if unit else None
         obj = BCEObjective(model.visual, int(rec["embed_dim"]), len(data.findings),
                            pos_weight_from_labels(train_ds.labels.numpy()), normalize=unit, init=init)
     else:

@@ -130,7 +130,7 @@ def zero_shot_head(model: nn.Module, tokenizer, prompts: dict, device: torch.dev
     (zero-shot head initialisation, as in WiSE-FT / FLYP) instead of from a random head.
     """
     pos, neg = ContrastiveObjective(model, tokenizer, prompts).prompt_embeddings(torch.device(device))
-    scale = model.logit_scale.exp().float().clamp(max=100).cpu()
+    scale = model.logit_scale.exp().float().cpu()  # unclamped, as the store's zero-shot scores use it
     weight = scale * (pos - neg).float().cpu()
     return weight, torch.zeros(weight.shape[0])
 
