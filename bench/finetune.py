@@ -72,15 +72,19 @@ def bench(objective: str, store, base: str, epochs: int, batch_size: int, device
             "val_auroc": r.best_val_auroc}
 
 
-def core(name: str, n_train: int, epochs: int, batch_size: int, device: str, train: str, precision: str) -> list[str]:
-    """Training images/s of the loop alone, bce objective, random images and labels, random weights."""
+def core(name: str, n_train: int, epochs: int, batch_size: int, device: str, train: str, precision: str,
+         head_init: str = "zeroshot") -> list[str]:
+    """Training images/s of the loop alone, bce objective (zero-shot head start), random images and
+    labels, random weights."""
     import open_clip
     import torch
 
     from embedstore.finetune.data import PairDataset
     from embedstore.finetune.loop import TrainConfig
     from embedstore.finetune.loop import train as train_loop
-    from embedstore.finetune.objectives import BCEObjective, pos_weight_from_labels
+    from embedstore.finetune.data import prompt_sets
+    from embedstore.finetune.objectives import BCEObjective, pos_weight_from_labels, zero_shot_head
+    from embedstore.synth.labels import FINDINGS
 
     torch.manual_seed(0)
     model = open_clip.create_model(name, pretrained=None)
@@ -89,13 +93,18 @@ def core(name: str, n_train: int, epochs: int, batch_size: int, device: str, tra
     embed = open_clip.get_model_config(name)["embed_dim"]
     gen = torch.Generator().manual_seed(0)
     n_val = min(256, n_train)
-    labels = (torch.rand(n_train + n_val, 18, generator=gen) < 0.15).float().numpy()
+    labels = (torch.rand(n_train + n_val, 18, generator=gen) < 0.15).float().numpy()  # 18 = len(FINDINGS)
     pixels = torch.randint(0, 256, (n_train + n_val, size, size), dtype=torch.uint8, generator=gen)
     tr = PairDataset(pixels[:n_train], labels[:n_train], augment=True)
     va = PairDataset(pixels[n_train:], labels[n_train:])
     marks: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-finetune-core-") as tmp:
-        objective = BCEObjective(model.visual, embed, 18, pos_weight_from_labels(labels[:n_train]))
+        init = None
+        if head_init == "zeroshot":  # as `finetune` does by default
+            model = model.to(device)
+            init = zero_shot_head(model, open_clip.get_tokenizer(name), prompt_sets(list(FINDINGS)), device=device)
+        objective = BCEObjective(model.visual, embed, len(FINDINGS), pos_weight_from_labels(labels[:n_train]),
+                                 normalize=init is not None, init=init)
         start = time.perf_counter()
         train_loop(objective, tr, va, TrainConfig(epochs=epochs, lr=1e-4, batch_size=batch_size, train=train,
                                                   patience=epochs + 1, device=device, precision=precision),
@@ -104,7 +113,7 @@ def core(name: str, n_train: int, epochs: int, batch_size: int, device: str, tra
     per_epoch = sum(steady) / len(steady)
     gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else "none"
     return [f"Training loop alone (`--core`): {name}, random weights, {size} px, device {device} ({gpu}), "
-            f"precision {precision}, --train {train}, batch {batch_size}, {n_train} random train images "
+            f"precision {precision}, --train {train}, head {head_init}, batch {batch_size}, {n_train} random train images "
             f"+ {n_val} val, {epochs} epochs (the first is warm-up).", "",
             "| model | s / epoch | training images/s |", "|---|---|---|",
             f"| {name} | {per_epoch:.2f} | {n_train / per_epoch:.1f} |"]
@@ -125,10 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--core", action="store_true", help="time the training loop alone (torch + open_clip only)")
     ap.add_argument("--core-images", type=int, default=2048, help="--core: random train images")
     ap.add_argument("--precision", default="auto", help="--core: auto (mixed on GPU) or fp32")
+    ap.add_argument("--head-init", default="zeroshot", help="--core: zeroshot | random, as finetune's")
     args = ap.parse_args(argv)
     if args.core:
         lines = core(args.model, args.core_images, args.epochs, args.batch_size, args.device, args.train,
-                     args.precision)
+                     args.precision, args.head_init)
         print("\n".join(lines)) if args.no_append else append_results("bench/finetune.py --core", lines)
         return
 
