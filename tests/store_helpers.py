@@ -59,7 +59,7 @@ class TinyLoaded:
         self.preprocess = open_clip.image_transform(64, is_train=False)
         self.tokenizer = open_clip.get_tokenizer("ViT-B-32")
         self.record = {"name": "tiny-test", "embed_dim": 32, "image_size": 64,
-                       "logit_scale": float(self.model.logit_scale.exp()), "weights": str(weights.name)}
+                       "logit_scale": float(self.model.logit_scale.detach().exp()), "weights": str(weights.name)}
         self.calls = 0
 
     def encode_images(self, batch):
