@@ -156,4 +156,3 @@ def _overall(metrics, name: str, by: str) -> list[tuple[str, float]]:
 
     rows = metrics.filter(pl.col("finding").is_null() & (pl.col("metric") == name))
     return [(str(r[by]), float(r["value"])) for r in rows.iter_rows(named=True)]
-

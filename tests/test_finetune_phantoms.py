@@ -58,18 +58,6 @@ def tuned(base, tmp_path_factory):
     return st, before, st.finetune("v1", **ARGS)
 
 
-def _macro_auroc(Y: np.ndarray, S: np.ndarray) -> float:
-    """Mean AUROC over findings with both classes among known (0 / 1) labels, by scikit-learn."""
-    from sklearn.metrics import roc_auc_score
-
-    aurocs = []
-    for j in range(Y.shape[1]):
-        known = (Y[:, j] == 0) | (Y[:, j] == 1)
-        if len(np.unique(Y[known, j])) == 2:
-            aurocs.append(roc_auc_score(Y[known, j], S[known, j]))
-    return float(np.mean(aurocs))
-
-
 def _scores(st, run_id: str, ids: np.ndarray, findings: list[str]) -> np.ndarray:
     df = st.sql(f"SELECT id, finding, score FROM image_scores WHERE run_id = '{run_id}'")
     pos = {int(i): k for k, i in enumerate(ids)}
@@ -122,6 +110,8 @@ def test_new_version_records_its_parent_and_leaves_the_parent_alone(tuned):
 def test_bce_finetune_raises_val_macro_auroc_over_its_parent(tuned):
     from sklearn.linear_model import LogisticRegression
 
+    from embedstore.finetune.loop import macro_auroc  # scikit-learn's AUROC over known labels; tested in core
+
     st, before, r = tuned
     ids, X1 = before[0], before[1]
     findings = st.findings()
@@ -132,11 +122,11 @@ def test_bce_finetune_raises_val_macro_auroc_over_its_parent(tuned):
 
     head = _scores(st, r.run_id, ids, findings)
     assert np.isfinite(head).all()
-    tuned_val = _macro_auroc(Y[va], head[va])
+    tuned_val = macro_auroc(head[va], Y[va])[0]
     assert r.best_val_auroc == pytest.approx(tuned_val, abs=1e-4)  # the stored head is the best epoch's
 
     zs = st.zeroshot("v1", rule="pos-neg", split="val", n_boot=0)
-    zero_shot_val = _macro_auroc(Y[va], _scores(st, zs["run_id"][0], ids, findings)[va])
+    zero_shot_val = macro_auroc(_scores(st, zs["run_id"][0], ids, findings)[va], Y[va])[0]
     probe_val = 0.0
     for C in (0.1, 1.0, 10.0):
         S = np.zeros((int(va.sum()), len(findings)))
@@ -145,7 +135,7 @@ def test_bce_finetune_raises_val_macro_auroc_over_its_parent(tuned):
             if len(np.unique(Y[known, j])) == 2:
                 lr = LogisticRegression(C=C, class_weight="balanced", max_iter=5000).fit(X1[known], Y[known, j])
                 S[:, j] = lr.decision_function(X1[va])
-        probe_val = max(probe_val, _macro_auroc(Y[va], S))
+        probe_val = max(probe_val, macro_auroc(S, Y[va])[0])
     parent_val = max(zero_shot_val, probe_val)
     assert tuned_val > parent_val + 0.03, (tuned_val, zero_shot_val, probe_val)
 

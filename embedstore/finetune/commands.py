@@ -99,13 +99,12 @@ def load_version_head(store, version: str):
         raise InputError(f"version {version} has no fine-tuned classifier head; "
                          "make one with `embedstore finetune --objective bce --from-version ...`")
     weights = load_file(str(st.path / ft["checkpoint"] / ft["head"]))
-    out_dim, in_dim = weights["weight"].shape
-    head = torch.nn.Linear(in_dim, out_dim)
-    head.load_state_dict(weights)
-    if ft.get("head_init") == "zeroshot":  # such heads read the unit image vector
-        from embedstore.finetune.objectives import UnitInputHead
+    from embedstore.finetune.objectives import UnitInputHead
 
-        head = UnitInputHead(head)
+    out_dim, in_dim = weights["weight"].shape
+    unit = ft.get("head_init") == "zeroshot"  # such heads read the unit image vector
+    head = (UnitInputHead if unit else torch.nn.Linear)(in_dim, out_dim)
+    head.load_state_dict(weights)
     return head.eval(), list(ft["findings"])
 
 

@@ -87,6 +87,13 @@ def ensemble(embeddings: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(embeddings, dim=-1).mean(0), dim=-1)
 
 
+class UnitInputHead(nn.Linear):
+    """A linear head that reads unit vectors: normalises its input first (same weights as nn.Linear)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.normalize(z, dim=-1))
+
+
 class ImageClassifier(nn.Module):
     """The image tower of a CLIP model plus a linear head: one logit per finding.
 
@@ -98,27 +105,14 @@ class ImageClassifier(nn.Module):
                  init: tuple[torch.Tensor, torch.Tensor] | None = None):
         super().__init__()
         self.visual = visual
-        self.normalize = normalize
-        self.head = nn.Linear(embed_dim, n_findings)
+        self.head = (UnitInputHead if normalize else nn.Linear)(embed_dim, n_findings)
         if init is not None:
             with torch.no_grad():
                 self.head.weight.copy_(init[0])
                 self.head.bias.copy_(init[1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        z = self.visual(images)
-        return self.head(F.normalize(z, dim=-1) if self.normalize else z)
-
-
-class UnitInputHead(nn.Module):
-    """A stored head that reads unit vectors: normalises, then applies its linear layer."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.linear = linear
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.linear(F.normalize(z, dim=-1))
+        return self.head(self.visual(images))
 
 
 @torch.no_grad()
