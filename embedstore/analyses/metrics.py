@@ -40,13 +40,31 @@ def apply_policy(Y: np.ndarray, uncertain: str = "mask") -> tuple[np.ndarray, np
     return (Y01 > 0.5).astype(np.int8), known
 
 
-def bootstrap_weights(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
-    """[n_boot, n] resampling counts: replicate b draws image i `w[b, i]` times (n draws in all)."""
+def group_codes(groups) -> np.ndarray:
+    """Integer codes 0..G-1 of the rows' groups (patients, else studies); an int n means n
+    rows, each its own group."""
+    if isinstance(groups, (int, np.integer)):
+        return np.arange(int(groups))
+    _, codes = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    return codes.reshape(-1)
+
+
+def bootstrap_weights(groups, n_boot: int, seed: int = 0) -> np.ndarray:
+    """[n_boot, n] resampling counts that resample *groups*, not rows.
+
+    `groups` labels each row with its cluster (patient, else study), or is the row count n when
+    every row is its own group. Replicate b draws G groups with replacement; every row of a
+    group drawn c times gets weight c. Images of one patient share labels, so resampling
+    images would understate the spread.
+    """
+    codes = group_codes(groups)
+    n, G = codes.size, int(codes.max()) + 1 if codes.size else 0
     rng = np.random.default_rng(seed)
     if n == 0 or n_boot == 0:
         return np.zeros((n_boot, n), dtype=np.float32)
-    draws = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
-    return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(np.float32)
+    draws = rng.integers(0, G, size=(n_boot, G)) + (np.arange(n_boot) * G)[:, None]
+    counts = np.bincount(draws.ravel(), minlength=n_boot * G).reshape(n_boot, G).astype(np.float32)
+    return counts[:, codes]
 
 
 def weighted_auroc_ap(y: np.ndarray, s: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +141,18 @@ def _interval(point: float, reps: np.ndarray, alpha: float) -> Interval:
         return Interval(float(point), np.nan, np.nan)
     lo, hi = np.quantile(reps, [alpha / 2, 1 - alpha / 2])
     return Interval(float(point), float(lo), float(hi))
+
+
+def mean_interval(values, groups, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> Interval:
+    """The mean of `values` with a percentile interval from a group bootstrap (`groups` as in
+    `bootstrap_weights`): e.g. a localisation score over items, clustered by patient."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return Interval(np.nan, np.nan, np.nan)
+    W = bootstrap_weights(groups, n_boot, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = (W @ v) / W.sum(axis=1)
+    return _interval(float(v.mean()), reps, alpha)
 
 
 def finding_metrics(y: np.ndarray, score: np.ndarray, pred: np.ndarray, W: np.ndarray | None = None,

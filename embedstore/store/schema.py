@@ -56,6 +56,18 @@ CREATE TABLE IF NOT EXISTS errors (
     version TEXT, image_id TEXT, path TEXT, stage TEXT, reason TEXT, time TIMESTAMP
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS splits (
+    id BIGINT PRIMARY KEY, group_id TEXT NOT NULL, split TEXT NOT NULL, method TEXT NOT NULL,
+    seed INTEGER, fractions TEXT, assigned TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS fit_images (version TEXT NOT NULL, id BIGINT NOT NULL, role TEXT NOT NULL,
+    PRIMARY KEY (version, id));
+CREATE TABLE IF NOT EXISTS run_findings (
+    run_id TEXT, finding TEXT, evaluable BOOLEAN, reason TEXT, positives BIGINT, positive_groups BIGINT, n BIGINT
+);
+CREATE TABLE IF NOT EXISTS calibration (
+    run_id TEXT, finding TEXT, bin INTEGER, lower DOUBLE, upper DOUBLE, mean_predicted DOUBLE, observed DOUBLE, n BIGINT
+);
 """
 
 # Friendly views for SQL. `labels_wide` is rebuilt by `labels_wide_sql` whenever labels change,

@@ -336,6 +336,16 @@ class Store:
             sql += f" WHERE {where}"
         return self._df(sql + " ORDER BY id")
 
+    def image_groups(self):
+        """id, split, group_id of every image: the frozen split's group (`splits`), else the
+        image's patient, else its study. Bootstraps resample these groups, never single images."""
+        return self._df(
+            """SELECT i.id, coalesce(s.split, i.split) AS split,
+                      coalesce(s.group_id, 'patient:' || i.patient_id, 'study:' || i.study_id,
+                               'image:' || i.image_id) AS group_id
+               FROM images i LEFT JOIN splits s USING (id) ORDER BY i.id"""
+        )
+
     def findings(self) -> list[str]:
         """Every finding that has at least one label, sorted."""
         with self.connect() as con:
