@@ -63,8 +63,8 @@ class Store(_BaseStore):
         return report
 
     # ---- analyses (embedstore/analyses/): read stored vectors only, every run stored ----------
-    def zeroshot(self, version: str | None = None, rule: str = "all", templates: str = "ensemble",
-                 calibrate_on: str | None = None, split: str = "test", force: bool = False, **kw):
+    def zeroshot(self, version: str | None = None, rule: str = "all", templates: str | None = None,
+                 calibrate_on: str | None = "val", split: str = "test", force: bool = False, **kw):
         """`embedstore zeroshot`: metrics (run_id, rule, finding, metric, value, lo, hi) of one
         run per rule; the RunResults are in `.last_runs`."""
         from embedstore.analyses.zeroshot import zeroshot
@@ -87,6 +87,13 @@ class Store(_BaseStore):
         self.last_runs = [separability(self, version, force=force, **kw)]
         return _metrics_of(self.last_runs)
 
+    def seed_table(self, version: str | None = None):
+        """`embedstore seed-table`: the seed study's results table (macro-F1, exact match, LRAP,
+        coverage error, inter/intra ratio for zero-shot, probe and fine-tuned) from stored runs."""
+        from embedstore.analyses.seed_table import seed_table
+
+        return seed_table(self, version)
+
     # ---- fine-tuning (embedstore/finetune/commands.py) and version comparison -----------------
     def finetune(self, from_version: str | None = None, objective: str = "bce", train: str = "vision", **kw):
         """`embedstore finetune`: a new version beside `from_version`; returns a `FinetuneResult`
@@ -95,11 +102,20 @@ class Store(_BaseStore):
 
         return finetune(self, from_version=from_version, objective=objective, train=train, **kw)
 
-    def compare(self, v1: str, v2: str):
-        """`embedstore compare`: the metrics of every analysis run on both versions, side by side."""
-        from embedstore.analyses.compare import compare
+    def compare(self, v1: str | None = None, v2: str | None = None, methods: list[str] | None = None,
+                version: str | None = None, n_boot: int = 1000, seed: int = 0):
+        """`embedstore compare`: paired differences on the same test images, with group-bootstrap
+        intervals, p-values (Holm across findings) and verdicts. `v1`, `v2`: every analysis run on
+        both versions side by side; `methods` (e.g. ["zeroshot:pos-neg", "probe", "finetuned"]):
+        every pair of methods on `version`."""
+        from embedstore.analyses import compare as cmp
+        from embedstore.errors import InputError
 
-        return compare(self, v1, v2)
+        if methods:
+            return cmp.compare_methods(self, version, list(methods), n_boot=n_boot, seed=seed)
+        if v1 is None or v2 is None:
+            raise InputError("compare needs two versions (compare V1 V2) or --methods A,B on one version")
+        return cmp.compare(self, v1, v2, n_boot=n_boot, seed=seed)
 
 
 def _metrics_of(results, config_key: str | None = None):

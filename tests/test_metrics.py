@@ -55,18 +55,163 @@ def test_per_finding_metrics_equal_sklearn_on_masked_entries():
 
 def test_overall_metrics_equal_sklearn_on_complete_rows():
     Y, S, P = _data()
-    table = mt.evaluate(Y, S, P, ["a", "b", "c", "d"], n_boot=0)
+    table = mt.evaluate(Y, S, P, ["a", "b", "c", "d"], n_boot=0, min_positives=1)
     rows = np.all(np.isfinite(Y) & (Y != -1), axis=1)
     y, s, p = Y[rows].astype(int), S[rows], P[rows]
     assert mt.metric_value(table, "n_complete") == rows.sum()
-    assert mt.metric_value(table, "macro_f1") == pytest.approx(skm.f1_score(y, p, average="macro", zero_division=0))
     assert mt.metric_value(table, "micro_f1") == pytest.approx(skm.f1_score(y, p, average="micro"))
     assert mt.metric_value(table, "exact_match") == pytest.approx(skm.accuracy_score(y, p))
     assert mt.metric_value(table, "hamming_loss") == pytest.approx(skm.hamming_loss(y, p))
+    # LRAP and coverage twice, each labelled: over all rows (scikit-learn's own) and over rows with a positive
+    assert mt.metric_value(table, "lrap") == pytest.approx(skm.label_ranking_average_precision_score(y, s))
+    assert mt.metric_value(table, "coverage_error") == pytest.approx(skm.coverage_error(y, s))
+    assert mt.metric_value(table, "ranking_loss") == pytest.approx(skm.label_ranking_loss(y, s))
     ranked = y.any(axis=1)
-    assert mt.metric_value(table, "lrap") == pytest.approx(skm.label_ranking_average_precision_score(y[ranked], s[ranked]))
-    assert mt.metric_value(table, "coverage_error") == pytest.approx(skm.coverage_error(y[ranked], s[ranked]))
-    assert mt.metric_value(table, "ranking_loss") == pytest.approx(skm.label_ranking_loss(y[ranked], s[ranked]))
+    assert mt.metric_value(table, "n_ranked") == ranked.sum()
+    assert mt.metric_value(table, "lrap_positive_rows") == pytest.approx(
+        skm.label_ranking_average_precision_score(y[ranked], s[ranked]))
+    assert mt.metric_value(table, "coverage_error_positive_rows") == pytest.approx(
+        skm.coverage_error(y[ranked], s[ranked]))
+
+
+def test_macro_metrics_equal_sklearn_macro_over_the_evaluable_findings():
+    rng = np.random.default_rng(4)
+    n = 500
+    Y = (rng.random((n, 4)) < [0.3, 0.01, 0.2, 0.1]).astype(np.float32)  # b: about 5 positives
+    S = rng.normal(size=(n, 4)) + Y
+    P = (S > 0.5).astype(np.int8)
+    t = mt.evaluate(Y, S, P, list("abcd"), n_boot=0, min_positives=10)
+    ev = [0, 2, 3]
+    assert mt.metric_value(t, "n_macro_findings") == 3 and mt.metric_value(t, "n_findings") == 4
+    y = Y[:, ev].astype(int)
+    assert mt.metric_value(t, "macro_auroc") == pytest.approx(skm.roc_auc_score(y, S[:, ev], average="macro"))
+    assert mt.metric_value(t, "macro_ap") == pytest.approx(skm.average_precision_score(y, S[:, ev], average="macro"))
+    assert mt.metric_value(t, "macro_f1") == pytest.approx(skm.f1_score(y, P[:, ev], average="macro"))
+
+
+def test_ranking_rows_weighted_equal_sklearn_sample_weights():
+    rng = np.random.default_rng(2)
+    y = (rng.random((300, 5)) < 0.25).astype(int)
+    s = np.round(rng.normal(size=(300, 5)) + y, 1)  # ties
+    w = rng.integers(0, 4, size=300).astype(float)
+    rows = mt.ranking_rows(y, s)
+    avg = lambda v: float((v * w).sum() / w.sum())
+    assert avg(rows["lrap"]) == pytest.approx(skm.label_ranking_average_precision_score(y, s, sample_weight=w))
+    assert avg(rows["coverage_error"]) == pytest.approx(skm.coverage_error(y, s, sample_weight=w))
+    assert avg(rows["ranking_loss"]) == pytest.approx(skm.label_ranking_loss(y, s, sample_weight=w))
+
+
+def test_a_finding_below_min_positive_groups_is_not_evaluable_and_left_out_of_macro():
+    rng = np.random.default_rng(5)
+    n = 400
+    groups = np.repeat(np.arange(n // 4), 4)  # four images per patient
+    Y = np.zeros((n, 2), np.float32)
+    Y[:, 0] = np.repeat(rng.random(n // 4) < 0.3, 4)
+    Y[groups < 6, 1] = 1  # 24 positive images, but only 6 positive patients
+    S = rng.normal(size=(n, 2)) + Y
+    P = (S > 0.5).astype(np.int8)
+    ev = mt.evaluate_run(Y, S, ["a", "b"], {"": P}, groups=groups, n_boot=100, min_positives=10)
+    f = ev.findings.filter(ev.findings["finding"] == "b").row(0, named=True)
+    assert f["evaluable"] is False and f["positive_groups"] == 6 and f["positives"] == 24
+    assert "6 positive groups" in f["reason"]
+    t = ev.metrics
+    b = t.filter((t["finding"] == "b") & (t["metric"] == "auroc"))
+    assert np.isfinite(b["value"][0]) and b["lo"][0] is None and b["hi"][0] is None  # point, no interval
+    a = t.filter((t["finding"] == "a") & (t["metric"] == "auroc"))
+    assert a["lo"][0] is not None
+    macro = t.filter(t["finding"].is_null() & (t["metric"] == "macro_auroc"))
+    assert macro["value"][0] == pytest.approx(a["value"][0])  # the macro covers exactly the evaluable set
+    assert macro["lo"][0] is not None and macro["hi"][0] is not None
+    assert mt.metric_value(t, "n_macro_findings") == 1
+
+
+def test_group_bootstrap_is_wider_than_image_bootstrap_for_clustered_labels():
+    rng = np.random.default_rng(6)
+    G = 300
+    groups = np.repeat(np.arange(G), 2)  # a frontal and a lateral image share their study's labels
+    y = np.repeat(rng.random(G) < 0.3, 2).astype(np.float32)[:, None]
+    s = np.repeat(rng.normal(size=G), 2)[:, None] + y + 0.3 * rng.normal(size=(2 * G, 1))
+    P = (s > 0.5).astype(np.int8)
+
+    def width(g):
+        t = mt.evaluate(y, s, P, ["a"], n_boot=2000, seed=1, groups=g)
+        row = t.filter((t["finding"] == "a") & (t["metric"] == "auroc"))
+        return row["hi"][0] - row["lo"][0]
+
+    assert width(groups) > 1.2 * width(None)
+
+
+def test_bootstrap_weights_move_a_group_together():
+    groups = np.array(["p1", "p1", "p2", "p3", "p3", "p3"])
+    W = mt.bootstrap_weights(groups, 200, seed=0)
+    assert (W[:, 0] == W[:, 1]).all() and (W[:, 3] == W[:, 5]).all()
+    assert W.sum(axis=1).min() > 0 and not (W[:, 0] == W[:, 2]).all()
+    # each replicate draws as many groups as there are: the mean count of a group is 1
+    assert W[:, [0, 2, 3]].mean() == pytest.approx(1.0, abs=0.1)
+
+
+def test_nominal_95_interval_covers_the_truth_90_to_99_percent_of_the_time():
+    """Simulate 300 data sets from a known population (binormal scores: the true AUROC is
+    Phi(d / sqrt(2))), one bootstrap interval each; count how often it covers the truth."""
+    from scipy.stats import norm
+
+    reps, n, prev, d = 300, 400, 0.25, 1.0
+    rng = np.random.default_rng(11)
+    true_auc = norm.cdf(d / np.sqrt(2))
+    covered = []
+    for r in range(reps):
+        y = (rng.random(n) < prev).astype(np.float32)
+        s = rng.normal(size=n) + d * y
+        t = mt.evaluate(y[:, None], s[:, None], (s > 0.5)[:, None], ["a"], n_boot=300, seed=r, min_positives=1)
+        row = t.filter((t["finding"] == "a") & (t["metric"] == "auroc"))
+        covered.append(row["lo"][0] <= true_auc <= row["hi"][0])
+    rate = float(np.mean(covered))
+    assert 0.90 <= rate <= 0.99, rate
+
+
+def test_macro_interval_covers_the_true_macro_auroc():
+    from scipy.stats import norm
+
+    reps, n = 200, 400
+    shifts, prev = np.array([0.6, 1.0, 1.4]), np.array([0.3, 0.2, 0.15])
+    truth = norm.cdf(shifts / np.sqrt(2)).mean()
+    rng = np.random.default_rng(12)
+    covered = []
+    for r in range(reps):
+        Y = (rng.random((n, 3)) < prev).astype(np.float32)
+        S = rng.normal(size=(n, 3)) + shifts * Y
+        t = mt.evaluate(Y, S, (S > 0.5).astype(np.int8), list("abc"), n_boot=300, seed=r, min_positives=1)
+        row = t.filter(t["finding"].is_null() & (t["metric"] == "macro_auroc"))
+        covered.append(row["lo"][0] <= truth <= row["hi"][0])
+    rate = float(np.mean(covered))
+    assert 0.90 <= rate <= 0.99, rate
+
+
+def test_brier_and_reliability_equal_sklearn():
+    from sklearn.calibration import calibration_curve
+
+    rng = np.random.default_rng(8)
+    Y = (rng.random((500, 2)) < [0.3, 0.2]).astype(np.float32)
+    prob = np.clip(0.2 + 0.5 * Y + 0.2 * rng.normal(size=Y.shape), 0, 1)
+    ev = mt.evaluate_run(Y, prob, ["a", "b"], {"": prob > 0.5}, prob=prob, n_boot=0, min_positives=1)
+    for j, f in enumerate("ab"):
+        y = Y[:, j].astype(int)
+        assert mt.metric_value(ev.metrics, "brier", f) == pytest.approx(skm.brier_score_loss(y, prob[:, j]))
+        true, pred = calibration_curve(y, prob[:, j], n_bins=10)
+        bins = ev.calibration.filter(ev.calibration["finding"] == f)
+        assert np.allclose(bins["observed"].to_numpy(), true) and np.allclose(bins["mean_predicted"].to_numpy(), pred)
+        ece = (bins["n"].to_numpy() * np.abs(true - pred)).sum() / len(y)
+        assert mt.metric_value(ev.metrics, "ece", f) == pytest.approx(ece)
+    assert ev.calibration.filter(ev.calibration["finding"].is_null())["n"].sum() == Y.size
+
+
+def test_blank_negative_counts_missing_labels_as_negative():
+    Y, S, P = _data()
+    t = mt.evaluate(Y, S, P, list("abcd"), uncertain="negative", blank="negative", n_boot=0, min_positives=1)
+    y = (Y[:, 0] == 1).astype(int)  # blank and uncertain both negative: every row counts
+    assert mt.metric_value(t, "n", "a") == len(y)
+    assert mt.metric_value(t, "auroc", "a") == pytest.approx(skm.roc_auc_score(y, S[:, 0]))
+    assert mt.metric_value(t, "n_complete") == len(y)
 
 
 def test_masked_entries_do_not_count():

@@ -21,16 +21,16 @@ def _splits(syn):
     return Y01, known, syn.split == "train", syn.split == "val", syn.split == "test"
 
 
-@pytest.mark.parametrize("C", [0.01, 1.0])
-def test_fit_logreg_equals_sklearn_balanced_logistic_regression(syn, C):
+@pytest.mark.parametrize("C", [0.0001, 0.01, 1.0, 100.0])
+def test_fit_logreg_equals_sklearn_balanced_logistic_regression_at_its_defaults(syn, C):
     Y01, known, tr, _, _ = _splits(syn)
     X = syn.X[tr]
-    theta = pb.fit_logreg(X, Y01[tr], known[tr], C, tol=1e-10, max_iter=2000)
-    for j in range(3):
+    theta = pb.fit_logreg(X, Y01[tr], known[tr], C)  # the probe's own tolerance, not a tighter one
+    for j in range(4):
         m = known[tr, j]
-        ref = LogisticRegression(C=C, class_weight="balanced", tol=1e-10, max_iter=5000).fit(X[m], Y01[tr][m, j])
+        ref = LogisticRegression(C=C, class_weight="balanced", tol=1e-10, max_iter=20000).fit(X[m], Y01[tr][m, j])
         mine = 1 / (1 + np.exp(-(syn.X @ theta[j, :-1] + theta[j, -1])))
-        assert np.abs(mine - ref.predict_proba(syn.X)[:, 1]).max() < 2e-3
+        assert np.abs(mine - ref.predict_proba(syn.X)[:, 1]).max() < 1e-3
 
 
 def test_masked_labels_get_no_weight_and_balanced_weights_match_sklearn(syn):
@@ -43,15 +43,35 @@ def test_masked_labels_get_no_weight_and_balanced_weights_match_sklearn(syn):
     assert np.allclose(W[m, 0], compute_sample_weight("balanced", Y01[tr][m, 0]))
 
 
-def test_c_is_chosen_by_val_macro_ap_and_weights_apply_to_stored_vectors(syn):
+def test_c_is_chosen_per_finding_by_val_ap_and_weights_apply_to_stored_vectors(syn):
     Y01, known, tr, va, _ = _splits(syn)
     fit = pb.fit_probe(syn.X[tr], Y01[tr], known[tr], syn.X[va], Y01[va], known[va], syn.findings)
-    assert fit.param == max(fit.val_macro_ap, key=fit.val_macro_ap.get)
     S = fit.predict_proba(syn.X[va])
-    aps = [average_precision_score(Y01[va][known[va, j], j], S[known[va, j], j]) for j in range(len(syn.findings))]
-    assert np.mean(aps) == pytest.approx(fit.val_macro_ap[fit.param])
+    grid = pb.C_GRID
+    mean, std = syn.X[tr].mean(axis=0), syn.X[tr].std(axis=0)
+    for j in range(len(syn.findings)):
+        m = known[va, j]
+        assert fit.val_ap[j] == pytest.approx(average_precision_score(Y01[va][m, j], S[m, j]))
+        # refit this finding alone at every C the path visited: none beats the chosen one on val
+        chosen = grid.index(fit.C[j])
+        for C in grid[:chosen + pb.PATIENCE + 1]:
+            th = pb.fit_logreg((syn.X[tr] - mean) / std, Y01[tr][:, [j]], known[tr][:, [j]], C)[0]
+            coef = th[:-1] / std
+            s = syn.X[va][m] @ coef + th[-1] - coef @ mean
+            assert average_precision_score(Y01[va][m, j], s) <= fit.val_ap[j] + 1e-6
+    assert len(set(fit.C.tolist())) > 1  # a choice per finding, not one C for all
     logits = syn.X[va] @ fit.coef.T + fit.intercept  # the stored weights act on unit vectors directly
     assert np.allclose(1 / (1 + np.exp(-logits)), S, atol=1e-8)
+
+
+def test_the_choice_and_its_edge_are_reported(syn):
+    Y01, known, tr, va, _ = _splits(syn)
+    fit = pb.fit_probe(syn.X[tr], Y01[tr], known[tr], syn.X[va], Y01[va], known[va], syn.findings)
+    rows = {(r["finding"], r["metric"]): r["value"] for r in fit.choice_rows(pb.C_GRID)}
+    for j, f in enumerate(syn.findings):
+        assert rows[(f, "C")] == fit.C[j]
+        assert rows[(f, "C_at_edge")] == float(fit.C[j] in (1e-4, 1e2))
+    assert rows[(None, "n_C_at_edge")] == sum(c in (1e-4, 1e2) for c in fit.C)
 
 
 def test_probe_beats_zero_shot_macro_auroc(syn):

@@ -1,16 +1,26 @@
-"""Multi-label metrics with masked labels and vectorised bootstrap intervals.
+"""Multi-label metrics with masked labels, evaluable findings and group-bootstrap intervals.
 
-Labels come as a float matrix `Y [n, F]`: 1 positive, 0 negative, -1 uncertain, NaN missing.
+Labels come as a float matrix `Y [n, F]`: 1 positive, 0 negative, -1 uncertain, NaN missing (blank).
 Per finding, uncertain and missing entries are *masked* (left out), not counted as negative,
-unless `uncertain="negative"` / `"positive"` says otherwise. Missing is always masked.
+unless the policies say otherwise: `uncertain="negative"|"positive"`, `blank="negative"` (the
+seed study's CheXpert-on-IU-Xray setting counts both as negative).
 
-Overall multi-label metrics (macro / micro F1, exact match, LRAP, coverage error, ranking
-loss, Hamming loss) need a full matrix: they use the images with no masked entry ("complete
-rows"); `n_complete` says how many that was.
+Evaluable findings. A finding with fewer than `min_positives` positive *groups* (patients, else
+studies) on the scored split, or as few negative groups, keeps its point estimates but gets no
+interval and is marked "not evaluable" (`findings` table, with the reason). Every macro metric
+averages exactly the evaluable findings, and `n_macro_findings` says how many that was.
 
-The bootstrap resamples images (the same replicates for every finding, seeded): each replicate
-is a vector of multinomial counts used as sample weights, so AUROC and average precision of
-all replicates come from one sort and a few cumulative sums (no Python loop over replicates).
+Overall multi-label metrics (micro F1, exact match, Hamming loss, LRAP, coverage error, ranking
+loss) need a full label row: they use the images with no masked entry ("complete rows";
+`n_complete`). LRAP and coverage are given twice, each labelled: over all complete rows, as
+scikit-learn computes them (`lrap`, `coverage_error`), and over the rows with at least one
+positive label (`lrap_positive_rows`, `coverage_error_positive_rows`).
+
+Intervals are percentile intervals of a bootstrap that resamples groups, never images
+(`bootstrap_weights`): every replicate is a vector of counts used as sample weights, the same
+replicates for every finding and metric, so macro metrics get intervals from the per-finding
+replicates, and AUROC / AP of all replicates come from one sort and a few cumulative sums (no
+Python loop over replicates).
 """
 
 from __future__ import annotations
@@ -21,19 +31,28 @@ import numpy as np
 import polars as pl
 
 UNCERTAIN_POLICIES = ("mask", "negative", "positive")
+BLANK_POLICIES = ("mask", "negative")
+MIN_POSITIVES = 10  # positive groups on the scored split below which a finding is not evaluable
+CALIBRATION_BINS = 10
 # The columns of a metrics table, as the store's `metrics` table holds them (plus run_id).
 METRIC_COLUMNS = {"finding": pl.Utf8, "metric": pl.Utf8, "value": pl.Float64, "lo": pl.Float64, "hi": pl.Float64}
+FINDING_COLUMNS = {"finding": pl.Utf8, "evaluable": pl.Boolean, "reason": pl.Utf8, "positives": pl.Int64,
+                   "positive_groups": pl.Int64, "n": pl.Int64}
+CALIBRATION_COLUMNS = {"finding": pl.Utf8, "bin": pl.Int32, "lower": pl.Float64, "upper": pl.Float64,
+                       "mean_predicted": pl.Float64, "observed": pl.Float64, "n": pl.Int64}
 
 
-def apply_policy(Y: np.ndarray, uncertain: str = "mask") -> tuple[np.ndarray, np.ndarray]:
-    """(Y01, known): labels as 0/1 and the mask of entries that count, under the uncertain policy."""
+def apply_policy(Y: np.ndarray, uncertain: str = "mask", blank: str = "mask") -> tuple[np.ndarray, np.ndarray]:
+    """(Y01, known): labels as 0/1 and the mask of entries that count, under the label policies."""
+    from embedstore.errors import InputError
+
     if uncertain not in UNCERTAIN_POLICIES:
-        from embedstore.errors import InputError
-
         raise InputError(f"uncertain policy {uncertain!r} is not one of {', '.join(UNCERTAIN_POLICIES)}")
+    if blank not in BLANK_POLICIES:
+        raise InputError(f"blank policy {blank!r} is not one of {', '.join(BLANK_POLICIES)}")
     Y = np.asarray(Y, dtype=np.float64)
-    known = np.isfinite(Y)
-    unc = known & (Y == -1)
+    known = np.isfinite(Y) | (blank == "negative")
+    unc = np.isfinite(Y) & (Y == -1)
     if uncertain == "mask":
         known &= ~unc
     Y01 = np.where(unc, 1.0 if uncertain == "positive" else 0.0, np.nan_to_num(Y, nan=0.0))
@@ -155,80 +174,248 @@ def mean_interval(values, groups, n_boot: int = 1000, seed: int = 0, alpha: floa
     return _interval(float(v.mean()), reps, alpha)
 
 
-def finding_metrics(y: np.ndarray, score: np.ndarray, pred: np.ndarray, W: np.ndarray | None = None,
-                    alpha: float = 0.05, counts: dict[str, np.ndarray] | None = None) -> dict[str, Interval]:
-    """Metrics of one finding over its unmasked images; W [B, n] are bootstrap weights (or None);
-    `counts` are the replicates' rates when already computed (see `weighted_counts_matrix`)."""
-    y, score, pred = np.asarray(y), np.asarray(score, dtype=np.float64), np.asarray(pred)
-    ones = np.ones((1, y.size), dtype=np.float32)
-    W = ones[:0] if W is None else W
-    out: dict[str, Interval] = {}
-    point = weighted_counts(y, pred, ones)
-    reps = counts if counts is not None else weighted_counts(y, pred, W)
-    for name in ("prevalence", "pred_rate", "bias", "precision", "recall", "f1"):
-        out[name] = _interval(float(point[name][0]) if y.size else np.nan, reps[name], alpha)
-    auc, ap = weighted_auroc_ap(y, score, np.concatenate([ones, W]))
-    out["auroc"] = _interval(auc[0], auc[1:], alpha)
-    out["ap"] = _interval(ap[0], ap[1:], alpha)
-    out["support"] = Interval(float(y.sum()), np.nan, np.nan)  # positives evaluated
-    out["n"] = Interval(float(y.size), np.nan, np.nan)
-    return out
+@dataclass
+class Evaluation:
+    """What `evaluate_run` computed, as the store's result tables hold it (without run_id)."""
 
+    metrics: pl.DataFrame  # finding (None = overall), metric, value, lo, hi
+    findings: pl.DataFrame  # finding, evaluable, reason, positives, positive_groups, n
+    calibration: pl.DataFrame  # reliability-curve bins per finding (None = pooled over evaluable findings)
 
-def overall_metrics(Y01: np.ndarray, known: np.ndarray, S: np.ndarray, P: np.ndarray) -> dict[str, float]:
-    """scikit-learn's multi-label metrics on the complete rows (no masked entry)."""
-    from sklearn import metrics as skm
-
-    rows = known.all(axis=1)
-    out = {"n_complete": float(rows.sum())}
-    if not rows.any():
+    def tables(self) -> dict[str, pl.DataFrame]:
+        out = {"metrics": self.metrics, "run_findings": self.findings}
+        if self.calibration.height:
+            out["calibration"] = self.calibration
         return out
-    y, s, p = Y01[rows], S[rows], P[rows].astype(np.int8)
-    out["macro_f1"] = float(skm.f1_score(y, p, average="macro", zero_division=0))
-    out["micro_f1"] = float(skm.f1_score(y, p, average="micro", zero_division=0))
-    out["exact_match"] = float(skm.accuracy_score(y, p))
-    out["hamming_loss"] = float(skm.hamming_loss(y, p))
-    has_pos = y.any(axis=1)  # ranking metrics are undefined on rows without a positive label
-    out["n_ranked"] = float(has_pos.sum())
-    if has_pos.any() and y.shape[1] > 1:  # ranking needs at least two labels
-        out["lrap"] = float(skm.label_ranking_average_precision_score(y[has_pos], s[has_pos]))
-        out["coverage_error"] = float(skm.coverage_error(y[has_pos], s[has_pos]))
-        out["ranking_loss"] = float(skm.label_ranking_loss(y[has_pos], s[has_pos]))
+
+
+def evaluable_findings(Y01: np.ndarray, known: np.ndarray, groups, findings: list[str],
+                       min_positives: int = MIN_POSITIVES) -> pl.DataFrame:
+    """Which findings can be evaluated: at least `min_positives` positive groups and as many
+    negative groups among the known entries; the reason for each one that cannot."""
+    codes = group_codes(groups)
+    rows = []
+    for j, finding in enumerate(findings):
+        m = known[:, j]
+        pos, neg = m & (Y01[:, j] == 1), m & (Y01[:, j] == 0)
+        n_pos, n_neg = np.unique(codes[pos]).size, np.unique(codes[neg]).size
+        reason = None
+        if n_pos < min_positives:
+            reason = f"{n_pos} positive groups on the scored split, fewer than {min_positives}"
+        elif n_neg < min_positives:
+            reason = f"{n_neg} negative groups on the scored split, fewer than {min_positives}"
+        rows.append({"finding": finding, "evaluable": reason is None, "reason": reason,
+                     "positives": int(pos.sum()), "positive_groups": int(n_pos), "n": int(m.sum())})
+    return pl.DataFrame(rows, schema=FINDING_COLUMNS)
+
+
+def ranking_rows(Y01: np.ndarray, S: np.ndarray, chunk: int = 4096) -> dict[str, np.ndarray]:
+    """Per-row LRAP, coverage error and ranking loss exactly as scikit-learn defines them
+    (scikit-learn's value is their mean over rows, its sample-weighted value their weighted mean),
+    so one weighted mean per bootstrap replicate gives the replicates.
+
+    A row with no positive label (or only positives) has LRAP 1 and ranking loss 0; its
+    coverage error is 0. Ties count against the ranking, as in scikit-learn.
+    """
+    y, s = np.asarray(Y01).astype(bool), np.asarray(S, dtype=np.float64)
+    n, F = y.shape
+    out = {k: np.zeros(n) for k in ("lrap", "coverage_error", "ranking_loss")}
+    for a in range(0, n, chunk):
+        yb, sb = y[a:a + chunk], s[a:a + chunk]
+        ge = sb[:, None, :] >= sb[:, :, None]  # [rows, j, k]: label k scores at least as high as j
+        rank = ge.sum(axis=2)
+        pos_rank = (ge & yb[:, None, :]).sum(axis=2)
+        n_pos = yb.sum(axis=1)
+        trivial = (n_pos == 0) | (n_pos == F)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lrap = np.where(yb, pos_rank / rank, 0.0).sum(axis=1) / n_pos
+            wrong = (ge & yb[:, :, None] & ~yb[:, None, :]).sum(axis=(1, 2))
+            loss = wrong / (n_pos * (F - n_pos))
+        out["lrap"][a:a + chunk] = np.where(trivial, 1.0, lrap)
+        out["ranking_loss"][a:a + chunk] = np.where(trivial, 0.0, loss)
+        out["coverage_error"][a:a + chunk] = np.where(yb, rank, 0).max(axis=1)
     return out
+
+
+def reliability(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, np.ndarray]:
+    """Reliability-curve bins (scikit-learn's `calibration_curve`, uniform strategy): for each
+    non-empty bin its edges, mean predicted probability, observed positive rate and count."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ids = np.searchsorted(edges[1:-1], p)
+    total = np.bincount(ids, minlength=bins)
+    keep = total > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pred = np.bincount(ids, weights=p, minlength=bins) / total
+        observed = np.bincount(ids, weights=y.astype(np.float64), minlength=bins) / total
+    return {"bin": np.flatnonzero(keep), "lower": edges[:-1][keep], "upper": edges[1:][keep],
+            "mean_predicted": pred[keep], "observed": observed[keep], "n": total[keep]}
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """ECE: the count-weighted mean |observed - predicted| over the reliability bins."""
+    r = reliability(y, p, bins)
+    return float((r["n"] * np.abs(r["observed"] - r["mean_predicted"])).sum() / max(len(y), 1))
+
+
+class _Rows:
+    """Collects metric rows; an interval only where replicates are given."""
+
+    def __init__(self, alpha: float):
+        self.alpha, self.rows = alpha, []
+
+    def add(self, finding, metric: str, point: float, reps: np.ndarray | None = None) -> None:
+        iv = _interval(float(point), reps if reps is not None else np.empty(0), self.alpha)
+        self.rows.append({"finding": finding, "metric": metric, "value": iv.value, "lo": iv.lo, "hi": iv.hi})
+
+    def frame(self) -> pl.DataFrame:
+        return without_nan_intervals(pl.DataFrame(self.rows, schema=METRIC_COLUMNS))
+
+
+def _weighted_mean(v: np.ndarray, W: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (W @ v) / W.sum(axis=1)
+
+
+def evaluate_run(Y: np.ndarray, S: np.ndarray, findings: list[str], predictions: dict[str, np.ndarray],
+                 groups=None, prob: np.ndarray | None = None, uncertain: str = "mask", blank: str = "mask",
+                 n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+                 min_positives: int = MIN_POSITIVES) -> Evaluation:
+    """Every metric of one method on one split.
+
+    Y: labels [n, F] (1/0/-1/NaN); S: scores [n, F] (higher = more likely); `predictions` maps a
+    metric-name suffix to 0/1 decisions [n, F]: "" for the run's operating point, "@default" for
+    the uncalibrated default threshold kept beside it. `groups` labels each row's patient (else
+    study) for the bootstrap (None: each row its own group). `prob` [n, F], the method's
+    probabilities, adds Brier score, ECE and reliability bins.
+    """
+    Y01, known = apply_policy(Y, uncertain, blank)
+    S = np.asarray(S, dtype=np.float64)
+    preds = {k: np.asarray(v).astype(np.int8) for k, v in predictions.items()}
+    groups = Y01.shape[0] if groups is None else groups
+    W = bootstrap_weights(groups, n_boot, seed)
+    ones = np.ones((1, Y01.shape[0]), dtype=np.float32)
+    table = evaluable_findings(Y01, known, groups, findings, min_positives)
+    evaluable = table["evaluable"].to_numpy()
+    out = _Rows(alpha)
+    macro = _per_finding(out, Y01, known, S, preds, prob, W, ones, findings, evaluable, table)
+    for name, (points, reps) in macro.items():
+        value = float(np.mean(points)) if points else np.nan
+        rep = np.nanmean(np.stack(reps), axis=0) if reps and W.shape[0] else None
+        out.add(None, name, value, rep)
+    out.add(None, "n_findings", len(findings))
+    out.add(None, "n_macro_findings", int(evaluable.sum()))
+    _overall(out, Y01, known, S, preds, W)
+    calibration = _calibration(Y01, known, prob, findings, evaluable) if prob is not None else \
+        pl.DataFrame(schema=CALIBRATION_COLUMNS)
+    return Evaluation(out.frame(), table, calibration)
+
+
+RATE_METRICS = ("prevalence", "pred_rate", "bias", "precision", "recall", "f1")
+
+
+def _per_finding(out: _Rows, Y01, known, S, preds, prob, W, ones, findings, evaluable, table) -> dict:
+    """Per-finding rows; returns macro name -> (evaluable points, their replicate arrays)."""
+    K = known.astype(np.float32)
+    point_counts = {k: weighted_counts_matrix(Y01 * K, P * K, K, ones) for k, P in preds.items()}
+    rep_counts = {k: weighted_counts_matrix(Y01 * K, P * K, K, W) for k, P in preds.items()}
+    macro: dict[str, tuple[list, list]] = {}
+
+    def keep(name, point, reps):
+        pts, rs = macro.setdefault(name, ([], []))
+        pts.append(point)
+        if reps is not None:
+            rs.append(reps)
+
+    for j, finding in enumerate(findings):
+        m, ev = known[:, j], bool(evaluable[j])
+        y = Y01[m, j]
+        auc, ap = weighted_auroc_ap(y, S[m, j], np.concatenate([ones[:, m], W[:, m]]))
+        for name, values in (("auroc", auc), ("ap", ap)):
+            out.add(finding, name, values[0], values[1:] if ev else None)
+            if ev:
+                keep(f"macro_{name}", values[0], values[1:])
+        for suffix in preds:
+            for name in RATE_METRICS:
+                point, reps = point_counts[suffix][name][0, j], rep_counts[suffix][name][:, j]
+                out.add(finding, name + suffix, point, reps if ev else None)
+            if ev:
+                keep(f"macro_f1{suffix}", point_counts[suffix]["f1"][0, j], rep_counts[suffix]["f1"][:, j])
+        if prob is not None:
+            p = np.asarray(prob[m, j], dtype=np.float64)
+            sq = (p - y) ** 2
+            brier_reps = _weighted_mean(sq, W[:, m]) if ev else None
+            out.add(finding, "brier", float(sq.mean()) if sq.size else np.nan, brier_reps)
+            ece = expected_calibration_error(y, p) if y.size else np.nan
+            out.add(finding, "ece", ece)
+            if ev:
+                keep("macro_brier", float(sq.mean()), brier_reps)
+                keep("macro_ece", ece, None)
+        row = table.row(j, named=True)
+        out.add(finding, "support", row["positives"])
+        out.add(finding, "positive_groups", row["positive_groups"])
+        out.add(finding, "n", row["n"])
+    return macro
+
+
+def _overall(out: _Rows, Y01, known, S, preds, W) -> None:
+    """Overall multi-label metrics on the complete rows, each with a group-bootstrap interval."""
+    rows = known.all(axis=1)
+    out.add(None, "n_complete", int(rows.sum()))
+    if not rows.any():
+        return
+    y, s, Wc = Y01[rows].astype(bool), S[rows], W[:, rows]
+
+    def mean_of(name, per_row, sel=None):
+        sel = np.ones(len(per_row), bool) if sel is None else sel
+        out.add(None, name, float(per_row[sel].mean()) if sel.any() else np.nan,
+                _weighted_mean(per_row[sel], Wc[:, sel]) if sel.any() else None)
+
+    for suffix, P in preds.items():
+        p = P[rows].astype(bool)
+        mean_of("exact_match" + suffix, (p == y).all(axis=1).astype(np.float64))
+        mean_of("hamming_loss" + suffix, (p != y).mean(axis=1))
+        tp, pp, pos = (p & y).sum(axis=1), p.sum(axis=1), y.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            den = pp.sum() + pos.sum()
+            point = 2 * tp.sum() / den if den else 0.0  # zero_division=0, as in scikit-learn
+            reps = np.nan_to_num(2 * (Wc @ tp) / (Wc @ pp + Wc @ pos), nan=0.0)
+        out.add(None, "micro_f1" + suffix, point, reps)
+    has_pos = y.any(axis=1)
+    out.add(None, "n_ranked", int(has_pos.sum()))
+    if y.shape[1] < 2:  # ranking needs at least two labels
+        return
+    ranked = ranking_rows(y, s)
+    for name in ("lrap", "coverage_error", "ranking_loss"):
+        mean_of(name, ranked[name])
+    for name in ("lrap", "coverage_error"):
+        mean_of(f"{name}_positive_rows", ranked[name], has_pos)
+
+
+def _calibration(Y01, known, prob, findings, evaluable) -> pl.DataFrame:
+    """Reliability bins per finding and pooled over the evaluable findings (finding None)."""
+    frames = []
+    pooled_y, pooled_p = [], []
+    for j, finding in enumerate(findings):
+        m = known[:, j]
+        y, p = Y01[m, j], np.asarray(prob[m, j], dtype=np.float64)
+        if y.size:
+            frames.append({"finding": finding, **reliability(y, p)})
+        if evaluable[j]:
+            pooled_y.append(y)
+            pooled_p.append(p)
+    if pooled_y:
+        frames.append({"finding": None, **reliability(np.concatenate(pooled_y), np.concatenate(pooled_p))})
+    parts = [pl.DataFrame({k: (v if k != "finding" else [v] * len(f["bin"])) for k, v in f.items()},
+                          schema=CALIBRATION_COLUMNS) for f in frames]
+    return pl.concat(parts) if parts else pl.DataFrame(schema=CALIBRATION_COLUMNS)
 
 
 def evaluate(Y: np.ndarray, S: np.ndarray, P: np.ndarray, findings: list[str], uncertain: str = "mask",
-             n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> pl.DataFrame:
-    """Per-finding metrics (with bootstrap intervals) and overall metrics, as a metrics table.
-
-    Y: labels [n, F] (1/0/-1/NaN); S: scores [n, F] (higher = more likely); P: 0/1 predictions.
-    Rows with finding = None are overall. `macro_auroc` / `macro_ap` are the means of the
-    per-finding (masked) values over findings where they are defined.
-    """
-    Y01, known = apply_policy(Y, uncertain)
-    S, P = np.asarray(S, dtype=np.float64), np.asarray(P).astype(np.int8)
-    W = bootstrap_weights(Y01.shape[0], n_boot, seed)
-    # Confusion counts of every replicate and finding at once: masked entries get zero weight.
-    K = known.astype(np.float32)
-    reps = weighted_counts_matrix(Y01 * K, P * K, K, W)
-    rows: list[dict] = []
-    per: dict[str, list[float]] = {"auroc": [], "ap": [], "f1": []}
-    for j, finding in enumerate(findings):
-        m = known[:, j]
-        res = finding_metrics(Y01[m, j], S[m, j], P[m, j], W[:, m], alpha,
-                              counts={k: v[:, j] for k, v in reps.items()})
-        for name, iv in res.items():
-            rows.append({"finding": finding, "metric": name, "value": iv.value, "lo": iv.lo, "hi": iv.hi})
-        for name in per:
-            per[name].append(res[name].value)
-    for name, vals in per.items():
-        arr = np.asarray(vals, dtype=float)
-        value = float(np.nanmean(arr)) if np.isfinite(arr).any() else np.nan
-        rows.append({"finding": None, "metric": f"macro_{name}_masked" if name == "f1" else f"macro_{name}",
-                     "value": value, "lo": np.nan, "hi": np.nan})
-    for name, value in overall_metrics(Y01, known, S, P).items():
-        rows.append({"finding": None, "metric": name, "value": value, "lo": np.nan, "hi": np.nan})
-    return without_nan_intervals(pl.DataFrame(rows, schema=METRIC_COLUMNS))
+             n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, groups=None, blank: str = "mask",
+             min_positives: int = MIN_POSITIVES) -> pl.DataFrame:
+    """The metrics table of `evaluate_run` for one set of decisions P (see there)."""
+    return evaluate_run(Y, S, findings, {"": P}, groups=groups, uncertain=uncertain, blank=blank, n_boot=n_boot,
+                        seed=seed, alpha=alpha, min_positives=min_positives).metrics
 
 
 def without_nan_intervals(table: pl.DataFrame) -> pl.DataFrame:

@@ -32,6 +32,7 @@ class VersionData:
     Y: np.ndarray  # float32 [n, F]: 1 / 0 / -1 / NaN
     split: np.ndarray  # object [n]: "train" / "val" / "test" / None
     logit_scale: float
+    groups: np.ndarray  # object [n]: the patient (else study) group each image is resampled with
 
     def mask(self, name: str) -> np.ndarray:
         return self.split == name
@@ -43,6 +44,7 @@ class VersionData:
         h.update(np.ascontiguousarray(self.Y).tobytes())
         h.update("\x00".join(str(s) for s in self.split).encode())
         h.update("\x00".join(self.findings).encode())
+        h.update("\x00".join(str(g) for g in self.groups).encode())
         return h.hexdigest()[:16]
 
 
@@ -52,12 +54,14 @@ def load_data(store, version: str | None = None, where: str | None = None, findi
     version = store.resolve_version(version)
     info = store.version_info(version)
     ids, X = store.image_vectors(version)
-    meta = store.images(where).select("id", "split")
     if where:
-        keep = np.isin(ids, meta["id"].to_numpy())
+        keep = np.isin(ids, store.images(where)["id"].to_numpy())
         ids, X = ids[keep], X[keep]
-    split_of = dict(zip(meta["id"].to_list(), meta["split"].to_list()))
-    split = np.array([split_of.get(int(i)) for i in ids], dtype=object)
+    meta = store.image_groups()
+    row_of = dict(zip(meta["id"].to_list(), range(meta.height)))
+    rows = np.array([row_of[int(i)] for i in ids], dtype=np.int64)
+    split = np.array(meta["split"].to_list(), dtype=object)[rows] if len(rows) else np.empty(0, dtype=object)
+    groups = np.array(meta["group_id"].to_list(), dtype=object)[rows] if len(rows) else np.empty(0, dtype=object)
     findings = store.findings() if findings is None else list(findings)
     if not findings:
         raise InputError(f"store {store.path} has no labels; encode a data set with labels first")
@@ -65,15 +69,13 @@ def load_data(store, version: str | None = None, where: str | None = None, findi
         raise InputError(f"version {version} has no image vectors{' matching ' + repr(where) if where else ''}")
     Y = store.label_matrix(ids, findings)
     scale = info.get("logit_scale")
-    return VersionData(version, findings, ids, X, Y, split, float(scale) if scale is not None else 100.0)
+    return VersionData(version, findings, ids, X, Y, split, float(scale) if scale is not None else 100.0, groups)
 
 
 def require_split(data: VersionData, name: str, purpose: str) -> np.ndarray:
-    m = data.mask(name)
-    if not m.any():
-        present = sorted({str(s) for s in data.split})
-        raise InputError(f"no image of version {data.version} is in split {name!r} (needed {purpose}); splits present: {', '.join(present)}")
-    return m
+    from embedstore.analyses.scoring import split_mask
+
+    return split_mask(data.split, name, data.version, purpose)
 
 
 @dataclass

@@ -21,8 +21,10 @@ probabilities do but do not saturate to a tied 1.0 at CLIP's logit scale.
 
 Templates: `single` uses the first prompt (store order) per finding and polarity; `ensemble`
 averages the normalised embeddings of all of a finding's prompts per polarity, then
-renormalises. Calibration picks per-finding thresholds that maximise F1 on another split; a
-finding with fewer than MIN_CALIBRATION_POSITIVES positives there keeps the rule's default.
+renormalises (`prompt_vectors`, the one place prompts are averaged). By default raw-dot uses
+`single`, as the seed did, and the other rules `ensemble`. Thresholds are fitted on val by the
+rule every method shares (`analyses.scoring`); each rule's default decision is kept beside it
+(`@default` metrics).
 """
 
 from __future__ import annotations
@@ -116,42 +118,17 @@ def default_predictions(S: np.ndarray, rule: str) -> np.ndarray:
     return (S >= 0).astype(np.int8)
 
 
-MIN_CALIBRATION_POSITIVES = 5  # fewer: a max-F1 threshold fitted to 1-4 positives generalises worse than the default
+def probabilities(S: np.ndarray, rule: str) -> np.ndarray:
+    """The rule's probabilities from its stored scores: softmax's are exp(log-probability), the
+    other rules' sigmoid(logit). Used to measure calibration."""
+    if rule == "softmax":
+        return np.exp(S)
+    return 0.5 * (1.0 + np.tanh(0.5 * S))
 
 
-def calibrate_thresholds(Y01: np.ndarray, known: np.ndarray, S: np.ndarray,
-                         min_positives: int = MIN_CALIBRATION_POSITIVES) -> np.ndarray:
-    """Per-finding threshold t maximising the F1 of `score >= t` on (Y01, S), masked entries left
-    out; NaN where the split has fewer than `min_positives` positives for a finding (the rule's
-    default is kept there).
-
-    Every distinct score is a candidate: one sort and two cumulative sums per finding (the same
-    curve as scikit-learn's precision_recall_curve, without its per-call overhead).
-    """
-    out = np.full(S.shape[1], np.nan)
-    for j in range(S.shape[1]):
-        m = known[:, j]
-        y, s = Y01[m, j].astype(bool), S[m, j]
-        P = int(y.sum())
-        if P < min_positives:
-            continue
-        order = np.argsort(-s, kind="stable")
-        s, y = s[order], y[order]
-        last = np.r_[s[1:] != s[:-1], True]  # last index of each run of equal scores
-        tp = np.cumsum(y)[last]
-        k = np.cumsum(~y)[last] + tp  # predicted positives at each candidate threshold
-        f1 = 2 * tp / (k + P)
-        out[j] = s[last][int(np.argmax(f1))]
-    return out
-
-
-def predict(S: np.ndarray, rule: str, thresholds: np.ndarray | None = None) -> np.ndarray:
-    """Decisions: score >= the calibrated threshold where there is one, else the rule's default."""
-    P = default_predictions(S, rule)
-    if thresholds is not None:
-        have = np.isfinite(thresholds)
-        P[:, have] = (S[:, have] >= thresholds[have]).astype(np.int8)
-    return P
+def default_templates(rule: str) -> str:
+    """raw-dot is the seed notebook's rule with one prompt per finding; the others average the ensemble."""
+    return "single" if rule == "raw-dot" else "ensemble"
 
 
 # ---- store-facing -------------------------------------------------------------------------
@@ -163,63 +140,48 @@ def _preferred_templates() -> dict[str, str]:
     return {pol: next((r["template"] for r in rows if r["polarity"] == pol), "") for pol in ("positive", "negative")}
 
 
-def zeroshot(store, version: str | None = None, rule: str | list[str] = "all", templates: str = "ensemble",
-             calibrate_on: str | None = None, split: str = "test", uncertain: str = "mask", where: str | None = None,
-             n_boot: int = 1000, seed: int = 0, force: bool = False, data=None) -> list:
+def zeroshot(store, version: str | None = None, rule: str | list[str] = "all", templates: str | None = None,
+             calibrate_on: str | None = "val", operating_point: str = "max-f1", split: str = "test",
+             uncertain: str = "mask", blank: str = "mask", where: str | None = None, n_boot: int = 1000,
+             seed: int = 0, min_positives: int | None = None, force: bool = False, data=None) -> list:
     """Zero-shot runs over stored vectors, one per rule ("all" = every rule); list of RunResult.
 
-    Metrics are computed on `split`; with `calibrate_on` (e.g. "val") per-finding thresholds
-    maximising F1 on that split replace each rule's default decision.
+    `templates` None gives each rule its default (raw-dot: single, the others: ensemble).
+    Thresholds are fitted on `calibrate_on` (None: the rules' default thresholds only) by the
+    shared `operating_point` rule and metrics computed on `split` (see `analyses.scoring`).
     """
-    from embedstore.analyses.metrics import apply_policy, evaluate, without_nan_intervals
-    from embedstore.analyses.runs import cached_run, load_data, require_split
+    from embedstore.analyses.metrics import MIN_POSITIVES
+    from embedstore.analyses.runs import cached_run, load_data
+    from embedstore.analyses.scoring import MIN_CALIBRATION_POSITIVES, check_operating_point, score_method
 
     rules = list(RULES) if rule == "all" else ([rule] if isinstance(rule, str) else list(rule))
     bad = [r for r in rules if r not in RULES]
     if bad:
         raise InputError(f"zero-shot rule {bad[0]!r} is not one of {', '.join(RULES)} (or all)")
-    if templates not in TEMPLATES:
+    if templates is not None and templates not in TEMPLATES:
         raise InputError(f"templates {templates!r} is not one of {', '.join(TEMPLATES)}")
+    check_operating_point(operating_point)
+    min_positives = MIN_POSITIVES if min_positives is None else min_positives
     data = data or load_data(store, version, where)
     texts, M = store.text_vectors(data.version)
-    test = require_split(data, split, "to score")
-    cal = require_split(data, calibrate_on, "to calibrate thresholds") if calibrate_on else None
-    if calibrate_on == split:
-        raise InputError(f"--calibrate-on {calibrate_on} is the split being scored; calibrate on another split (e.g. val)")
     used = texts.filter(pl.col("finding").is_in(data.findings))
-    base = {"templates": templates, "calibrate_on": calibrate_on, "split": split, "uncertain": uncertain,
-            "where": where, "n_boot": n_boot, "seed": seed, "findings": data.findings,
+    base = {"calibrate_on": calibrate_on, "split": split, "uncertain": uncertain, "blank": blank,
+            "where": where, "n_boot": n_boot, "seed": seed, "findings": data.findings, "min_positives": min_positives,
             "data": data.fingerprint(), "prompts": sorted(used["text_hash"].to_list())}
     if calibrate_on:
-        base["min_calibration_positives"] = MIN_CALIBRATION_POSITIVES  # runs calibrated by another rule are not reused
+        base.update(operating_point=operating_point, min_calibration_positives=MIN_CALIBRATION_POSITIVES)
     results = []
     for r in rules:
-        def compute(r=r):
-            pv = prompt_vectors(texts, M, data.findings, templates, _preferred_templates())
+        tmpl = templates or default_templates(r)
+
+        def compute(r=r, tmpl=tmpl):
+            pv = prompt_vectors(texts, M, data.findings, tmpl, _preferred_templates())
             S = scores(data.X, pv, r, data.logit_scale)
-            thresholds = None
-            if cal is not None:
-                Y01, known = apply_policy(data.Y[cal], uncertain)
-                thresholds = calibrate_thresholds(Y01, known, S[cal])
-            P = predict(S[test], r, thresholds)
-            table = evaluate(data.Y[test], S[test], P, data.findings, uncertain, n_boot, seed)
-            if thresholds is not None:
-                extra = pl.DataFrame({"finding": data.findings, "metric": "threshold", "value": thresholds,
-                                      "lo": None, "hi": None}, schema=table.schema)
-                table = without_nan_intervals(pl.concat([table, extra]))
-            return {"metrics": table, "image_scores": score_table(data.ids[test], data.findings, S[test], P)}
+            return score_method(data.ids, data.Y, data.split, data.groups, data.findings, S,
+                                default_predictions(S, r), probabilities(S, r), version=data.version, scored=split,
+                                calibrate_on=calibrate_on, operating_point=operating_point, uncertain=uncertain,
+                                blank=blank, n_boot=n_boot, seed=seed, min_positives=min_positives)[0]
 
-        results.append(cached_run(store, "zeroshot", data.version, {"rule": r, **base}, compute, force,
-                                  tables=("metrics",)))
+        results.append(cached_run(store, "zeroshot", data.version, {"rule": r, "templates": tmpl, **base}, compute,
+                                  force, tables=("metrics", "run_findings")))
     return results
-
-
-def score_table(ids: np.ndarray, findings: list[str], S: np.ndarray, P: np.ndarray) -> pl.DataFrame:
-    """Long per-image table (id, finding, score, pred) in the store's `image_scores` columns."""
-    n, F = S.shape
-    return pl.DataFrame({
-        "id": np.repeat(np.asarray(ids, dtype=np.int64), F),
-        "finding": np.tile(np.asarray(findings, dtype=object), n).tolist(),
-        "score": S.astype(np.float64).ravel(),
-        "pred": P.astype(np.float64).ravel(),
-    })

@@ -61,21 +61,28 @@ def finetune(
 
 @app.command()
 def compare(
-    v1: str = typer.Argument(..., help="First version (e.g. the parent)."),
-    v2: str = typer.Argument(..., help="Second version (e.g. the fine-tuned one)."),
+    v1: Optional[str] = typer.Argument(None, help="First version (e.g. the parent)."),
+    v2: Optional[str] = typer.Argument(None, help="Second version (e.g. the fine-tuned one)."),
+    methods: Optional[str] = typer.Option(None, "--methods",
+                                          help="Compare methods on one version instead, e.g. zeroshot:pos-neg,probe,finetuned."),
+    version: Optional[str] = typer.Option(None, "--version", help="The version for --methods (default: the latest)."),
     all_rows: bool = typer.Option(False, "--all", help="Every metric (default: summary metrics and per-finding AUROC)."),
+    n_boot: int = typer.Option(1000, "--n-boot", min=0, help="Bootstrap replicates (patients resampled, paired)."),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
     fmt: Format = typer.Option(Format.table, "--format"),
 ) -> None:
-    """Metrics of every analysis run on both versions, side by side, with the difference and
-    whether the bootstrap intervals overlap."""
+    """Paired comparison on the same test images: two versions' runs, or two methods on one version.
+
+    Each difference (second minus first) gets a paired, patient-clustered bootstrap interval and
+    p-value (Holm-corrected across findings); it is called better or worse only when its interval
+    excludes 0.
+    """
     import polars as pl
 
-    from embedstore.analyses.compare import compare as run
     from embedstore.cli.output import emit
 
     st = _store(store)
-    df = run(st, v1, v2)
+    df = st.compare(v1, v2, methods=methods.split(",") if methods else None, version=version, n_boot=n_boot)
     if df.is_empty():
         print(f"no analysis run with the same settings on both {v1} and {v2}; run e.g. "
               f"`embedstore zeroshot --version {v1}` and `--version {v2}` (and probe) first", file=sys.stderr)
@@ -87,20 +94,25 @@ def compare(
     if fmt is not Format.table:
         emit(df.with_columns(pl.col(pl.Float64).fill_nan(None)), fmt)
         return
-    a, b = st.resolve_version(v1), st.resolve_version(v2)
-    table = df.select(
-        "run", pl.col("finding").fill_null("(all)"), "metric",
-        _cell("value_1", "lo_1", "hi_1").alias(a), _cell("value_2", "lo_2", "hi_2").alias(b),
-        pl.col("diff").round(3), pl.col("overlap").replace_strict({True: "yes", False: "NO"}, default="",
-                                                                  return_dtype=pl.String).alias("CIs overlap"),
-    )
-    emit(table, fmt, title=f"{a} vs {b}")
+    if methods:
+        what = [pl.format("{} → {}", "method_1", "method_2").alias("methods")]
+        a, b, title = "first", "second", f"methods on {st.resolve_version(version)} (second minus first)"
+        first, second = pl.col("value_1").round(3).alias(a), pl.col("value_2").round(3).alias(b)
+    else:
+        a, b = st.resolve_version(v1), st.resolve_version(v2)
+        what, title = [pl.col("run")], f"{a} vs {b} ({b} minus {a})"
+        first, second = _cell("value_1", "lo_1", "hi_1").alias(a), _cell("value_2", "lo_2", "hi_2").alias(b)
+    table = df.select(*what, pl.col("finding").fill_null("(macro / all)"), "metric", first, second,
+                      _cell("diff", "diff_lo", "diff_hi").alias("difference [95% CI]"),
+                      pl.col("p_holm").fill_null(pl.col("p_value")).round(4).alias("p (Holm)"),
+                      pl.col("verdict").fill_null(""))
+    emit(table, fmt, title=title)
 
 
 def _cell(value: str, lo: str, hi: str):
-    """"0.812 [0.77-0.85]" where there is an interval, else "0.812"."""
+    """"0.812 [0.77, 0.85]" where there is an interval, else "0.812"."""
     import polars as pl
 
     v = pl.col(value).round(3).cast(pl.String)
-    ci = pl.format("{} [{}-{}]", v, pl.col(lo).round(2).cast(pl.String), pl.col(hi).round(2).cast(pl.String))
+    ci = pl.format("{} [{}, {}]", v, pl.col(lo).round(3).cast(pl.String), pl.col(hi).round(3).cast(pl.String))
     return pl.when(pl.col(lo).is_not_null() & pl.col(hi).is_not_null()).then(ci).otherwise(v)

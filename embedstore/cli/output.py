@@ -40,16 +40,27 @@ def emit(data: Any, fmt: Format | str = Format.table, title: str | None = None, 
         print_table(data, title)
 
 
-def print_table(df, title: str | None = None, max_rows: int = 200) -> None:
+def make_console():
+    """A rich console on stdout. Off a terminal (a pipe, a file) tables get the width they need
+    instead of rich's 80 columns, so ids and paths do not wrap; $COLUMNS still wins."""
+    import os
+
     from rich.console import Console
+
+    wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+    return Console(width=4000 if wide else None, emoji=False)
+
+
+def print_table(df, title: str | None = None, max_rows: int = 200) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=title, show_lines=False)
     for name in df.columns:
-        table.add_column(name, overflow="fold")
+        table.add_column(escape(name), overflow="fold")
     for row in df.head(max_rows).iter_rows():
-        table.add_row(*[_cell(v) for v in row])
-    console = Console()
+        table.add_row(*[escape(_cell(v)) for v in row])  # a label like "Opacity [/RUL]" is text, not markup
+    console = make_console()
     console.print(table)
     if df.height > max_rows:
         console.print(f"... {df.height - max_rows} more rows (use --format csv for all)")

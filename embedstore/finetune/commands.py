@@ -222,6 +222,7 @@ class TrainingData:
     findings: list[str]
     labels: np.ndarray  # float32 [n, F]
     reports: list[str]
+    groups: np.ndarray  # object [n]: each image's patient (else study) group, for the bootstrap
 
     @classmethod
     def read(cls, st, version: str) -> "TrainingData":
@@ -243,8 +244,10 @@ class TrainingData:
                 raise InputError(f"no image of version {version} is in split {name!r} (fine-tuning trains on train and "
                                  f"early-stops on val); splits present: {present}")
         reports = [report_text(f, i) for f, i in zip(meta["findings"].to_list(), meta["impression"].to_list())]
+        group_of = dict(st.image_groups().select("id", "group_id").iter_rows())
+        groups = np.array([group_of[int(i)] for i in ids], dtype=object)
         return cls(ids, [known[int(i)] for i in ids], meta["path"].to_list(), split, findings,
-                   st.label_matrix(ids, findings), reports)
+                   st.label_matrix(ids, findings), reports, groups)
 
     def fingerprint(self) -> str:
         import hashlib
@@ -488,8 +491,8 @@ def _write_run(st, version: str, data: TrainingData, result: FinetuneResult, hea
 
     import polars as pl
 
-    from embedstore.analyses.metrics import METRIC_COLUMNS, evaluate
-    from embedstore.analyses.zeroshot import score_table
+    from embedstore.analyses.metrics import METRIC_COLUMNS
+    from embedstore.analyses.scoring import score_method
 
     rows = [{"finding": None, "metric": "best_epoch", "value": float(result.best_epoch)},
             {"finding": None, "metric": "best_val_macro_auroc", "value": float(result.best_val_auroc)}]
@@ -500,10 +503,9 @@ def _write_run(st, version: str, data: TrainingData, result: FinetuneResult, hea
     tables: dict[str, Any] = {"metrics": pl.DataFrame([{**r, "lo": None, "hi": None} for r in rows], schema=METRIC_COLUMNS)}
     if head is not None:
         L = np.stack([model.logits[int(i)] for i in data.ids]).astype(np.float64)
-        P = (L > 0).astype(np.int8)  # sigmoid(logit) >= 0.5
-        test = data.split == "test"
-        if test.any():
-            table = evaluate(data.labels[test], L[test], P[test], data.findings)
-            tables["metrics"] = pl.concat([table, tables["metrics"]])
-        tables["image_scores"] = score_table(data.ids, data.findings, L, P)
+        if (data.split == "test").any():  # the head's threshold fitted on val like every method's
+            scored, _ = score_method(data.ids, data.labels, data.split, data.groups, data.findings, L,
+                                     (L > 0).astype(np.int8), 0.5 * (1.0 + np.tanh(0.5 * L)), version=version)
+            scored["metrics"] = pl.concat([scored["metrics"], tables["metrics"]])
+            tables.update(scored)
     return st.write_run(RUN_KIND, version, _run_config(st, version), _dt.datetime.now(), result.seconds, tables)

@@ -650,6 +650,24 @@ class Store:
         ).fetchall()
         return [r[0] for r in rows]
 
+    def metrics_of(self, run_ids: list[str]):
+        """run_id, finding, metric, value, lo, hi of the given runs."""
+        import polars as pl
+
+        frame = pl.DataFrame({"run_id": list(run_ids)}, schema={"run_id": pl.String})
+        with self.connect() as con:
+            con.register("wanted_runs", frame)
+            try:
+                return con.sql("""SELECT m.run_id, m.finding, m.metric, m.value, m.lo, m.hi FROM metrics m
+                                  JOIN wanted_runs USING (run_id)""").pl()
+            finally:
+                con.unregister("wanted_runs")
+
+    def image_scores(self, run_id: str):
+        """id, finding, score, pred of one run's scored images."""
+        return self._df("SELECT id, finding, score, pred FROM image_scores WHERE run_id = ? ORDER BY id, finding",
+                        [run_id])
+
     def runs(self):
         """Every analysis run, newest first."""
         return self._df("SELECT * FROM runs ORDER BY started DESC")
