@@ -268,6 +268,29 @@ def cooccurrence(Y01: np.ndarray, known: np.ndarray, P: np.ndarray, findings: li
 
 
 # ---- store-facing -------------------------------------------------------------------------
+def probe_tables(data, classifier: str, grid: tuple, scoring) -> dict:
+    """The result tables of one probe on a version's data (`runs.VersionData`): fit on train,
+    C (or k) and the threshold on val, every metric on the scored split."""
+    from embedstore.analyses.metrics import apply_policy
+    from embedstore.analyses.runs import require_split
+    from embedstore.analyses.scoring import score_method
+
+    tr = require_split(data, "train", "to fit the probe")
+    va = require_split(data, "val", "to choose the probe's hyper-parameter")
+    te = require_split(data, scoring.scored, "to score the probe")
+    Y01, known = apply_policy(data.Y, scoring.uncertain, scoring.blank)
+    fit = fit_probe(data.X[tr], Y01[tr], known[tr], data.X[va], Y01[va], known[va], data.findings, classifier, grid)
+    S = fit.predict_proba(data.X)
+    out, P = score_method(data.ids, data.Y, data.split, data.groups, data.findings, S, (S >= 0.5).astype(np.int8),
+                          S, data.version, scoring)
+    extra = pl.DataFrame([{**r, "lo": None, "hi": None} for r in fit.choice_rows(grid)], schema=out["metrics"].schema)
+    out["metrics"] = pl.concat([out["metrics"], extra])
+    out["cooccurrence"] = cooccurrence(Y01[te], known[te], P, data.findings)
+    if classifier == "logreg":
+        out["probe_weights"] = fit.weights_table()
+    return out
+
+
 def probe(store, version: str | None = None, classifier: str = "logreg", grid: tuple | None = None,
           calibrate_on: str | None = "val", operating_point: str = "max-f1", uncertain: str = "mask",
           blank: str = "mask", where: str | None = None, n_boot: int = 1000, seed: int = 0,
@@ -278,45 +301,23 @@ def probe(store, version: str | None = None, classifier: str = "logreg", grid: t
     Tables: metrics (plus per-finding `C`, `C_at_edge`, `val_ap`, `threshold`), run_findings,
     calibration, image_scores, cooccurrence, and probe_weights (logreg only).
     """
-    from embedstore.analyses.metrics import MIN_POSITIVES, apply_policy
-    from embedstore.analyses.runs import cached_run, load_data, require_split
-    from embedstore.analyses.scoring import check_operating_point, score_method
+    from embedstore.analyses.metrics import MIN_POSITIVES
+    from embedstore.analyses.runs import cached_run, load_data
+    from embedstore.analyses.scoring import Scoring
 
     if classifier not in CLASSIFIERS:
         raise InputError(f"classifier {classifier!r} is not one of {', '.join(CLASSIFIERS)}")
-    check_operating_point(operating_point)
-    min_positives = MIN_POSITIVES if min_positives is None else min_positives
+    scoring = Scoring("test", calibrate_on, operating_point, uncertain, blank, n_boot, seed,
+                      MIN_POSITIVES if min_positives is None else min_positives)
     data = data or load_data(store, version, where)
-    tr = require_split(data, "train", "to fit the probe")
-    va = require_split(data, "val", "to choose the probe's hyper-parameter")
-    te = require_split(data, "test", "to score the probe")
     grid = tuple(grid or (C_GRID if classifier == "logreg" else K_GRID))
-    config = {"classifier": classifier, "grid": list(grid), "uncertain": uncertain, "blank": blank, "where": where,
-              "n_boot": n_boot, "seed": seed, "findings": data.findings, "data": data.fingerprint(),
-              "calibrate_on": calibrate_on, "min_positives": min_positives,
+    config = {**scoring.run_config(), "classifier": classifier, "grid": list(grid), "where": where,
+              "findings": data.findings, "data": data.fingerprint(),
               "class_weight": "balanced" if classifier == "logreg" else None}
-    if calibrate_on:
-        config["operating_point"] = operating_point
     if classifier == "logreg":
         config["patience"] = PATIENCE
-
-    def compute():
-        Y01, known = apply_policy(data.Y, uncertain, blank)
-        fit = fit_probe(data.X[tr], Y01[tr], known[tr], data.X[va], Y01[va], known[va], data.findings,
-                        classifier, grid)
-        S = fit.predict_proba(data.X)
-        out, P = score_method(data.ids, data.Y, data.split, data.groups, data.findings, S, (S >= 0.5).astype(np.int8),
-                              S, version=data.version, calibrate_on=calibrate_on, operating_point=operating_point,
-                              uncertain=uncertain, blank=blank, n_boot=n_boot, seed=seed, min_positives=min_positives)
-        extra = pl.DataFrame([{**r, "lo": None, "hi": None} for r in fit.choice_rows(grid)], schema=out["metrics"].schema)
-        out["metrics"] = pl.concat([out["metrics"], extra])
-        out["cooccurrence"] = cooccurrence(Y01[te], known[te], P, data.findings)
-        if classifier == "logreg":
-            out["probe_weights"] = fit.weights_table()
-        return out
-
-    return cached_run(store, "probe", data.version, config, compute, force,
-                      tables=("metrics", "run_findings", "cooccurrence"))
+    return cached_run(store, "probe", data.version, config, lambda: probe_tables(data, classifier, grid, scoring),
+                      force, tables=("metrics", "run_findings", "cooccurrence"))
 
 
 def load_probe(store, run_id: str) -> ProbeFit:

@@ -12,14 +12,49 @@ fitted on the split that is scored.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 import polars as pl
 
+from embedstore.analyses.metrics import MIN_POSITIVES
 from embedstore.errors import InputError
 
 OPERATING_POINTS = ("max-f1", "youden")
 MIN_CALIBRATION_POSITIVES = 5  # fewer: a threshold fitted to 1-4 positives generalises worse than the default
 DEFAULT_SUFFIX = "@default"
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a method's scores become stored results: the split scored, the split thresholds are
+    fitted on (None: default cuts only) and by which rule, the label policies, the bootstrap and
+    the evaluable-finding bar. Every analysis run's config holds these values."""
+
+    scored: str = "test"
+    calibrate_on: str | None = "val"
+    operating_point: str = "max-f1"
+    uncertain: str = "mask"
+    blank: str = "mask"
+    n_boot: int = 1000
+    seed: int = 0
+    min_positives: int = MIN_POSITIVES
+
+    def __post_init__(self):
+        check_operating_point(self.operating_point)
+        if self.calibrate_on is not None and self.calibrate_on == self.scored:
+            raise InputError(f"--calibrate-on {self.calibrate_on} is the split being scored; calibrate on another "
+                             "split (e.g. val)")
+
+    def run_config(self) -> dict:
+        """The keys a run's config stores (the operating point only where thresholds are fitted)."""
+        out = asdict(self)
+        out["split"] = out.pop("scored")
+        if self.calibrate_on:
+            out["min_calibration_positives"] = MIN_CALIBRATION_POSITIVES
+        else:
+            out.pop("operating_point")
+        return out
 
 
 def check_operating_point(rule: str) -> str:
@@ -73,32 +108,27 @@ def split_mask(split: np.ndarray, name: str, version: str, purpose: str) -> np.n
 
 
 def score_method(ids: np.ndarray, Y: np.ndarray, split: np.ndarray, groups: np.ndarray, findings: list[str],
-                 S: np.ndarray, default: np.ndarray, prob: np.ndarray | None = None, *, version: str,
-                 scored: str = "test", calibrate_on: str | None = "val", operating_point: str = "max-f1",
-                 uncertain: str = "mask", blank: str = "mask", n_boot: int = 1000, seed: int = 0,
-                 min_positives: int | None = None) -> tuple[dict[str, pl.DataFrame], np.ndarray]:
+                 S: np.ndarray, default: np.ndarray, prob: np.ndarray | None, version: str,
+                 scoring: Scoring = Scoring()) -> tuple[dict[str, pl.DataFrame], np.ndarray]:
     """The result tables of one method whose scores S, default decisions and probabilities are
-    given for every row (image) of `ids`: thresholds fitted on `calibrate_on`, every metric on
-    `scored`. Returns (tables, decisions on the scored rows at the fitted operating point); the
-    tables are metrics (with a per-finding `threshold` row), run_findings, calibration and
-    image_scores (the scored images' scores and those decisions)."""
-    from embedstore.analyses.metrics import MIN_POSITIVES, apply_policy, evaluate_run
+    given for every row (image) of `ids`: thresholds fitted on `scoring.calibrate_on`, every
+    metric on `scoring.scored`. Returns (tables, decisions on the scored rows at the fitted
+    operating point); the tables are metrics (with a per-finding `threshold` row), run_findings,
+    calibration and image_scores (the scored images' scores and those decisions)."""
+    from embedstore.analyses.metrics import apply_policy, evaluate_run
 
-    check_operating_point(operating_point)
-    test = split_mask(split, scored, version, "to score")
+    sc = scoring
+    test = split_mask(split, sc.scored, version, "to score")
     predictions = {"": default[test]}
     thresholds = None
-    if calibrate_on:
-        if calibrate_on == scored:
-            raise InputError(f"--calibrate-on {calibrate_on} is the split being scored; calibrate on another split (e.g. val)")
-        cal = split_mask(split, calibrate_on, version, "to fit thresholds; or pass --calibrate-on none")
-        Y01, known = apply_policy(Y[cal], uncertain, blank)
-        thresholds = fit_thresholds(Y01, known, S[cal], operating_point)
+    if sc.calibrate_on:
+        cal = split_mask(split, sc.calibrate_on, version, "to fit thresholds; or pass --calibrate-on none")
+        Y01, known = apply_policy(Y[cal], sc.uncertain, sc.blank)
+        thresholds = fit_thresholds(Y01, known, S[cal], sc.operating_point)
         predictions = {"": apply_thresholds(S[test], default[test], thresholds), DEFAULT_SUFFIX: default[test]}
     evaluation = evaluate_run(Y[test], S[test], findings, predictions, groups=groups[test],
-                              prob=None if prob is None else prob[test], uncertain=uncertain, blank=blank,
-                              n_boot=n_boot, seed=seed,
-                              min_positives=MIN_POSITIVES if min_positives is None else min_positives)
+                              prob=None if prob is None else prob[test], uncertain=sc.uncertain, blank=sc.blank,
+                              n_boot=sc.n_boot, seed=sc.seed, min_positives=sc.min_positives)
     tables = evaluation.tables()
     if thresholds is not None:
         rows = pl.DataFrame({"finding": findings, "metric": "threshold", "value": thresholds, "lo": None, "hi": None},

@@ -140,6 +140,25 @@ def _preferred_templates() -> dict[str, str]:
     return {pol: next((r["template"] for r in rows if r["polarity"] == pol), "") for pol in ("positive", "negative")}
 
 
+def zeroshot_tables(data, texts: pl.DataFrame, M: np.ndarray, rule: str, templates: str, scoring) -> dict:
+    """The result tables of one rule on a version's data (`runs.VersionData`) and stored prompts."""
+    from embedstore.analyses.scoring import score_method
+
+    pv = prompt_vectors(texts, M, data.findings, templates, _preferred_templates())
+    S = scores(data.X, pv, rule, data.logit_scale)
+    return score_method(data.ids, data.Y, data.split, data.groups, data.findings, S, default_predictions(S, rule),
+                        probabilities(S, rule), data.version, scoring)[0]
+
+
+def rule_list(rule: str | list[str]) -> list[str]:
+    """The rules asked for ("all" = every rule); InputError naming an unknown one."""
+    rules = list(RULES) if rule == "all" else ([rule] if isinstance(rule, str) else list(rule))
+    bad = [r for r in rules if r not in RULES]
+    if bad:
+        raise InputError(f"zero-shot rule {bad[0]!r} is not one of {', '.join(RULES)} (or all)")
+    return rules
+
+
 def zeroshot(store, version: str | None = None, rule: str | list[str] = "all", templates: str | None = None,
              calibrate_on: str | None = "val", operating_point: str = "max-f1", split: str = "test",
              uncertain: str = "mask", blank: str = "mask", where: str | None = None, n_boot: int = 1000,
@@ -152,36 +171,22 @@ def zeroshot(store, version: str | None = None, rule: str | list[str] = "all", t
     """
     from embedstore.analyses.metrics import MIN_POSITIVES
     from embedstore.analyses.runs import cached_run, load_data
-    from embedstore.analyses.scoring import MIN_CALIBRATION_POSITIVES, check_operating_point, score_method
+    from embedstore.analyses.scoring import Scoring
 
-    rules = list(RULES) if rule == "all" else ([rule] if isinstance(rule, str) else list(rule))
-    bad = [r for r in rules if r not in RULES]
-    if bad:
-        raise InputError(f"zero-shot rule {bad[0]!r} is not one of {', '.join(RULES)} (or all)")
+    rules = rule_list(rule)
     if templates is not None and templates not in TEMPLATES:
         raise InputError(f"templates {templates!r} is not one of {', '.join(TEMPLATES)}")
-    check_operating_point(operating_point)
-    min_positives = MIN_POSITIVES if min_positives is None else min_positives
+    scoring = Scoring(split, calibrate_on, operating_point, uncertain, blank, n_boot, seed,
+                      MIN_POSITIVES if min_positives is None else min_positives)
     data = data or load_data(store, version, where)
     texts, M = store.text_vectors(data.version)
     used = texts.filter(pl.col("finding").is_in(data.findings))
-    base = {"calibrate_on": calibrate_on, "split": split, "uncertain": uncertain, "blank": blank,
-            "where": where, "n_boot": n_boot, "seed": seed, "findings": data.findings, "min_positives": min_positives,
-            "data": data.fingerprint(), "prompts": sorted(used["text_hash"].to_list())}
-    if calibrate_on:
-        base.update(operating_point=operating_point, min_calibration_positives=MIN_CALIBRATION_POSITIVES)
+    base = {**scoring.run_config(), "where": where, "findings": data.findings, "data": data.fingerprint(),
+            "prompts": sorted(used["text_hash"].to_list())}
     results = []
     for r in rules:
         tmpl = templates or default_templates(r)
-
-        def compute(r=r, tmpl=tmpl):
-            pv = prompt_vectors(texts, M, data.findings, tmpl, _preferred_templates())
-            S = scores(data.X, pv, r, data.logit_scale)
-            return score_method(data.ids, data.Y, data.split, data.groups, data.findings, S,
-                                default_predictions(S, r), probabilities(S, r), version=data.version, scored=split,
-                                calibrate_on=calibrate_on, operating_point=operating_point, uncertain=uncertain,
-                                blank=blank, n_boot=n_boot, seed=seed, min_positives=min_positives)[0]
-
-        results.append(cached_run(store, "zeroshot", data.version, {"rule": r, "templates": tmpl, **base}, compute,
+        results.append(cached_run(store, "zeroshot", data.version, {"rule": r, "templates": tmpl, **base},
+                                  lambda r=r, tmpl=tmpl: zeroshot_tables(data, texts, M, r, tmpl, scoring),
                                   force, tables=("metrics", "run_findings")))
     return results
