@@ -115,3 +115,18 @@ def test_cli_prints_both_versions_zero_shot_and_probe(two, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         main(["compare", "v1", "v1", "--store", str(two.path)])
     assert exc.value.code == 2
+
+
+def test_compare_refuses_versions_whose_test_sets_differ(tmp_path):
+    from embedstore.data.records import Dataset
+    from embedstore.errors import InputError
+
+    st, ds = build_store(tmp_path, n=30)
+    tests = [r for r in ds.records if r.split == "test"]
+    kept = [r for r in ds.records if r not in tests[:2]]  # v2 lacks two test images, v1 has them
+    st.encode(Dataset(ds.name, ds.source, ds.scheme, ds.findings, kept), loaded=OtherModel(), batch_size=16, workers=0)
+    with pytest.raises(InputError, match=rf"versions v1 and v2 have different test sets: 2 of {len(tests)} test images") as err:
+        st.compare("v1", "v2")
+    assert "\n" not in str(err.value)
+    st.encode(ds, loaded=OtherModel(), batch_size=16, workers=0)  # the two missing images added: compare works
+    assert st.compare("v1", "v2").is_empty()

@@ -2,8 +2,8 @@
 
 Runs are paired by kind and config. A config holds a fingerprint of the data it read (`data`)
 and the prompt texts used (`prompts`); two versions encoded from the same images and prompts
-share them, and they are left out of the pairing so that a version missing a few unreadable
-images still pairs (`same_data` says whether the fingerprints agreed). When several runs of one
+share them, and they are left out of the pairing (`same_data` says whether the fingerprints
+agreed). Two versions whose test sets differ (an image with a vector in one only) are refused. When several runs of one
 kind and config exist on a version, the latest is used. Reads the store only; no torch.
 """
 
@@ -63,6 +63,18 @@ def _metrics(store, run_ids: list[str]) -> pl.DataFrame:
             con.unregister("cmp_runs")
 
 
+def require_same_test_set(store, v1: str, v2: str) -> None:
+    """InputError unless both versions have vectors for exactly the same test images: metrics on
+    different test sets differ by the images as well as by the model."""
+    import numpy as np
+
+    a, b = store.split_ids(v1, "test"), store.split_ids(v2, "test")
+    differ = np.setxor1d(a, b)
+    if len(differ):
+        raise InputError(f"versions {v1} and {v2} have different test sets: {len(differ)} of {len(np.union1d(a, b))} "
+                         f"test images have a vector in only one; encode the same images into both before comparing")
+
+
 def compare(store, v1: str, v2: str) -> pl.DataFrame:
     """One row per (run, finding, metric) present on both versions.
 
@@ -73,6 +85,7 @@ def compare(store, v1: str, v2: str) -> pl.DataFrame:
     v1, v2 = store.resolve_version(v1), store.resolve_version(v2)
     if v1 == v2:
         raise InputError(f"compare needs two different versions, got {v1} twice")
+    require_same_test_set(store, v1, v2)
     a, b = _latest_runs(store, v1), _latest_runs(store, v2)
     shared = [k for k in a if k in b]
     schema = {"run": pl.String, "kind": pl.String, "finding": pl.String, "metric": pl.String,

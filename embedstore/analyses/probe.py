@@ -218,7 +218,7 @@ def probe(store, version: str | None = None, classifier: str = "logreg", grid: t
     and probe_weights (logreg only).
     """
     from embedstore.analyses.metrics import apply_policy, evaluate
-    from embedstore.analyses.runs import cached_run, load_data, require_split
+    from embedstore.analyses.runs import cached_run, load_data, refuse_fitted, require_split
     from embedstore.analyses.zeroshot import score_table
 
     if classifier not in CLASSIFIERS:
@@ -227,6 +227,7 @@ def probe(store, version: str | None = None, classifier: str = "logreg", grid: t
     tr = require_split(data, "train", "to fit the probe")
     va = require_split(data, "val", "to choose the probe's hyper-parameter")
     te = require_split(data, "test", "to score the probe")
+    refuse_fitted(store, data, data.ids[te], "probe")
     grid = tuple(grid or (C_GRID if classifier == "logreg" else K_GRID))
     config = {"classifier": classifier, "grid": list(grid), "uncertain": uncertain, "where": where,
               "n_boot": n_boot, "seed": seed, "findings": data.findings, "data": data.fingerprint(),

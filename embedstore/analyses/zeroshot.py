@@ -172,7 +172,7 @@ def zeroshot(store, version: str | None = None, rule: str | list[str] = "all", t
     maximising F1 on that split replace each rule's default decision.
     """
     from embedstore.analyses.metrics import apply_policy, evaluate, without_nan_intervals
-    from embedstore.analyses.runs import cached_run, load_data, require_split
+    from embedstore.analyses.runs import cached_run, load_data, refuse_fitted, require_split
 
     rules = list(RULES) if rule == "all" else ([rule] if isinstance(rule, str) else list(rule))
     bad = [r for r in rules if r not in RULES]
@@ -183,6 +183,7 @@ def zeroshot(store, version: str | None = None, rule: str | list[str] = "all", t
     data = data or load_data(store, version, where)
     texts, M = store.text_vectors(data.version)
     test = require_split(data, split, "to score")
+    refuse_fitted(store, data, data.ids[test], f"zeroshot on split {split!r}")
     cal = require_split(data, calibrate_on, "to calibrate thresholds") if calibrate_on else None
     if calibrate_on == split:
         raise InputError(f"--calibrate-on {calibrate_on} is the split being scored; calibrate on another split (e.g. val)")
