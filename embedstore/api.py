@@ -24,7 +24,7 @@ class Store(_BaseStore):
                precision: str = "fp32", version: str | None = None, pretrained: str | None = None,
                progress: bool = False, loaded=None, boxes: str | None = None, box_format: str = "auto"):
         """`embedstore encode`: a one-row DataFrame (version, encoded, skipped, failed, texts,
-        seconds, index_rebuilt, images_per_s). The full summary is in `.last_encode`."""
+        seconds, index_rebuilt, split_by_hash, images_per_s). The full summary is in `.last_encode`."""
         import polars as pl
 
         from embedstore.encode import encode
@@ -61,6 +61,14 @@ class Store(_BaseStore):
 
             raise StoreError(f"verify failed: version {bad['version']}: {bad['check']}: {bad['detail']}")
         return report
+
+    def splits(self, min_positives: int = 10):
+        """`embedstore splits`: one row per finding with its positive groups (patients, else studies)
+        and images in train, val and test, and `below_min` (the evaluation splits with fewer than
+        `min_positives` positive groups). How the splits were assigned is `split_methods()`."""
+        from embedstore.data.splits import positives_table
+
+        return positives_table(self.split_positives(), self.findings(), min_positives)
 
     # ---- analyses (embedstore/analyses/): read stored vectors only, every run stored ----------
     def zeroshot(self, version: str | None = None, rule: str = "all", templates: str | None = None,

@@ -36,6 +36,7 @@ class EncodeSummary:
     texts: int = 0  # prompt embeddings added
     seconds: float = 0.0
     index_rebuilt: bool = False
+    split_by_hash: int = 0  # new images of new groups in a store that already had splits (hash of the group)
     errors: list[dict] = field(default_factory=list)
 
     @property
@@ -144,6 +145,10 @@ def encode(
 
     `source` is a path read by `read_dataset`, or an already read `Dataset`.
 
+    Splits are the store's, frozen the first time an image is stored (`Store.upsert_images`): the
+    reader's stratified (or given) splits count only for a store without splits yet; new groups
+    of a store with splits are placed by a hash of their id (`EncodeSummary.split_by_hash`).
+
     `boxes` is an annotation file loaded into the store's `boxes` table beside the images; when it
     is not given, a `boxes.csv` next to the data set (the layout `embedstore synth` writes) is used.
 
@@ -160,7 +165,9 @@ def encode(
     ds = source if isinstance(source, Dataset) else _read_dataset(source, dataset=dataset, labels=labels, images=images)
     box_df = _read_boxes(boxes, box_format, ds)  # bad box files fail before the store is touched
     with st.connect(write=True):  # the lock is held for the whole run
-        ids = st.upsert_images(ds.records)
+        hashed_before = st.images_placed_by("hash")
+        ids = st.upsert_images(ds.records, _assignment(ds))
+        split_by_hash = st.images_placed_by("hash") - hashed_before
         if box_df is not None:
             st.write_boxes(box_df)
         if loaded is None:
@@ -168,7 +175,7 @@ def encode(
 
             loaded = load_model(model, pretrained=pretrained, device=resolve_device(device), precision=precision)
         ver = _choose_version(st, loaded, precision, version)
-        summary = EncodeSummary(version=ver)
+        summary = EncodeSummary(version=ver, split_by_hash=split_by_hash)
         summary.texts = encode_prompts(st, ver, loaded, ds.findings)
         _clear_old_errors(st, ver, [r.image_id for r in ds.records])
         missing = [
@@ -188,6 +195,13 @@ def encode(
         summary.seconds = time.perf_counter() - start
         summary.index_rebuilt = refresh_index(st, ver, before, summary)
     return summary
+
+
+def _assignment(ds):
+    """How the reader drew the data set's splits, for the store to record when it freezes them."""
+    from embedstore.data.splits import Assignment
+
+    return Assignment(ds.split_method, ds.split_seed, ds.split_fractions)
 
 
 def _choose_version(st, loaded, precision: str, version: str | None) -> str:

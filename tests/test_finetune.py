@@ -327,3 +327,43 @@ def test_a_run_that_fails_while_writing_its_version_finishes_it_when_run_again(b
     assert st.versions().height == 2
     S = _head_scores(st, "v2", st.image_vectors("v2")[0])
     assert np.isfinite(S).all()
+
+
+def test_a_finetuned_version_is_never_scored_on_the_images_it_was_fitted_on(tuned, tmp_path):
+    """fit_images holds the ids v2 trained and early-stopped on; zeroshot refuses to score v2 there
+    (calibrating on val is fine), its parent can be; a version tuned from v2 inherits v2's ids."""
+    from embedstore.errors import InputError
+
+    st, _, r = tuned
+    meta = st.images()
+    by_split = {s: np.sort(meta.filter(meta["split"] == s)["id"].to_numpy()) for s in ("train", "val", "test")}
+    fitted = st.fitted_ids("v2")
+    np.testing.assert_array_equal(fitted["train"], by_split["train"])
+    np.testing.assert_array_equal(fitted["val"], by_split["val"])
+    assert all(len(ids) == 0 for ids in st.fitted_ids("v1").values())
+    with pytest.raises(InputError, match=r"version v2 on 80 image\(s\) it .* trained on and 0 it was early-stopped on") as err:
+        st.zeroshot("v2", rule="pos-neg", split="train", n_boot=20)
+    assert "\n" not in str(err.value) and "score the test split" in str(err.value)
+    with pytest.raises(InputError, match=r"version v2 on 0 image\(s\) .* and 40 it was early-stopped on"):
+        st.zeroshot("v2", rule="pos-neg", split="val", n_boot=20)
+    assert st.zeroshot("v1", rule="pos-neg", split="train", n_boot=20).height > 0  # the parent never saw them
+    assert st.zeroshot("v2", rule="pos-neg", calibrate_on="val", n_boot=20).height > 0
+
+    # A child of v2 that (wrongly) trained on one test image: refused on test by every analysis,
+    # and on train through its parent v2.
+    child = copy_store(Path(st.path).parent, tmp_path / "store")
+    leak = by_split["test"][:1]
+    v3 = child.create_version("v2", {"name": "child", "embed_dim": 32}, None, "fp32", "finetune",
+                              fit_ids={"train": leak})
+    ids, X = child.image_vectors("v2")
+    child.add_image_vectors(v3, ids, [f"h{i}" for i in ids], X)
+    texts, M = child.text_vectors("v2")
+    child.add_text_vectors(v3, texts, M)
+    fitted3 = child.fitted_ids(v3)
+    np.testing.assert_array_equal(fitted3["train"], np.sort(np.r_[by_split["train"], leak]))
+    for run in (lambda: child.zeroshot(v3, rule="pos-neg", n_boot=20), lambda: child.probe(v3, n_boot=20),
+                lambda: child.separability(v3)):
+        with pytest.raises(InputError, match=rf"version {v3} on 1 image\(s\)"):
+            run()
+    with pytest.raises(InputError, match=rf"version {v3} on 80 image\(s\)"):
+        child.zeroshot(v3, rule="pos-neg", split="train", n_boot=20)

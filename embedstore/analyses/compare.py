@@ -17,9 +17,9 @@ side's stored decisions at its own operating point):
   corrected p is below alpha); else "no difference"; "not evaluable" for findings below
   `min_positives` positive groups.
 
-`compare V1 V2` pairs runs of the same kind and config on both versions (the fingerprints of
-the data and prompts read are left out of the pairing: a version missing a few unreadable images
-still pairs, and `same_data` says whether they agreed). Every metric of the paired runs is shown
+`compare V1 V2` refuses two versions whose test sets differ (an image with a vector in one
+only), then pairs runs of the same kind and config on both versions (the fingerprints of the data
+and prompts read are left out of the pairing; `same_data` says whether they agreed). Every metric of the paired runs is shown
 side by side; the paired columns are filled for the metrics above. Reads the store only; no torch.
 """
 
@@ -261,6 +261,18 @@ def _metrics(store, run_ids: list[str]) -> pl.DataFrame:
     return m.with_columns(pl.col("value", "lo", "hi").cast(pl.Float64).fill_nan(None))
 
 
+def require_same_test_set(store, v1: str, v2: str) -> None:
+    """InputError unless both versions have vectors for exactly the same test images: metrics on
+    different test sets differ by the images as well as by the model."""
+    import numpy as np
+
+    a, b = store.split_ids(v1, "test"), store.split_ids(v2, "test")
+    differ = np.setxor1d(a, b)
+    if len(differ):
+        raise InputError(f"versions {v1} and {v2} have different test sets: {len(differ)} of {len(np.union1d(a, b))} "
+                         f"test images have a vector in only one; encode the same images into both before comparing")
+
+
 COMPARE_COLUMNS = {"run": pl.String, "kind": pl.String, "finding": pl.String, "metric": pl.String,
                    "value_1": pl.Float64, "lo_1": pl.Float64, "hi_1": pl.Float64, "value_2": pl.Float64,
                    "lo_2": pl.Float64, "hi_2": pl.Float64, "diff": pl.Float64, "diff_lo": pl.Float64,
@@ -274,6 +286,7 @@ def compare(store, v1: str, v2: str, n_boot: int = 1000, seed: int = 0, alpha: f
     v1, v2 = store.resolve_version(v1), store.resolve_version(v2)
     if v1 == v2:
         raise InputError(f"compare needs two different versions, got {v1} twice")
+    require_same_test_set(store, v1, v2)
     a, b = _latest_runs(store, v1), _latest_runs(store, v2)
     shared = [k for k in a if k in b]
     if not shared:

@@ -302,7 +302,7 @@ def probe(store, version: str | None = None, classifier: str = "logreg", grid: t
     calibration, image_scores, cooccurrence, and probe_weights (logreg only).
     """
     from embedstore.analyses.metrics import MIN_POSITIVES
-    from embedstore.analyses.runs import cached_run, load_data
+    from embedstore.analyses.runs import cached_run, load_data, refuse_fitted
     from embedstore.analyses.scoring import Scoring
 
     if classifier not in CLASSIFIERS:
@@ -310,6 +310,7 @@ def probe(store, version: str | None = None, classifier: str = "logreg", grid: t
     scoring = Scoring("test", calibrate_on, operating_point, uncertain, blank, n_boot, seed,
                       MIN_POSITIVES if min_positives is None else min_positives)
     data = data or load_data(store, version, where)
+    refuse_fitted(store, data, data.ids[data.split == "test"], "probe")
     grid = tuple(grid or (C_GRID if classifier == "logreg" else K_GRID))
     config = {**scoring.run_config(), "classifier": classifier, "grid": list(grid), "where": where,
               "findings": data.findings, "data": data.fingerprint(),

@@ -261,11 +261,12 @@ def separability(store, version: str | None = None, k: int = KNN_K, uncertain: s
                  where: str | None = None, tsne_max: int = TSNE_MAX, seed: int = 0, force: bool = False, data=None):
     """Separability run: anything fitted (LDA, kNN index, PCA) on train, every figure on test."""
     from embedstore.analyses.metrics import apply_policy
-    from embedstore.analyses.runs import cached_run, load_data, require_split
+    from embedstore.analyses.runs import cached_run, load_data, refuse_fitted, require_split
 
     data = data or load_data(store, version, where)
     tr = require_split(data, "train", "to fit LDA, kNN and PCA")
     te = require_split(data, "test", "to score")
+    refuse_fitted(store, data, data.ids[te], "separability")
     config = {"k": k, "uncertain": uncertain, "where": where, "tsne_max": tsne_max, "seed": seed,
               "lda_shrinkage": LDA_SHRINKAGE, "findings": data.findings, "data": data.fingerprint()}
 

@@ -170,7 +170,7 @@ def zeroshot(store, version: str | None = None, rule: str | list[str] = "all", t
     shared `operating_point` rule and metrics computed on `split` (see `analyses.scoring`).
     """
     from embedstore.analyses.metrics import MIN_POSITIVES
-    from embedstore.analyses.runs import cached_run, load_data
+    from embedstore.analyses.runs import cached_run, load_data, refuse_fitted
     from embedstore.analyses.scoring import Scoring
 
     rules = rule_list(rule)
@@ -180,6 +180,7 @@ def zeroshot(store, version: str | None = None, rule: str | list[str] = "all", t
                       MIN_POSITIVES if min_positives is None else min_positives)
     data = data or load_data(store, version, where)
     texts, M = store.text_vectors(data.version)
+    refuse_fitted(store, data, data.ids[data.split == split], f"zeroshot on split {split!r}")
     used = texts.filter(pl.col("finding").is_in(data.findings))
     base = {**scoring.run_config(), "where": where, "findings": data.findings, "data": data.fingerprint(),
             "prompts": sorted(used["text_hash"].to_list())}

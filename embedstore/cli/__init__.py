@@ -35,6 +35,7 @@ from embedstore.cli import datasets as _datasets  # noqa: E402,F401  inspect
 from embedstore.cli import images as _images  # noqa: E402,F401  preview
 from embedstore.cli import synth as _synth  # noqa: E402,F401  synth
 from embedstore.cli import store as _store  # noqa: E402,F401  encode, query, sql, versions, verify
+from embedstore.cli import splits as _splits  # noqa: E402,F401  splits
 from embedstore.cli import analyses as _analyses  # noqa: E402,F401  zeroshot, probe, separability, runs
 from embedstore.cli import finetune as _finetune  # noqa: E402,F401  finetune, compare
 from embedstore.cli import explain as _explain  # noqa: E402,F401  explain, agreement

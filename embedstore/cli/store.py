@@ -48,6 +48,11 @@ def encode(
                   workers=workers, device=device, precision=precision, version=version, store=store,
                   pretrained=pretrained, progress=True, boxes=boxes, box_format=box_format)
     emit(summary.as_dict(), fmt, title="encode")
+    if summary.split_by_hash and fmt is Format.table:
+        import sys
+
+        print(f"splits: {summary.split_by_hash} new image(s) of groups new to the store were placed by a hash of "
+              "their group (the store already had splits; no stored split moved)", file=sys.stderr)
     if summary.errors and fmt is Format.table:
         import sys
 

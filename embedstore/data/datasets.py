@@ -53,6 +53,7 @@ def read_dataset(source: str, dataset: str = "auto", labels: str | None = None, 
         apply_label_table(ds, label_file, uncertain)
     ds.split_seed = seed
     ds.split_by = assign_splits(ds.records, seed, fractions)
+    ds.split_method, ds.split_fractions = ("given", None) if ds.split_by == "given" else ("stratified", fractions)
     if require_images:
         lacking = next((r for r in ds.records if not r.path), None)
         if lacking is not None:

@@ -20,11 +20,12 @@ class ImageRecord:
     patient_id: str | None  # None where the data set has none (splits then go by study)
     view: str | None  # "frontal" | "lateral" | None
     projection: str | None  # "PA" | "AP" | "LL" | ... where known
-    split: str | None  # "train" | "val" | "test", assigned by patient (or study)
+    split: str | None  # "train" | "val" | "test": given by the data set, else stratified by group
     labels: dict[str, int] = field(default_factory=dict)  # finding -> 1 / 0 / -1
     findings: str | None = None  # report text
     impression: str | None = None
     source: str = ""  # "openi" | "kaggle" | "nih" | "chexpert" | "manifest" | "synth"
+    group_id: str | None = None  # what must stay in one split (a manifest's `group` column); else patient, else study
 
 
 @dataclass
@@ -39,5 +40,7 @@ class Dataset:
     n_reports: int = 0  # reports / studies read, with or without images
     reports_without_images: list[str] = field(default_factory=list)
     split_seed: int = 0
-    split_by: str = "patient"  # "patient" or "study"
+    split_by: str = "patient"  # the groups: "group", "patient" or "study" ("+"-joined when mixed), or "given"
+    split_method: str = "given"  # "stratified" when `assign_splits` drew them, "given" when the data set did
+    split_fractions: tuple[float, float, float] | None = None  # train, val, test of a stratified assignment
     notes: list[str] = field(default_factory=list)  # anything the user should know

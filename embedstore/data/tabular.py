@@ -1,8 +1,9 @@
 """Readers for the table-shaped data sets: IU-Xray's Kaggle CSV pair, NIH ChestX-ray14's
 `Data_Entry_2017*.csv`, CheXpert / MIMIC-CXR label CSVs and a generic manifest.
 
-Each takes the table already read (`tables.read_table`) and returns a `Dataset` without splits;
-`datasets.read_dataset` assigns those.
+Each takes the table already read (`tables.read_table`) and returns a `Dataset` without splits
+unless the data set gives them (a manifest's `split` column, MIMIC-CXR's official split file);
+`datasets.read_dataset` assigns the rest.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from embedstore.errors import InputError
 
 # Columns of a manifest or label table that describe the image, not a finding.
 META_COLUMNS = {
-    "path", "image_id", "study_id", "patient_id", "view", "projection", "split", "findings", "impression",
+    "path", "image_id", "study_id", "patient_id", "group", "view", "projection", "split", "findings", "impression",
     "labels", "source", "uid", "filename", "width", "height", "Path", "Sex", "Age", "Frontal/Lateral",
     "AP/PA", "subject_id", "dicom_id", "ViewPosition", "Reports", "Report Impression",
 }
@@ -175,6 +176,8 @@ def read_chexpert(path: str, df=None, images: str | None = None, uncertain: str 
     notes = [] if base or index else ["no image files found: records have no image path; give --images DIR to encode"]
     if mimic and "dicom_id" not in df.columns:
         notes.append("no dicom_id column: one record per study (image_id s<study_id>), without image paths")
+    if mimic:
+        notes += apply_mimic_split(path, records, by_dicom="dicom_id" in df.columns)
     return Dataset(name="chexpert", source=path, scheme="chexpert", findings=list(CHEXPERT_FINDINGS),
                    records=records, n_reports=len({r.study_id for r in records}), notes=notes)
 
@@ -227,6 +230,39 @@ def _mimic_record(path: str, line: int, row: dict, index) -> ImageRecord:
     )
 
 
+MIMIC_SPLIT_FILES = ("mimic-cxr-2.0.0-split.csv", "mimic-cxr-2.0.0-split.csv.gz")
+MIMIC_SPLITS = {"train": "train", "validate": "val", "test": "test"}
+
+
+def apply_mimic_split(path: str, records: list[ImageRecord], by_dicom: bool) -> list[str]:
+    """MIMIC-CXR's official split, when its split file lies beside the label CSV: each record's
+    split from it (train / validate / test -> train / val / test), keyed by dicom_id, else by
+    subject and study. Applied only when it covers every record (a split is given for all or
+    none); returns notes for the user."""
+    folder = os.path.dirname(os.path.abspath(path))
+    split_path = next((os.path.join(folder, n) for n in MIMIC_SPLIT_FILES if os.path.isfile(os.path.join(folder, n))), None)
+    if split_path is None:
+        return []
+    df = read_table(split_path)
+    require_columns(df, split_path, ["dicom_id", "study_id", "subject_id", "split"], "MIMIC-CXR's official split")
+    split_of = {}
+    for line, row in _rows(df):
+        split = MIMIC_SPLITS.get((row["split"] or "").strip().lower())
+        if split is None:
+            raise InputError(f"{split_path} line {line}: split {row['split']!r} is not train, validate or test")
+        key = (row["dicom_id"] or "").strip() if by_dicom else (f"p{(row['subject_id'] or '').strip()}",
+                                                              f"s{(row['study_id'] or '').strip()}")
+        split_of[key] = split
+    keys = [r.image_id if by_dicom else (r.patient_id, r.study_id) for r in records]
+    missing = sum(k not in split_of for k in keys)
+    name = os.path.basename(split_path)
+    if missing:
+        return [f"{missing} of {len(records)} images have no row in {name}: its official split is not used"]
+    for record, key in zip(records, keys):
+        record.split = split_of[key]
+    return [f"splits as given by {name} (MIMIC-CXR's official split)"]
+
+
 # ------------------------------------------------------------------ generic manifest
 
 _VIEW_WORDS = {"frontal": ("frontal", None), "lateral": ("lateral", None), "pa": ("frontal", "PA"),
@@ -234,7 +270,10 @@ _VIEW_WORDS = {"frontal": ("frontal", None), "lateral": ("lateral", None), "pa":
 
 
 def read_manifest(path: str, df=None, images: str | None = None, uncertain: str = "ignore") -> Dataset:
-    """`path` plus label columns (1 / 0 / -1 / blank) or a `;`-separated `labels` column of positives."""
+    """`path` plus label columns (1 / 0 / -1 / blank) or a `;`-separated `labels` column of positives.
+
+    Optional: `group` (images that must share a split, e.g. a site's scanner or a family) and
+    `split` (kept as given when every row has one)."""
     df = read_table(path) if df is None else df
     require_columns(df, path, ["path"], "a manifest")
     base = check_images_dir(images) if images else os.path.dirname(os.path.abspath(path))
@@ -269,7 +308,7 @@ def read_manifest(path: str, df=None, images: str | None = None, uncertain: str 
             patient_id=(row.get("patient_id") or "").strip() or None, view=view, projection=projection,
             split=(row.get("split") or "").strip().lower() or None, labels=labels,
             findings=row.get("findings"), impression=row.get("impression"),
-            source=(row.get("source") or "").strip() or "manifest",
+            source=(row.get("source") or "").strip() or "manifest", group_id=(row.get("group") or "").strip() or None,
         ))
     notes = [] if findings else ["no label columns: records carry no labels"]
     missing = sum(1 for r in records if not r.path)

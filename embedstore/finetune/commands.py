@@ -12,7 +12,8 @@ trains on (`key`); its checkpoints live in `store/checkpoints/.work-<key>/` unti
 is complete, so a killed run started again with the same arguments continues from its last saved
 epoch (or, if training had finished, from the re-encoding, which skips what is already stored).
 A finished run with the same key is reused unless `force`. The version row is created only after
-training ends; it counts as complete once its `finetune` run (metrics, head scores) is written.
+training ends, together with the ids it trained and early-stopped on (`fit_images`), so that no
+analysis scores it on them; it counts as complete once its `finetune` run (metrics, head scores) is written.
 """
 
 from __future__ import annotations
@@ -249,6 +250,11 @@ class TrainingData:
         return cls(ids, [known[int(i)] for i in ids], meta["path"].to_list(), split, findings,
                    st.label_matrix(ids, findings), reports, groups)
 
+    def fit_ids(self) -> dict[str, np.ndarray]:
+        """role -> ids: the images trained on (train) and early-stopped on (val), stored with the
+        version so that it is never scored on them (`analyses.runs.refuse_fitted`)."""
+        return {role: self.ids[self.split == role] for role in ("train", "val")}
+
     def fingerprint(self) -> str:
         import hashlib
 
@@ -367,7 +373,7 @@ def _create_version(st, folder: Path, parent: str, key: str, settings: dict, dat
     record = tuned.record.to_dict()
     record["finetune"] = {"parent": parent, "key": key, "checkpoint": f"checkpoints/{version}",
                           "head": HEAD_FILE if has_head else None, "findings": data.findings, **settings}
-    made = st.create_version(parent, record, record["preprocess"], "fp32", "finetune")
+    made = st.create_version(parent, record, record["preprocess"], "fp32", "finetune", fit_ids=data.fit_ids())
     if made != version:
         raise StoreError(f"fine-tune expected to create version {version} but the store made {made}; "
                          "another writer changed the store: run `embedstore verify`")

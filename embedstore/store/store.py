@@ -27,6 +27,12 @@ from embedstore.store import schema
 
 DB_NAME = "embedstore.duckdb"
 DEFAULT_STORE = ".embedstore"
+FIT_ROLES = ("train", "val")  # `fit_images.role`: the images a fine-tune trained and early-stopped on
+# An image's group where `splits` has none (images stored before splits were frozen).
+GROUP_SQL = "coalesce('patient:' || i.patient_id, 'study:' || i.study_id, 'image:' || i.image_id)"
+# id, split, group_id of every image: the frozen split, else the image's own columns.
+GROUPS_SQL = (f"SELECT i.id, coalesce(s.split, i.split) AS split, coalesce(s.group_id, {GROUP_SQL}) AS group_id "
+              "FROM images i LEFT JOIN splits s USING (id)")
 
 
 def default_path(path: str | os.PathLike | None = None) -> Path:
@@ -234,8 +240,12 @@ class Store:
             ))
         return row[0] if row else None
 
-    def create_version(self, parent: str | None, model_record: dict, preprocess: Any, dtype: str, kind: str) -> str:
-        """Register a new, empty version ("v1", "v2", ...) and return its id."""
+    def create_version(self, parent: str | None, model_record: dict, preprocess: Any, dtype: str, kind: str,
+                       fit_ids: dict[str, np.ndarray] | None = None) -> str:
+        """Register a new, empty version ("v1", "v2", ...) and return its id.
+
+        `fit_ids` (role "train" / "val" -> image ids) are the images a fine-tuned version's model was
+        trained and early-stopped on, written to `fit_images` with the version (`fitted_ids`)."""
         from embedstore import code_version
 
         with self.transaction() as con:
@@ -259,37 +269,49 @@ class Store:
                     f"index/{version}.faiss", code_version(), _now(), kind,
                 ],
             )
+            self._write_fit_images(con, version, fit_ids or {})
         return version
 
+    def _write_fit_images(self, con, version: str, fit_ids: dict[str, np.ndarray]) -> None:
+        import polars as pl
+
+        bad = sorted(set(fit_ids) - set(FIT_ROLES))
+        if bad:
+            raise StoreError(f"fit_images role {bad[0]!r}: use one of {', '.join(FIT_ROLES)}")
+        frame = pl.DataFrame(
+            [(int(i), role) for role, ids in fit_ids.items() for i in np.asarray(ids).tolist()],
+            schema={"id": pl.Int64, "role": pl.String}, orient="row")
+        con.register("fit_rows", frame)
+        con.execute("INSERT INTO fit_images SELECT ?, id, role FROM fit_rows", [version])
+        con.unregister("fit_rows")
+
     # ---- images, labels, boxes, errors -------------------------------------------------
-    def upsert_images(self, records: Iterable) -> dict[str, int]:
+    def upsert_images(self, records: Iterable, assigned=None) -> dict[str, int]:
         """Insert or update `ImageRecord`s and their labels; return image_id -> store id.
 
-        Existing images keep their id (the FAISS id); their metadata and labels are replaced.
+        Existing images keep their id (the FAISS id); their metadata and labels are replaced, but
+        never their split: splits are frozen in `splits` the first time an image is stored, and
+        `images.split` mirrors them (both written in this one transaction). Where new images go is
+        decided by `embedstore.data.splits.place`; `assigned` (a `splits.Assignment`) says how the
+        records' own splits were drawn (default: given by the data set).
         """
         import polars as pl
 
+        from embedstore.data.splits import Assignment, place
+
         records = list(records)
-        meta = pl.DataFrame(
-            {
-                "image_id": [r.image_id for r in records],
-                "path": [r.path for r in records],
-                "study_id": [r.study_id for r in records],
-                "patient_id": [r.patient_id for r in records],
-                "view": [r.view for r in records],
-                "projection": [r.projection for r in records],
-                "split": [r.split for r in records],
-                "source": [r.source for r in records],
-                "findings": [r.findings for r in records],
-                "impression": [r.impression for r in records],
-            },
-            schema={c: pl.String for c in ("image_id", "path", "study_id", "patient_id", "view", "projection",
-                                           "split", "source", "findings", "impression")},
-        )
-        if meta["image_id"].is_duplicated().any():
-            dup = meta.filter(meta["image_id"].is_duplicated())["image_id"][0]
-            raise InputError(f"image id {dup!r} appears twice in the data set; image ids must be unique")
+        seen: set[str] = set()
+        for r in records:
+            if r.image_id in seen:
+                raise InputError(f"image id {r.image_id!r} appears twice in the data set; image ids must be unique")
+            seen.add(r.image_id)
+        columns = ("image_id", "path", "study_id", "patient_id", "view", "projection", "source", "findings", "impression")
         with self.transaction() as con:
+            self._adopt_unfrozen_splits(con)
+            placements = place(records, assigned or Assignment(), self._stored_splits(con))
+            meta = pl.DataFrame({c: [getattr(r, c) for r in records] for c in columns},
+                                schema={c: pl.String for c in columns})
+            meta = meta.with_columns(pl.Series("split", [p.split for p in placements], dtype=pl.String))
             con.register("new_meta", meta)
             con.execute(
                 """UPDATE images SET path = n.path, study_id = n.study_id, patient_id = n.patient_id,
@@ -300,13 +322,93 @@ class Store:
             con.execute(
                 """INSERT INTO images (id, image_id, path, study_id, patient_id, view, projection, split,
                        source, findings, impression)
-                   SELECT nextval('images_id_seq'), n.* FROM new_meta n
+                   SELECT nextval('images_id_seq'), image_id, path, study_id, patient_id, view, projection, split,
+                       source, findings, impression FROM new_meta n
                    WHERE n.image_id NOT IN (SELECT image_id FROM images)"""
             )
             con.unregister("new_meta")
+            self._write_splits(con, records, placements)
             ids = dict(con.sql("SELECT image_id, id FROM images").fetchall())
             self._write_labels(con, records, ids)
         return ids
+
+    # ---- splits: frozen once per image -------------------------------------------------
+    def _adopt_unfrozen_splits(self, con) -> None:
+        """Images stored before splits were frozen keep the split they had (method `adopted`)."""
+        con.execute(
+            f"""INSERT INTO splits SELECT i.id, {GROUP_SQL}, i.split, 'adopted', NULL, NULL, ? FROM images i
+                WHERE i.split IN ('train', 'val', 'test') AND i.id NOT IN (SELECT id FROM splits)""", [_now()])
+
+    def _stored_splits(self, con):
+        """What `place` needs to know of the stored splits (`splits.Stored`)."""
+        from embedstore.data.splits import Stored, parse_fractions
+
+        by_image = dict(con.sql("SELECT i.image_id, s.split FROM splits s JOIN images i USING (id)").fetchall())
+        by_group = dict(con.sql("SELECT group_id, mode(split) FROM splits GROUP BY group_id").fetchall())
+        first_drawn = first(con.sql(
+            """SELECT seed, fractions FROM splits WHERE method IN ('stratified', 'hash')
+               ORDER BY method <> 'stratified', assigned, id"""))
+        seed, fractions = first_drawn if first_drawn else (None, None)
+        return Stored(by_image, by_group, seed, parse_fractions(fractions))
+
+    def _write_splits(self, con, records: list, placements: list) -> None:
+        import polars as pl
+
+        new = [(r.image_id, p.group_id, p.split, p.method, p.seed, p.fractions)
+               for r, p in zip(records, placements) if p.new]
+        frame = pl.DataFrame(new, schema={"image_id": pl.String, "group_id": pl.String, "split": pl.String,
+                                          "method": pl.String, "seed": pl.Int32, "fractions": pl.String}, orient="row")
+        con.register("new_splits", frame)
+        con.execute(
+            """INSERT INTO splits SELECT i.id, n.group_id, n.split, n.method, n.seed, n.fractions, ?
+               FROM new_splits n JOIN images i USING (image_id) WHERE i.id NOT IN (SELECT id FROM splits)""", [_now()])
+        con.unregister("new_splits")
+
+    def images_placed_by(self, method: str) -> int:
+        """How many images got their split by `method` (stratified, given, hash, group, adopted)."""
+        with self.connect() as con:
+            return first(con.sql("SELECT count(*) FROM splits WHERE method = ?", params=[method]))[0]
+
+    def split_methods(self):
+        """One row per way splits were assigned: method, seed, fractions, images, and how many of
+        them went to train, val and test."""
+        return self._df(
+            """SELECT method, seed, fractions, count(*) AS images,
+                      count(*) FILTER (WHERE split = 'train') AS train, count(*) FILTER (WHERE split = 'val') AS val,
+                      count(*) FILTER (WHERE split = 'test') AS test, min(assigned) AS assigned
+               FROM splits GROUP BY method, seed, fractions ORDER BY min(assigned), method"""
+        )
+
+    def split_positives(self):
+        """finding, split, positive_groups, positive_images: positives (value 1) per finding and split,
+        counted as distinct groups (patients, else studies) and as images."""
+        return self._df(
+            f"""WITH g AS ({GROUPS_SQL})
+               SELECT l.finding, g.split, count(DISTINCT g.group_id) AS positive_groups, count(*) AS positive_images
+               FROM labels l JOIN g USING (id) WHERE l.value = 1 GROUP BY l.finding, g.split
+               ORDER BY l.finding, g.split"""
+        )
+
+    def split_ids(self, version: str, split: str) -> np.ndarray:
+        """int64 ids of the images in `split` that have a vector in `version`, sorted."""
+        with self.connect() as con:
+            rows = con.sql(
+                f"""WITH g AS ({GROUPS_SQL}) SELECT e.id FROM image_embeddings e JOIN g USING (id)
+                   WHERE e.version = ? AND g.split = ? ORDER BY e.id""", params=[version, split]).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def fitted_ids(self, version: str) -> dict[str, np.ndarray]:
+        """role ("train", "val") -> sorted int64 ids the version's model was fitted or early-stopped
+        on, its ancestors' included (`versions.parent`): a model tuned from a tuned parent has seen
+        the parent's images too."""
+        with self.connect() as con:
+            rows = con.sql(
+                """WITH RECURSIVE lineage(version) AS (
+                       SELECT ?::TEXT
+                       UNION SELECT v.parent FROM versions v JOIN lineage l USING (version) WHERE v.parent IS NOT NULL)
+                   SELECT DISTINCT role, id FROM fit_images WHERE version IN (SELECT version FROM lineage)
+                   ORDER BY role, id""", params=[version]).fetchall()
+        return {role: np.array([i for r, i in rows if r == role], dtype=np.int64) for role in FIT_ROLES}
 
     def _write_labels(self, con, records: list, ids: dict[str, int]) -> None:
         import polars as pl
@@ -339,12 +441,7 @@ class Store:
     def image_groups(self):
         """id, split, group_id of every image: the frozen split's group (`splits`), else the
         image's patient, else its study. Bootstraps resample these groups, never single images."""
-        return self._df(
-            """SELECT i.id, coalesce(s.split, i.split) AS split,
-                      coalesce(s.group_id, 'patient:' || i.patient_id, 'study:' || i.study_id,
-                               'image:' || i.image_id) AS group_id
-               FROM images i LEFT JOIN splits s USING (id) ORDER BY i.id"""
-        )
+        return self._df(f"{GROUPS_SQL} ORDER BY i.id")
 
     def findings(self) -> list[str]:
         """Every finding that has at least one label, sorted."""
