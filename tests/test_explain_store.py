@@ -165,3 +165,26 @@ def test_cli_reports_bad_input_in_one_line(store, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["agreement", "--threshold", "top:5", "--store", str(store.path)])
     assert exc.value.code == 2 and "bad threshold 'top:5'" in capsys.readouterr().err
+
+
+# ---- the zero-shot target is the score zero-shot evaluates -----------------------------------------
+
+def test_zeroshot_target_scores_an_image_as_the_pos_neg_rule_does(tmp_path):
+    """On stored vectors: the Grad-CAM target's score of an image's embedding equals the stored
+    pos-neg zero-shot score of that image (the logit, negatives included)."""
+    from store_helpers import build_store
+
+    st, ds = build_store(tmp_path, n=24)
+    version = st.resolve_version(None)
+    st.zeroshot(version, rule="pos-neg")
+    scores = st.sql("SELECT s.id, s.finding, s.score FROM image_scores s JOIN runs r USING (run_id) "
+                    "WHERE r.kind = 'zeroshot'")
+    ids, X = st.image_vectors(version)
+    row_of = {int(i): n for n, i in enumerate(ids)}
+    assert scores.height > 0
+    for finding in ds.findings:
+        target = commands.build_target(st, version, "zeroshot", finding)
+        mine = scores.filter(pl.col("finding") == finding)
+        emb = torch.from_numpy(X[[row_of[int(i)] for i in mine["id"]]])
+        got = target(emb).numpy()
+        np.testing.assert_allclose(got, mine["score"].to_numpy(), rtol=1e-4, atol=1e-3)

@@ -10,7 +10,7 @@ from embedstore.cli import app
 from embedstore.cli.output import Format
 
 STORE_HELP = "Store directory (else $EMBEDSTORE_STORE, else ./.embedstore)."
-TARGET_HELP = "zeroshot (cosine with the finding's prompts) | probe (stored probe logit) | finetuned (head logit)."
+TARGET_HELP = "zeroshot (pos-neg logit of the finding's prompts) | probe (stored probe logit) | finetuned (head logit)."
 METHOD_HELP = "gradcam | gradcam++ | hirescam | xgradcam | layercam | eigencam | eigengradcam | gradcam-elementwise."
 LAYER_HELP = "Target layer, dotted (negative indices allowed), e.g. visual.transformer.resblocks.-1.ln_1; default per architecture."
 

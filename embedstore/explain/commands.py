@@ -1,8 +1,9 @@
 """`embedstore explain` and `embedstore agreement` wired to the store.
 
-Targets per version: "zeroshot" reads the version's stored prompt embeddings; "probe" reads the
-latest stored logistic-regression probe of the version (`probe_weights`); "finetuned" needs the
-fine-tuned model's classifier head (see `finetuned_target`).
+Targets per version: "zeroshot" is the pos-neg logit from the version's stored prompt
+embeddings and logit scale (the score `embedstore zeroshot --rule pos-neg` evaluates); "probe"
+reads the latest stored logistic-regression probe of the version (`probe_weights`); "finetuned"
+needs the fine-tuned model's classifier head (see `finetuned_target`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 from embedstore.errors import EmbedstoreError, InputError
 
 TARGETS = ("zeroshot", "probe", "finetuned")
+DEFAULT_LOGIT_SCALE = 100.0  # a version without a recorded scale, as `analyses.runs.load_data` assumes
 
 
 def _open(store):
@@ -52,7 +54,9 @@ def build_target(st, version: str, kind: str, finding: str, loaded=None):
 
     if kind == "zeroshot":
         prompts, M = st.text_vectors(version)
-        return targets.zeroshot_target(finding, prompts, M, version=version)
+        scale = st.version_info(version).get("logit_scale")
+        return targets.zeroshot_target(finding, prompts, M, DEFAULT_LOGIT_SCALE if scale is None else float(scale),
+                                       version=version)
     if kind == "probe":
         return targets.probe_target(finding, _probe_weights(st, version))
     if kind == "finetuned":
