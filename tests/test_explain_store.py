@@ -121,9 +121,10 @@ def test_explain_errors(tmp_path, tiny, store):
 
 def test_agreement_run_is_stored_and_reused(tiny, store):
     run, per_item = commands.agreement(store=store, loaded=tiny, n_boot=50)
-    assert not run.reused and per_item.height == 2 * 3
+    assert not run.reused and per_item.height == 2 * 4  # two boxed items x (model, random, random_box, centre)
     metrics = run.metrics
-    assert {"pointing", "pointing@random", "pointing@centre", "energy", "iou@centre"} <= set(metrics["metric"])
+    assert {"pointing", "pointing@random", "pointing@random_box", "pointing@centre", "energy", "iou@centre",
+            "pixel_auroc", "pixel_auprc@random_box"} <= set(metrics["metric"])
     again, items2 = commands.agreement(store=store, loaded=tiny, n_boot=50)
     assert again.reused and again.run_id == run.run_id and items2 is None
     calls = []
