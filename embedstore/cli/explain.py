@@ -75,5 +75,5 @@ def agreement(
 
 def scored_line(result) -> str:
     """e.g. "test split: 109 boxed items scored; left out: 274 train, 40 val"."""
-    left = ", ".join(f"{n} {split}" for split, n in result.left_out.items())
+    left = result.left_out_text()
     return f"{result.split} split: {result.scored} boxed items scored" + (f"; left out: {left}" if left else "")

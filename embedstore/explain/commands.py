@@ -186,6 +186,10 @@ class AgreementResult:
     def __iter__(self):
         return iter((self.run, self.per_item))
 
+    def left_out_text(self) -> str:
+        """e.g. "235 train, 23 val"."""
+        return ", ".join(f"{n} {split}" for split, n in self.left_out.items())
+
 
 def agreement(boxes: str | None = None, box_format: str = "auto", target: str = "zeroshot",
               version: str | None = None, method: str = "gradcam", layer: str | None = None,
@@ -269,7 +273,8 @@ def _split_boxes(box_df, images, split: str):
         pl.col("split").fill_null("unsplit"))
     keep = pl.lit(True) if split == "all" else pl.col("split") == split
     scored, val = tagged.filter(keep), tagged.filter(pl.col("split") == "val")
-    counts = dict(tagged.filter(~keep).select("image_id", "finding", "split").unique().group_by("split").len().iter_rows())
+    items = tagged.filter(~keep).select("image_id", "finding", "split").unique()
+    counts = dict(items.group_by("split").len().iter_rows())
     left_out = {s: counts.get(s, 0) for s in ("train", "val", "test") if split not in (s, "all")}
     if counts.get("unsplit"):
         left_out["unsplit"] = counts["unsplit"]
