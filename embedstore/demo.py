@@ -170,16 +170,28 @@ def _seed_table(st, base: str) -> str:
 
 
 def _agreement(st, version: str, data: Path) -> str:
+    """Held-out localisation: the probe's Grad-CAM on test-split images (the probe trained on the
+    train split) against the size-matched random box and the centre prior."""
     from embedstore.explain.commands import agreement, write_gallery
 
-    run, _ = agreement(boxes=str(data / "boxes.csv"), box_format="canonical", target="probe",
+    result = agreement(boxes=str(data / "boxes.csv"), box_format="canonical", target="probe",
                        version=version, store=st)
-    overlays = write_gallery(st, run, limit=12)
-    m = run.metrics
-    value = {(r["metric"]): r["value"] for r in m.filter(m["finding"].is_null()).iter_rows(named=True)}
-    return (f"pointing game {value.get('pointing', float('nan')):.2f} (random "
-            f"{value.get('pointing@random', float('nan')):.2f}, centre {value.get('pointing@centre', float('nan')):.2f}); "
-            f"{overlays} overlays")
+    overlays = write_gallery(st, result.run, limit=12)
+    m = result.run.metrics
+    overall = {r["metric"]: r for r in m.filter(m["finding"].is_null()).iter_rows(named=True)}
+
+    def value(metric: str) -> str:
+        row = overall.get(metric)
+        return f"{row['value']:.2f}" if row else "n/a"
+
+    def versus(metric: str) -> str:
+        row = overall.get(metric)
+        interval = f" [{row['lo']:.2f}, {row['hi']:.2f}]" if row and row["lo"] is not None else ""
+        return (f"{value(metric)}{interval} vs random box {value(metric + '@random_box')}, "
+                f"centre {value(metric + '@centre')}")
+
+    return (f"{result.split} items {result.scored} (left out: {result.left_out_text() or 'none'}); "
+            f"pointing {versus('pointing')}; dice@val-threshold {versus('dice@val_threshold')}; {overlays} overlays")
 
 
 def _report(st, report: Path) -> str:

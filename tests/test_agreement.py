@@ -5,11 +5,15 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from sklearn.metrics import f1_score, jaccard_score, precision_score, recall_score
+from sklearn.metrics import (
+    average_precision_score, f1_score, jaccard_score, precision_score, recall_score, roc_auc_score,
+)
 
+from embedstore.analyses.metrics import mean_interval
 from embedstore.errors import InputError
 from embedstore.explain.agreement import (
-    Threshold, agreement, bootstrap_mean, box_mask, centre_prior, item_metrics, random_heatmap,
+    VAL_DICE, Threshold, agreement, box_mask, centre_prior, item_metrics, on_pixel_grid, random_box_heatmap,
+    random_boxes, random_heatmap, summarise,
 )
 
 
@@ -119,7 +123,7 @@ def test_agreement_frames_and_summary():
     df = boxes(("a", "F", 2, 2, 6, 6), ("b", "F", 2, 2, 6, 6), ("b", "G", 0, 0, 10, 5))
     maps = {("a", "F"): h1, ("b", "F"): h2, ("b", "G"): h2, ("c", "F"): h1}  # ("c", "F") has no box: unused
     per_item, summary = agreement(maps, df, threshold="value:0.5", n_boot=200)
-    assert per_item.height == 3 * 3  # three annotated items x (model, random, centre)
+    assert per_item.height == 3 * 4  # three annotated items x (model, random, random_box, centre)
     model = per_item.filter(pl.col("heatmap") == "model").sort("image_id", "finding")
     assert model["pointing"].to_list() == [1.0, 0.0, 0.0]
     assert model["box_share"].to_list() == pytest.approx([0.16, 0.16, 0.5])
@@ -128,7 +132,8 @@ def test_agreement_frames_and_summary():
     assert row["lo"][0] <= 0.5 <= row["hi"][0] and row["lo"][0] >= 0.0 and row["hi"][0] <= 1.0
     overall = summary.filter(pl.col("finding").is_null() & (pl.col("heatmap") == "model") & (pl.col("metric") == "energy"))
     assert overall["n"][0] == 3 and overall["value"][0] == pytest.approx(np.mean(model["energy"].to_numpy()))
-    assert set(summary["heatmap"]) == {"model", "random", "centre"} and set(summary["threshold"]) == {"value:0.5"}
+    assert set(summary["heatmap"]) == {"model", "random", "random_box", "centre"}
+    assert set(summary["threshold"]) == {"value:0.5"}
 
 
 def test_boxes_in_another_frame_are_scaled():
@@ -137,11 +142,29 @@ def test_boxes_in_another_frame_are_scaled():
     assert per_item.height == 1 and per_item["iou"][0] == pytest.approx(16 / 18)
 
 
-def test_bootstrap_interval():
-    v = np.array([0.0, 1.0, 1.0, 1.0])
-    mean, lo, hi = bootstrap_mean(v, n_boot=500, seed=1)
-    assert mean == 0.75 and 0.0 <= lo < 0.75 < hi <= 1.0
-    assert bootstrap_mean(np.array([0.3, 0.3]), n_boot=50) == pytest.approx((0.3, 0.3, 0.3))
+def test_summary_interval_is_a_group_bootstrap_of_the_mean():
+    """Two patients with five items each: resampling patients moves each patient's items
+    together, so a replicate can hold only one patient's items (mean 0 or 1) far more often than
+    a bootstrap over single items would allow."""
+    ids = [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(5)]
+    values = [1.0] * 5 + [0.0] * 5
+    per_item = pl.DataFrame({"image_id": ids, "finding": "F", "heatmap": "model", "pointing": values})
+    per_item = per_item.with_columns(*[pl.lit(0.5).alias(m) for m in
+                                       ("energy", "iou", "dice", "precision", "recall", "f1", "pixel_auroc",
+                                        "pixel_auprc", VAL_DICE)])
+    patients = {i: i[0] for i in ids}
+
+    def pointing(summary):
+        row = summary.filter(pl.col("finding").is_null() & (pl.col("metric") == "pointing")).row(0, named=True)
+        return row["value"], row["lo"], row["hi"]
+
+    by_patient = pointing(summarise(per_item, n_boot=500, seed=1, groups=patients))
+    assert by_patient == pytest.approx(tuple(vars(mean_interval(values, list(patients.values()), 500, 1)).values()))
+    assert by_patient == pytest.approx((0.5, 0.0, 1.0))  # a quarter of the replicates hold one patient only
+    by_item = pointing(summarise(per_item, n_boot=500, seed=1))  # no groups: each image its own group
+    assert by_item[0] == 0.5 and 0.0 < by_item[1] < 0.5 < by_item[2] < 1.0
+    constant = summarise(per_item, n_boot=50, groups=patients).filter(pl.col("metric") == "energy")
+    assert constant.select("value", "lo", "hi").row(0) == pytest.approx((0.5, 0.5, 0.5))
 
 
 @pytest.mark.parametrize("row, words", [
@@ -163,3 +186,114 @@ def test_missing_heatmap_and_bad_threshold_are_input_errors():
             Threshold.parse(bad)
     with pytest.raises(InputError, match="lacks columns"):
         agreement({}, pl.DataFrame({"image_id": ["a"]}))
+
+
+# ---- threshold-free pixel metrics --------------------------------------------------------------
+
+@pytest.mark.parametrize("make", [hand_map, lambda: np.random.default_rng(3).random((10, 10)).astype(np.float32)])
+def test_pixel_auroc_and_auprc_equal_scikit_learns_on_the_flattened_pixels(make):
+    h, m = make(), box_mask(BOX, 10, 10)  # hand_map has many tied pixels
+    got = item_metrics(h, m)
+    assert got["pixel_auroc"] == pytest.approx(roc_auc_score(m.ravel(), h.ravel()), abs=1e-12)
+    assert got["pixel_auprc"] == pytest.approx(average_precision_score(m.ravel(), h.ravel()), abs=1e-12)
+
+
+def test_pixel_metrics_of_a_large_image_use_a_grid_of_at_most_512_px():
+    height, width = 1200, 900
+    ys, xs = np.mgrid[0:height, 0:width]
+    h = np.exp(-((xs - 300) ** 2 + (ys - 700) ** 2) / (2 * 150.0 ** 2)).astype(np.float32)
+    m = box_mask(np.array([[200, 600, 400, 800]]), height, width)
+    small_h, small_m = on_pixel_grid(h, m)
+    assert small_h.shape == small_m.shape == (512, 384)
+    tiny = box_mask(np.array([[10, 10, 11, 11]]), height, width)  # a 1-pixel box does not vanish
+    assert on_pixel_grid(h, tiny)[1].sum() == 1
+    got = item_metrics(h, m)
+    assert got["pixel_auroc"] == pytest.approx(roc_auc_score(m.ravel(), h.ravel()), abs=0.01)
+    whole = item_metrics(h, np.ones((height, width), bool))
+    assert np.isnan(whole["pixel_auroc"]) and whole["pixel_auprc"] == 1.0  # no negative pixel
+
+
+# ---- the size-matched random box ---------------------------------------------------------------
+
+def test_random_box_keeps_each_box_size_and_lies_inside_the_image():
+    boxes = np.array([[2.0, 3.0, 9.0, 7.0], [0.5, 0.0, 20.0, 2.25], [0.0, 0.0, 20.0, 10.0]])
+    placed = [random_boxes(boxes, 10, 20, [0, s]) for s in range(200)]
+    for got in placed:
+        np.testing.assert_allclose(got[:, 2] - got[:, 0], boxes[:, 2] - boxes[:, 0])
+        np.testing.assert_allclose(got[:, 3] - got[:, 1], boxes[:, 3] - boxes[:, 1])
+        assert (got[:, :2] >= 0).all() and (got[:, 2] <= 20).all() and (got[:, 3] <= 10).all()
+    corners = {tuple(p[0, :2]) for p in placed}
+    assert len(corners) > 20 and max(x for x, _ in corners) == 13 and max(y for _, y in corners) == 6  # every offset
+    one = random_box_heatmap(boxes[:1], 10, 20, [0, 1])
+    assert set(np.unique(one)) == {0.0, 1.0} and one.sum() == 7 * 4  # binary, exactly the box's pixels
+    assert (one == random_box_heatmap(boxes[:1], 10, 20, [0, 1])).all()
+
+
+def test_random_box_baseline_is_scored_beside_the_model():
+    per_item, summary = agreement({("a", "F"): hand_map()}, boxes(("a", "F", 2, 2, 6, 6)), n_boot=10)
+    row = per_item.filter(pl.col("heatmap") == "random_box").row(0, named=True)
+    assert row["box_share"] == pytest.approx(0.16) and 0.0 <= row["pointing"] <= 1.0
+    assert row["energy"] == pytest.approx(row["pointing"])  # a binary map: both are the overlap share
+    assert {"pointing", "pixel_auroc", "dice"} <= set(summary.filter(pl.col("heatmap") == "random_box")["metric"])
+
+
+# ---- Dice at a cut fitted on val items ---------------------------------------------------------
+
+def ring_map(ring: float) -> np.ndarray:
+    """The BOX at 0.8 with a one-pixel ring around it at `ring`: normalised, the box is 1.0 and
+    the ring ring / 0.8, so the best value:V cut is the smallest grid value above the ring."""
+    h = np.zeros((10, 10), np.float32)
+    h[1:7, 1:7] = ring
+    h[2:6, 2:6] = 0.8
+    return h
+
+
+def val_setup(val_ring=0.5, test_map=None):
+    val = [(f"v{i}", "F") for i in range(5)] + [("w0", "G")]
+    maps = {key: ring_map(val_ring) for key in val}
+    maps[("t", "F")] = hand_map() if test_map is None else test_map
+    maps[("t", "G")] = hand_map() if test_map is None else test_map
+    val_boxes = boxes(*[(i, f, 2, 2, 6, 6) for i, f in val])
+    per_item, summary = agreement(maps, boxes(("t", "F", 2, 2, 6, 6), ("t", "G", 2, 2, 6, 6)), baselines=False,
+                                  val_boxes=val_boxes, n_boot=10)
+    return per_item.sort("finding"), summary
+
+
+def test_val_threshold_is_fitted_on_val_items_only():
+    per_item, summary = val_setup(val_ring=0.5)
+    assert per_item["image_id"].to_list() == ["t", "t"]  # val items are never scored
+    assert per_item["val_threshold"].to_list() == pytest.approx([0.64, 0.64])  # ring at 0.625 once normalised
+    # the hand map normalised: box 0.5, peak 1.0, two outside pixels 0.5; at 0.64 only the peak is kept
+    assert per_item[VAL_DICE].to_list() == pytest.approx([2 / 17, 2 / 17])
+    moved, _ = val_setup(val_ring=0.3)  # another val heatmap: another cut
+    assert moved["val_threshold"].to_list() == pytest.approx([0.38, 0.38])
+    other_test = np.zeros((10, 10), np.float32)
+    other_test[2:6, 2:6] = 1.0
+    same, _ = val_setup(val_ring=0.5, test_map=other_test)  # another test heatmap: the same cut
+    assert same["val_threshold"].to_list() == per_item["val_threshold"].to_list()
+    assert same[VAL_DICE].to_list() == pytest.approx([1.0, 1.0])
+    cut = summary.filter(pl.col("metric") == "val_threshold").sort("finding", nulls_last=True)
+    assert cut["finding"].to_list() == ["F", "G", None] and cut["n"].to_list() == [5, 6, 6]  # G: pooled
+
+
+def test_val_threshold_per_finding_with_five_val_items_else_pooled():
+    val = [(f"v{i}", "F") for i in range(5)] + [(f"w{i}", "G") for i in range(4)]
+    maps = {key: ring_map(0.5 if key[1] == "F" else 0.3) for key in val}
+    maps.update({("t", "F"): hand_map(), ("t", "G"): hand_map()})
+    per_item, _ = agreement(maps, boxes(("t", "F", 2, 2, 6, 6), ("t", "G", 2, 2, 6, 6)), baselines=False, n_boot=10,
+                            val_boxes=boxes(*[(i, f, 2, 2, 6, 6) for i, f in val]))
+    cuts = dict(zip(per_item["finding"], per_item["val_threshold"]))
+    # F has five val items: its own cut. G has four: the cut of all nine pooled, where F's ring
+    # (0.625) is only cleared above it, so the pooled mean Dice peaks at F's cut too
+    assert cuts["F"] == pytest.approx(0.64) and cuts["G"] == pytest.approx(0.64)
+    per_item, _ = agreement(maps, boxes(("t", "G", 2, 2, 6, 6)), baselines=False, n_boot=10,
+                            val_boxes=boxes(*[(i, f, 2, 2, 6, 6) for i, f in val if f == "G"]))
+    assert per_item["val_threshold"][0] == pytest.approx(0.38)  # G's four alone, pooled: their own optimum
+
+
+def test_without_val_items_the_val_dice_is_left_out():
+    per_item, summary = agreement({("a", "F"): hand_map()}, boxes(("a", "F", 2, 2, 6, 6)), n_boot=10)
+    assert per_item[VAL_DICE].is_nan().all()
+    assert VAL_DICE not in set(summary["metric"]) and "val_threshold" not in set(summary["metric"])
+    with pytest.raises(InputError, match="no heatmap for image 'v'"):
+        agreement({("a", "F"): hand_map()}, boxes(("a", "F", 2, 2, 6, 6)), val_boxes=boxes(("v", "F", 2, 2, 6, 6)))

@@ -180,8 +180,10 @@ def test_targets_compute_what_they_say(tiny):
     zn = torch.nn.functional.normalize(z, dim=-1)
     p, n = np.random.default_rng(1).normal(size=(2, 32)).astype(np.float32)
     pos, neg = p / np.linalg.norm(p), n / np.linalg.norm(n)
-    zs = ZeroShotTarget("F", p, n)(z).numpy()
-    np.testing.assert_allclose(zs, zn.numpy() @ pos - zn.numpy() @ neg, rtol=1e-5, atol=1e-6)
+    zs = ZeroShotTarget("F", p, n, logit_scale=20.0)(z).numpy()
+    np.testing.assert_allclose(zs, 20.0 * (zn.numpy() @ pos - zn.numpy() @ neg), rtol=1e-5, atol=1e-5)
+    assert ZeroShotTarget("F", p, n, 20.0).cache_id != ZeroShotTarget("F", p, n, 10.0).cache_id != \
+        ZeroShotTarget("F", p, None, 10.0).cache_id
     w = np.arange(32, dtype=np.float32)
     np.testing.assert_allclose(ProbeTarget("F", w, 0.5)(z).numpy(), zn.numpy() @ w + 0.5, rtol=1e-5)
     head = torch.nn.Linear(32, 3)
@@ -213,10 +215,14 @@ def test_zeroshot_from_stored_prompts_and_missing_finding(tiny):
     prompts = pl.DataFrame({"finding": ["A", "A", "B"], "polarity": ["positive", "negative", "positive"],
                             "text": ["a", "no a", "b"]})
     M = np.eye(3, 32, dtype=np.float32)
-    t = zeroshot_target(prompts["finding"][0], prompts, M, use_negative=True)
-    np.testing.assert_allclose(t.positive, M[0]) and np.testing.assert_allclose(t.negative, M[1])
+    t = zeroshot_target(prompts["finding"][0], prompts, M, logit_scale=50.0)
+    np.testing.assert_allclose(t.positive, M[0])
+    np.testing.assert_allclose(t.negative, M[1])
+    assert t.logit_scale == 50.0
     with pytest.raises(InputError, match="'C' has no positive prompt embeddings in version v1; known: A, B"):
-        zeroshot_target("C", prompts, M, version="v1")
+        zeroshot_target("C", prompts, M, 50.0, version="v1")
+    with pytest.raises(InputError, match="'B' has no negative prompt embeddings in version v1; the zero-shot target is the pos-neg"):
+        zeroshot_target("B", prompts, M, 50.0, version="v1")
     weights = pl.DataFrame({"finding": ["A"], "intercept": [0.1], "coef": [[0.0] * 32]})
     assert probe_target("A", weights).intercept == pytest.approx(0.1)
     with pytest.raises(InputError, match="no stored probe for finding 'B'"):
@@ -259,3 +265,50 @@ def test_overlay_is_drawn_on_the_original_image_with_boxes(tmp_path):
     with pytest.raises(ValueError):
         write_overlay(tmp_path / "bad.png", img, heat[:10], boxes=[])
     assert not (tmp_path / "bad.png").exists()
+
+
+# ---- where the heat is: the bundled model on phantoms with a finding of known place ---------------
+
+@pytest.fixture(scope="module")
+def phantom_clip():
+    from embedstore.models import load_model
+
+    return load_model("phantom-clip")
+
+
+def effusion_phantom(n: int, side: int):
+    """Phantom study `n` (frontal view) with one large pleural effusion forced to `side` (-1 or 1),
+    rendered by `embedstore.synth` as `synth` renders it: (image, the effusion's boxes)."""
+    from embedstore.synth.generate import ImageRenderer, make_study, to_uint8
+    from embedstore.synth.labels import StudyLabels
+
+    study = make_study(3, n, 128, StudyLabels(findings=("Effusion",), normal=False, views=("frontal",)))
+    study.kinds["effusion"].update(side=side, h=0.34, d=0.38)
+    renderer = ImageRenderer(study, 0)
+    clean = renderer.clean()
+    boxes = [b for b in renderer.boxes(clean) if b["finding"] == "Effusion"]
+    return Image.fromarray(to_uint8(renderer.noisy(clean)), "L"), boxes
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_zero_shot_heat_follows_an_effusion_to_its_side(phantom_clip, n):
+    """The zero-shot pos-neg target (built as the store builds it) on phantom-clip: with the same
+    anatomy and the effusion on one side then the other, the heatmap's peak falls in the box's
+    quadrant and most of the heat lies on the box's half. An all-zero or centred map fails."""
+    from embedstore.data.prompts import prompt_table
+
+    prompts = prompt_table(["Effusion"])
+    M = phantom_clip.encode_texts(prompts["text"].to_list())
+    target = zeroshot_target("Effusion", prompts, M, phantom_clip.record.logit_scale)
+    halves = set()
+    for side in (-1, 1):
+        image, [box] = effusion_phantom(n, side)
+        [heat] = explain_images(phantom_clip, [image], target)
+        height, width = heat.shape
+        cx, cy = (box["x_min"] + box["x_max"]) / 2, (box["y_min"] + box["y_max"]) / 2
+        py, px = np.unravel_index(np.argmax(heat), heat.shape)
+        assert (px < width / 2, py < height / 2) == (cx < width / 2, cy < height / 2), (side, (px, py), box)
+        box_half = heat[:, : width // 2] if cx < width / 2 else heat[:, width // 2:]
+        assert box_half.sum() > 0.5 * heat.sum(), (side, box_half.sum() / heat.sum())
+        halves.add(cx < width / 2)
+    assert halves == {True, False}  # the two effusions sit in different halves

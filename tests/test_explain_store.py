@@ -40,18 +40,19 @@ def tiny():
                            record=SimpleNamespace(image_size=SIZE), encode_texts=encode_texts)
 
 
-@pytest.fixture()
-def store(tmp_path, tiny):
-    """Three images (non-square), one version, prompts for Cardiomegaly only, boxes for two images."""
+def _store(tmp_path, tiny, images: list[tuple], boxes: list[tuple]):
+    """A store of random-noise PNGs: `images` (image_id, (width, height), patient, split), prompts
+    for Cardiomegaly only, Cardiomegaly `boxes` (image_id, x_min, y_min, x_max, y_max)."""
     from embedstore.api import Store
 
     rng = np.random.default_rng(0)
-    records = []
-    for i, (w, h) in enumerate([(300, 200), (200, 260), (128, 128)]):
-        path = tmp_path / f"im{i}.png"
+    records, size = [], {}
+    for i, (image_id, (w, h), patient, split) in enumerate(images):
+        path = tmp_path / f"{image_id}.png"
         Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8), "L").save(path)
-        records.append(ImageRecord(f"img{i}", str(path), f"s{i}", f"p{i}", "frontal", "PA", "test",
+        records.append(ImageRecord(image_id, str(path), f"s{i}", patient, "frontal", "PA", split,
                                    {"Cardiomegaly": 1}, source="synth"))
+        size[image_id] = (w, h)
     st = Store(tmp_path / "store")
     st.upsert_images(records)
     version = st.create_version(None, {"name": "tiny", "embed_dim": 32, "logit_scale": 100.0}, {}, "fp32", "encode")
@@ -59,10 +60,28 @@ def store(tmp_path, tiny):
                             "template": [""] * 3, "text": ["cardiomegaly", "enlarged heart", "normal heart size"]})
     st.upsert_prompts(prompts)
     st.add_text_vectors(version, prompts, tiny.encode_texts(prompts["text"].to_list()))
-    st.write_boxes(pl.DataFrame({"image_id": ["img0", "img1"], "finding": ["Cardiomegaly"] * 2,
-                                 "x_min": [100.0, 20.0], "y_min": [50.0, 100.0], "x_max": [200.0, 150.0],
-                                 "y_max": [150.0, 200.0], "reader": ["r", "r"], "width": [300, 200], "height": [200, 260]}))
+    st.write_boxes(pl.DataFrame([{"image_id": i, "finding": "Cardiomegaly", "x_min": float(x0), "y_min": float(y0),
+                                  "x_max": float(x1), "y_max": float(y1), "reader": "r", "width": size[i][0],
+                                  "height": size[i][1]} for i, x0, y0, x1, y1 in boxes]))
     return st
+
+
+@pytest.fixture()
+def store(tmp_path, tiny):
+    """Three test images (non-square), one version, prompts for Cardiomegaly only, boxes for two images."""
+    return _store(tmp_path, tiny, [("img0", (300, 200), "p0", "test"), ("img1", (200, 260), "p1", "test"),
+                                   ("img2", (128, 128), "p2", "test")],
+                  [("img0", 100, 50, 200, 150), ("img1", 20, 100, 150, 200)])
+
+
+@pytest.fixture()
+def split_store(tmp_path, tiny):
+    """Boxed images in every split: train t0-t3, val v0-v1, test x0-x2 (x0 and x1 one patient)."""
+    specs = [("t0", "pt0", "train"), ("t1", "pt1", "train"), ("t2", "pt2", "train"), ("t3", "pt3", "train"),
+             ("v0", "pv0", "val"), ("v1", "pv1", "val"), ("x0", "px", "test"), ("x1", "px", "test"),
+             ("x2", "px2", "test")]
+    images = [(i, (96, 80), patient, split) for i, patient, split in specs]
+    return _store(tmp_path, tiny, images, [(i, 10 + 5 * n, 10, 50 + 5 * n, 60) for n, (i, *_) in enumerate(specs)])
 
 
 def test_cache_round_trip_and_key_separation(tmp_path):
@@ -121,9 +140,10 @@ def test_explain_errors(tmp_path, tiny, store):
 
 def test_agreement_run_is_stored_and_reused(tiny, store):
     run, per_item = commands.agreement(store=store, loaded=tiny, n_boot=50)
-    assert not run.reused and per_item.height == 2 * 3
+    assert not run.reused and per_item.height == 2 * 4  # two boxed items x (model, random, random_box, centre)
     metrics = run.metrics
-    assert {"pointing", "pointing@random", "pointing@centre", "energy", "iou@centre"} <= set(metrics["metric"])
+    assert {"pointing", "pointing@random", "pointing@random_box", "pointing@centre", "energy", "iou@centre",
+            "pixel_auroc", "pixel_auprc@random_box"} <= set(metrics["metric"])
     again, items2 = commands.agreement(store=store, loaded=tiny, n_boot=50)
     assert again.reused and again.run_id == run.run_id and items2 is None
     calls = []
@@ -165,3 +185,84 @@ def test_cli_reports_bad_input_in_one_line(store, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["agreement", "--threshold", "top:5", "--store", str(store.path)])
     assert exc.value.code == 2 and "bad threshold 'top:5'" in capsys.readouterr().err
+
+
+# ---- which items agreement scores ----------------------------------------------------------------
+
+def _model_rows(per_item):
+    return per_item.filter(pl.col("heatmap") == "model")
+
+
+def test_agreement_scores_the_test_split_and_counts_what_it_left_out(tiny, split_store):
+    result = commands.agreement(store=split_store, loaded=tiny, n_boot=50)
+    run, per_item = result  # still unpacks as before
+    assert result.split == "test" and run.config["split"] == "test"
+    assert sorted(_model_rows(per_item)["image_id"]) == ["x0", "x1", "x2"] and result.scored == 3
+    assert result.left_out == {"train": 4, "val": 2} == run.config["left_out"]
+    assert _model_rows(per_item)["val_threshold"].is_finite().all()  # fitted on v0, v1 (pooled: < 5 items)
+    cut = run.metrics.filter((pl.col("metric") == "val_threshold") & pl.col("finding").is_null())
+    assert cut.height == 1 and 0.0 <= cut["value"][0] <= 1.0
+    assert {"dice@val_threshold", "dice@val_threshold@random_box"} <= set(run.metrics["metric"])
+    everything = commands.agreement(store=split_store, loaded=tiny, n_boot=50, split="all")
+    assert everything.scored == 9 and everything.left_out == {} and everything.run.run_id != run.run_id
+    train = commands.agreement(store=split_store, loaded=tiny, n_boot=50, split="train")
+    assert train.scored == 4 and train.left_out == {"val": 2, "test": 3}
+    with pytest.raises(InputError, match="--split 'tests' is not one of train, val, test, all"):
+        commands.agreement(store=split_store, loaded=tiny, split="tests")
+
+
+def test_agreement_of_a_split_without_boxes_says_where_the_boxes_are(tiny, store):
+    with pytest.raises(InputError, match=r"no boxed image is in split 'val' \(boxed items by split: test 2\)"):
+        commands.agreement(store=store, loaded=tiny, split="val")
+
+
+def test_agreement_bootstraps_patients(tiny, split_store, monkeypatch):
+    from embedstore.explain import agreement as agr
+
+    seen = {}
+    real = agr.agreement
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(agr, "agreement", spy)
+    commands.agreement(store=split_store, loaded=tiny, n_boot=50)
+    groups = seen["groups"]
+    assert groups["x0"] == groups["x1"] != groups["x2"]  # x0 and x1 are one patient: resampled together
+    assert sorted(seen["val_boxes"]["image_id"].unique()) == ["v0", "v1"]
+
+
+def test_cli_prints_the_split_and_the_left_out_items(split_store, tiny, monkeypatch, capsys):
+    from embedstore.cli import main
+
+    monkeypatch.setattr(commands, "_load_model", lambda st, version: tiny)
+    with pytest.raises(SystemExit) as exc:
+        main(["agreement", "--n-boot", "20", "--format", "csv", "--store", str(split_store.path)])
+    assert exc.value.code == 0
+    captured = capsys.readouterr()
+    assert "test split: 3 boxed items scored; left out: 4 train, 2 val" in captured.err
+    assert captured.out.startswith("finding,metric,value,lo,hi")
+
+
+# ---- the zero-shot target is the score zero-shot evaluates -----------------------------------------
+
+def test_zeroshot_target_scores_an_image_as_the_pos_neg_rule_does(tmp_path):
+    """On stored vectors: the Grad-CAM target's score of an image's embedding equals the stored
+    pos-neg zero-shot score of that image (the logit, negatives included)."""
+    from store_helpers import build_store
+
+    st, ds = build_store(tmp_path, n=24)
+    version = st.resolve_version(None)
+    st.zeroshot(version, rule="pos-neg")
+    scores = st.sql("SELECT s.id, s.finding, s.score FROM image_scores s JOIN runs r USING (run_id) "
+                    "WHERE r.kind = 'zeroshot'")
+    ids, X = st.image_vectors(version)
+    row_of = {int(i): n for n, i in enumerate(ids)}
+    assert scores.height > 0
+    for finding in ds.findings:
+        target = commands.build_target(st, version, "zeroshot", finding)
+        mine = scores.filter(pl.col("finding") == finding)
+        emb = torch.from_numpy(X[[row_of[int(i)] for i in mine["id"]]])
+        got = target(emb).numpy()
+        np.testing.assert_allclose(got, mine["score"].to_numpy(), rtol=1e-4, atol=1e-3)

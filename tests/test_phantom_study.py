@@ -116,18 +116,48 @@ def test_probe_beats_zero_shot_on_macro_auroc_out_of_distribution(shifted_store)
     assert probe > zs + 0.02, (probe, zs)
 
 
-def test_gradcam_pointing_beats_both_baselines(store, phantoms):
-    """Clear margin: the model's 95 % bootstrap interval lies above both baselines' estimates, and
-    its estimate is at least 1.3 times the better baseline's."""
+def _overall_intervals(run) -> dict[str, tuple[float, float, float]]:
+    return {r["metric"]: (r["value"], r["lo"], r["hi"])
+            for r in run.metrics.filter(pl.col("finding").is_null()).iter_rows(named=True)}
+
+
+BASELINES = ("random", "random_box", "centre")
+
+
+def test_gradcam_pointing_beats_every_baseline(store, phantoms):
+    """Clear margin over ALL boxed items (the items this check was written for, before agreement
+    scored the test split by default): the model's 95 % patient-bootstrap interval lies above
+    every baseline's estimate, and its estimate is at least 1.3 times the best baseline's."""
     from embedstore.explain.commands import agreement
 
     store.probe()
     run, _ = agreement(boxes=str(phantoms / "boxes.csv"), box_format="canonical", target="probe",
-                       store=store, n_boot=200)
-    overall = {r["metric"]: (r["value"], r["lo"], r["hi"])
-               for r in run.metrics.filter(pl.col("finding").is_null()).iter_rows(named=True)}
+                       store=store, n_boot=200, split="all")
+    overall = _overall_intervals(run)
     for metric in ("pointing", "energy"):
         value, lo, _ = overall[metric]
-        best_baseline = max(overall[f"{metric}@{b}"][0] for b in ("random", "centre"))
+        best_baseline = max(overall[f"{metric}@{b}"][0] for b in BASELINES)
         assert lo > best_baseline, (metric, overall)
         assert value >= 1.3 * best_baseline, (metric, overall)
+
+
+def test_gradcam_beats_the_baselines_on_held_out_test_items(store, phantoms):
+    """The default: test-split images only (51 of the 309 boxed items at 300 studies; 235 are the
+    probe's training images, 23 val). The estimate keeps its 1.3x margin over every baseline and
+    its interval clears the chance baselines, but with 51 items clustered by patient the interval
+    no longer clears the centre prior (pointing 0.21 [0.06, 0.37] vs centre 0.10; energy 0.07
+    [0.03, 0.13] vs centre 0.04), which the all-items check above still asserts."""
+    from embedstore.explain.commands import agreement
+
+    store.probe()
+    result = agreement(boxes=str(phantoms / "boxes.csv"), box_format="canonical", target="probe",
+                       store=store, n_boot=200)
+    images = store.images().select("image_id", "split")
+    boxed = pl.read_csv(phantoms / "boxes.csv").select("image_id", "finding").unique().join(images, on="image_id")
+    per_split = dict(boxed.group_by("split").len().iter_rows())
+    assert result.scored == per_split["test"] and result.left_out == {"train": per_split["train"], "val": per_split["val"]}
+    overall = _overall_intervals(result.run)
+    for metric in ("pointing", "energy"):
+        value, lo, _ = overall[metric]
+        assert value >= 1.3 * max(overall[f"{metric}@{b}"][0] for b in BASELINES), (metric, overall)
+        assert lo > max(overall[f"{metric}@{b}"][0] for b in ("random", "random_box")), (metric, overall)

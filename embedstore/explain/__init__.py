@@ -1,9 +1,10 @@
 """Grad-CAM heatmaps and their agreement with annotated boxes.
 
 - `layers.py`: the default target layer per architecture and the token -> grid reshape.
-- `targets.py`: the scalar Grad-CAM differentiates (zero-shot cosine, probe logit, head logit).
+- `targets.py`: the scalar Grad-CAM differentiates (zero-shot pos-neg logit, probe logit, head logit).
 - `heatmaps.py`: batched pytorch-grad-cam; heatmaps in the model frame and the original frame.
-- `agreement.py`: pointing game, energy, IoU / Dice / pixel P-R-F1 against boxes, baselines.
+- `agreement.py`: pointing game, energy, IoU / Dice / pixel P-R-F1, pixel AUROC / AUPRC and a
+  val-fitted Dice against boxes, baselines, patient-bootstrap summaries.
 - `overlay.py`: the heatmap drawn on the original image with its boxes.
 - `cache.py`: model-frame heatmaps cached on disk (float16 .npz).
 - `commands.py`: `explain` and `agreement` wired to the store (what the CLI calls).

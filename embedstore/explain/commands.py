@@ -1,21 +1,30 @@
 """`embedstore explain` and `embedstore agreement` wired to the store.
 
-Targets per version: "zeroshot" reads the version's stored prompt embeddings; "probe" reads the
-latest stored logistic-regression probe of the version (`probe_weights`); "finetuned" needs the
-fine-tuned model's classifier head (see `finetuned_target`).
+Targets per version: "zeroshot" is the pos-neg logit from the version's stored prompt
+embeddings and logit scale (the score `embedstore zeroshot --rule pos-neg` evaluates); "probe"
+reads the latest stored logistic-regression probe of the version (`probe_weights`); "finetuned"
+needs the fine-tuned model's classifier head (see `finetuned_target`).
+
+`agreement` scores the boxed items of one split (test by default): a probe is trained on the
+train split, so its heatmaps on train images are not a held-out measurement. The val split's
+boxed items fit the `dice@val_threshold` cut and are otherwise left out.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from embedstore.errors import EmbedstoreError, InputError
 
 TARGETS = ("zeroshot", "probe", "finetuned")
+SPLITS = ("train", "val", "test", "all")
+DEFAULT_LOGIT_SCALE = 100.0  # a version without a recorded scale, as `analyses.runs.load_data` assumes
 
 
 def _open(store):
@@ -25,17 +34,11 @@ def _open(store):
 
 
 def _image_rows(st, image_ids: list[str]):
-    """images rows (image_id, path, width, height) for the ids; InputError naming unknown ones."""
+    """images rows (id, image_id, path, width, height) for the ids; InputError naming unknown ones."""
     import polars as pl
 
-    want = pl.DataFrame({"image_id": pl.Series(sorted(set(image_ids)), dtype=pl.String)})
-    with st.connect() as con:
-        con.register("ex_want", want)
-        try:
-            rows = con.sql("SELECT i.image_id, i.path, i.width, i.height FROM images i JOIN ex_want USING (image_id)").pl()
-        finally:
-            con.unregister("ex_want")
-    missing = sorted(set(want["image_id"].to_list()) - set(rows["image_id"].to_list()))
+    rows = st.image_files(image_ids)
+    missing = sorted(set(map(str, image_ids)) - set(rows["image_id"].to_list()))
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
         raise InputError(f"image id(s) {', '.join(map(repr, missing[:3]))}{more} not in store {st.path}; "
@@ -52,7 +55,9 @@ def build_target(st, version: str, kind: str, finding: str, loaded=None):
 
     if kind == "zeroshot":
         prompts, M = st.text_vectors(version)
-        return targets.zeroshot_target(finding, prompts, M, version=version)
+        scale = st.version_info(version).get("logit_scale")
+        return targets.zeroshot_target(finding, prompts, M, DEFAULT_LOGIT_SCALE if scale is None else float(scale),
+                                       version=version)
     if kind == "probe":
         return targets.probe_target(finding, _probe_weights(st, version))
     if kind == "finetuned":
@@ -166,14 +171,37 @@ def read_box_file(path: str, box_format: str = "auto"):
     return read_boxes(path, box_format=box_format)
 
 
+@dataclass
+class AgreementResult:
+    """An agreement run and what it scored; unpacks as `run, per_item` (per_item None when a
+    stored run was reused). `left_out` counts the boxed items (image, finding) of the splits not
+    scored ("unsplit": images without a split); the val ones still fit the value cut."""
+
+    run: Any
+    per_item: Any
+    split: str
+    scored: int
+    left_out: dict[str, int] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter((self.run, self.per_item))
+
+    def left_out_text(self) -> str:
+        """e.g. "235 train, 23 val"."""
+        return ", ".join(f"{n} {split}" for split, n in self.left_out.items())
+
+
 def agreement(boxes: str | None = None, box_format: str = "auto", target: str = "zeroshot",
               version: str | None = None, method: str = "gradcam", layer: str | None = None,
               threshold: str = "top:0.15", store=None, batch_size: int = 16, n_boot: int = 1000,
-              seed: int = 0, force: bool = False, loaded=None):
-    """Heatmap-box agreement for every annotated (image, finding); stored as an `agreement` run.
+              seed: int = 0, force: bool = False, loaded=None, split: str = "test") -> AgreementResult:
+    """Heatmap-box agreement for every annotated (image, finding) of `split` (train | val | test
+    | all); stored as an `agreement` run whose config records the split and the left-out counts.
 
-    Boxes come from `boxes` (a file) or else the store's boxes table. Returns (summary, per_item)
-    where per_item is None when a stored run with the same config was reused.
+    Boxes come from `boxes` (a file) or else the store's boxes table. Heatmaps of the val split's
+    boxed items are computed too (and cached): they fit the `dice@val_threshold` cut, and are
+    scored only when `split` is val or all (their val-fitted Dice is then in-sample).
+    Intervals resample patient groups (`Store.image_groups()`).
     """
     import polars as pl
 
@@ -185,52 +213,100 @@ def agreement(boxes: str | None = None, box_format: str = "auto", target: str = 
 
     thr = agr.Threshold.parse(threshold)  # bad options fail before the store is opened
     method_class(method)
+    if split not in SPLITS:
+        raise InputError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
     st = _open(store)
     version = st.resolve_version(version)
     box_df = read_box_file(boxes, box_format) if boxes else st.boxes()
     if box_df.height == 0:
         raise InputError("no boxes: pass --boxes FILE or load boxes into the store")
     agr._checked_boxes(box_df)
-    rows = _image_rows(st, box_df["image_id"].cast(pl.String).to_list())
-    paths = dict(zip(rows["image_id"].to_list(), rows["path"].to_list()))
+    box_df = box_df.with_columns(pl.col("image_id").cast(pl.String), pl.col("finding").cast(pl.String))
+    rows = _image_rows(st, box_df["image_id"].to_list())
+    images = _with_groups(st, rows)
+    scored, val, left_out = _split_boxes(box_df, images, split)
+    needed = pl.concat([scored, val]).select("image_id", "finding").unique()
+    paths = dict(zip(images["image_id"].to_list(), images["path"].to_list()))
     loaded = loaded or _load_model(st, version)
     layer_name = resolve_layer(loaded.model, layer).name
-    findings = sorted(set(box_df["finding"].cast(pl.String).to_list()))
+    findings = sorted(set(needed["finding"].to_list()))
     tgts = {f: build_target(st, version, target, f, loaded) for f in findings}  # fail before any work
     fingerprint = hashlib.sha256(box_df.sort(box_df.columns).write_csv().encode()).hexdigest()[:16]
+    groups = dict(zip(images["image_id"].to_list(), images["group_id"].to_list()))
+    n_scored = scored.select("image_id", "finding").unique().height
     config = {"target": target, "targets": {f: t.cache_id for f, t in tgts.items()}, "method": method.lower(),
-              "layer": layer_name, "threshold": str(thr), "n_boot": n_boot, "seed": seed, "boxes": fingerprint}
+              "layer": layer_name, "threshold": str(thr), "n_boot": n_boot, "seed": seed, "boxes": fingerprint,
+              "split": split, "scored": n_scored, "left_out": left_out, "splits": _split_fingerprint(images),
+              "val_cut": {"grid": [float(agr.VALUE_GRID[0]), float(agr.VALUE_GRID[-1]), len(agr.VALUE_GRID)],
+                          "min_val_items": agr.MIN_VAL_ITEMS}}
     result: dict = {}
 
     def compute():
         cache = HeatmapCache(st.path / "heatmaps")
         maps = {}
         for f in findings:
-            ids = sorted(set(box_df.filter(pl.col("finding") == f)["image_id"].cast(pl.String).to_list()))
+            ids = sorted(set(needed.filter(pl.col("finding") == f)["image_id"].to_list()))
             got = cached_heatmaps(loaded, [(i, paths[i]) for i in ids], tgts[f], cache, version, method,
                                   layer_name, batch_size)
             maps.update({(i, f): got[i] for i in ids})
-        per_item, summary = agr.agreement(_LazyOriginal(maps), box_df, thr, n_boot=n_boot, seed=seed)
+        per_item, summary = agr.agreement(_LazyOriginal(maps), scored, thr, n_boot=n_boot, seed=seed, groups=groups,
+                                          val_boxes=val if val.height else None)
         result["per_item"] = per_item
         metric = pl.when(pl.col("heatmap") == "model").then(pl.col("metric")).otherwise(
             pl.col("metric") + "@" + pl.col("heatmap"))
         return {"metrics": summary.select("finding", metric.alias("metric"), "value", "lo", "hi")}
 
     run = cached_run(st, "agreement", version, config, compute, force=force)
-    return run, result.get("per_item")
+    return AgreementResult(run, result.get("per_item"), split, n_scored, left_out)
+
+
+def _with_groups(st, rows):
+    """The image rows with each image's split and patient group (`Store.image_groups()`)."""
+    return rows.join(st.image_groups(), on="id", how="left")
+
+
+def _split_boxes(box_df, images, split: str):
+    """(boxes to score, val boxes that fit the value cut, left-out item counts by split)."""
+    import polars as pl
+
+    tagged = box_df.join(images.select("image_id", "split"), on="image_id", how="left").with_columns(
+        pl.col("split").fill_null("unsplit"))
+    keep = pl.lit(True) if split == "all" else pl.col("split") == split
+    scored, val = tagged.filter(keep), tagged.filter(pl.col("split") == "val")
+    items = tagged.filter(~keep).select("image_id", "finding", "split").unique()
+    counts = dict(items.group_by("split").len().iter_rows())
+    left_out = {s: counts.get(s, 0) for s in ("train", "val", "test") if split not in (s, "all")}
+    if counts.get("unsplit"):
+        left_out["unsplit"] = counts["unsplit"]
+    if scored.height == 0:
+        by_split = ", ".join(f"{s} {n}" for s, n in left_out.items() if n)
+        raise InputError(f"no boxed image is in split {split!r} (boxed items by split: {by_split or 'none'}); "
+                         "choose another --split (train, val, test or all)")
+    return scored.drop("split"), val.drop("split"), left_out
+
+
+def _split_fingerprint(images) -> str:
+    """A digest of the boxed images' splits and groups: a changed split never reuses a run."""
+    frame = images.select("image_id", "split", "group_id").sort("image_id")
+    return hashlib.sha256(frame.write_csv().encode()).hexdigest()[:16]
 
 
 def write_gallery(store, run, limit: int = 12, loaded=None) -> int:
     """Overlay PNGs for an agreement run, in `<store>/heatmaps/<run_id>/` where reports find them.
 
-    One annotated image per finding first (then more, up to `limit`), with the run's target,
-    method and layer; heatmaps come from the cache the run filled, so this costs no forward pass.
+    One annotated image of the run's split per finding first (then more, up to `limit`), with the
+    run's target, method and layer; heatmaps come from the cache the run filled, so this costs no
+    forward pass.
     """
     import polars as pl
 
     st = _open(store)
     cfg = run.config
     boxes = st.boxes()
+    if cfg.get("split", "all") != "all" and boxes.height:
+        images = _with_groups(st, st.image_files(boxes["image_id"].to_list()))
+        held = images.filter(pl.col("split") == cfg["split"])["image_id"].to_list()
+        boxes = boxes.filter(pl.col("image_id").is_in(held))
     if boxes.height == 0:
         return 0
     pairs = boxes.select("image_id", "finding").unique(maintain_order=True)

@@ -4,9 +4,11 @@ grad-cam calls a target once per image with that image's model output (here the 
 embedding) and sums the results before `backward`, so every target below works on (D,) as well
 as (B, D).
 
-- `ZeroShotTarget`: cosine between the image embedding and the finding's prompt embedding
-  (templates averaged then re-normalised, as CLIP does); with negative prompts, the
-  positive cosine minus the negative one.
+- `ZeroShotTarget`: the pos-neg logit `logit_scale * (cos(z, t_pos) - cos(z, t_neg))`, the
+  score `embedstore zeroshot --rule pos-neg` evaluates, so the heatmap explains the decision that
+  was scored (a cosine with the positive prompt alone would explain a different score). The
+  prompt vectors come from `embedstore.analyses.zeroshot.prompt_vectors(..., "ensemble")`, the one
+  place a finding's prompts are averaged.
 - `ProbeTarget`: a linear probe's logit w.z + b on the L2-normalised embedding (the store keeps
   normalised vectors, which is what the probes were fitted on).
 - `HeadTarget`: one output of a fine-tuned head module.
@@ -33,9 +35,9 @@ def _digest(*arrays: Any) -> str:
 
 def _unit(v: np.ndarray) -> np.ndarray:
     v = np.asarray(v, dtype=np.float32)
-    if v.ndim == 2:  # several templates: normalise each, average, re-normalise
-        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        v = v.mean(axis=0)
+    if v.ndim != 1:
+        raise ValueError(f"a prompt vector has shape {v.shape}; pass one (d,) vector per polarity "
+                         "(average templates with embedstore.analyses.zeroshot.prompt_vectors)")
     return v / max(float(np.linalg.norm(v)), 1e-12)
 
 
@@ -59,12 +61,21 @@ class Target:
 
 
 class ZeroShotTarget(Target):
+    """`logit_scale * (cos(z, positive) - cos(z, negative))`; without `negative`, the scaled cosine
+    with `positive` (only for prompts given as texts, see `zeroshot_target_from_texts`).
+
+    `positive` / `negative` are ONE vector each (d,): build them with `prompt_vectors`, which
+    averages a finding's templates; a vector is re-normalised here, never averaged.
+    """
+
     kind = "zeroshot"
 
-    def __init__(self, finding: str, positive: np.ndarray, negative: np.ndarray | None = None):
+    def __init__(self, finding: str, positive: np.ndarray, negative: np.ndarray | None = None,
+                 logit_scale: float = 1.0):
         super().__init__(finding)
         self.positive = _unit(positive)
         self.negative = None if negative is None else _unit(negative)
+        self.logit_scale = float(logit_scale)
 
     def score(self, emb):
         import torch.nn.functional as F
@@ -73,12 +84,12 @@ class ZeroShotTarget(Target):
         s = z @ _tensor(self.positive, z)
         if self.negative is not None:
             s = s - z @ _tensor(self.negative, z)
-        return s
+        return self.logit_scale * s
 
     @property
     def cache_id(self) -> str:
         parts = [self.positive] if self.negative is None else [self.positive, self.negative]
-        return f"zeroshot-{_digest(*parts)}"
+        return f"zeroshot-{_digest(*parts, [self.logit_scale])}"
 
 
 class ProbeTarget(Target):
@@ -132,33 +143,45 @@ def _tensor(a: np.ndarray, like):
 
 # ---- builders ------------------------------------------------------------------------------
 
-def zeroshot_target(finding: str, prompts, matrix: np.ndarray, use_negative: bool = False,
+def zeroshot_target(finding: str, prompts, matrix: np.ndarray, logit_scale: float,
                     version: str | None = None) -> ZeroShotTarget:
-    """From stored prompts: `prompts` (polars, columns finding / polarity; row i <-> matrix[i]),
-    as returned by `Store.text_vectors(version)`."""
+    """The pos-neg logit target from stored prompts: `prompts` (polars, columns finding /
+    polarity[/ template]; row i <-> matrix[i]), as returned by `Store.text_vectors(version)`, and
+    the version's logit scale. A finding without a negative prompt is an InputError, as for
+    `embedstore zeroshot --rule pos-neg`."""
+    from embedstore.analyses.zeroshot import prompt_vectors
+
     findings = prompts["finding"].to_list()
     polarity = prompts["polarity"].to_list()
-    pos = [i for i, (f, p) in enumerate(zip(findings, polarity)) if f == finding and p == "positive"]
-    neg = [i for i, (f, p) in enumerate(zip(findings, polarity)) if f == finding and p == "negative"]
-    if not pos:
+    where = f" in version {version}" if version else ""
+    if (finding, "positive") not in set(zip(findings, polarity)):
         known = sorted({f for f, p in zip(findings, polarity) if p == "positive"})
-        where = f" in version {version}" if version else ""
         raise InputError(
             f"finding {finding!r} has no positive prompt embeddings{where}; known: {', '.join(known) or 'none'}"
             " (add it to prompts.toml and re-run `embedstore encode`)"
         )
-    M = np.asarray(matrix, dtype=np.float32)
-    return ZeroShotTarget(finding, M[pos], M[neg] if use_negative and neg else None)
+    if (finding, "negative") not in set(zip(findings, polarity)):
+        raise InputError(f"finding {finding!r} has no negative prompt embeddings{where}; the zero-shot target is "
+                         "the pos-neg logit: add a negative prompt to prompts.toml and re-run `embedstore encode`")
+    vectors = prompt_vectors(prompts, np.asarray(matrix, dtype=np.float32), [finding], "ensemble")
+    return ZeroShotTarget(finding, vectors.positive[0], vectors.negative[0], logit_scale)
 
 
-def zeroshot_target_from_texts(loaded, finding: str, positive: list[str],
-                               negative: list[str] | None = None) -> ZeroShotTarget:
-    """Encode the prompt texts with the loaded model (no store needed)."""
+def zeroshot_target_from_texts(loaded, finding: str, positive: list[str], negative: list[str] | None = None,
+                               logit_scale: float = 1.0) -> ZeroShotTarget:
+    """Encode the prompt texts with the loaded model (no store needed); templates are averaged by
+    `prompt_vectors`, as for stored prompts. Without `negative`, the scaled positive cosine."""
+    import polars as pl
+
+    from embedstore.analyses.zeroshot import prompt_vectors
+
     if not positive:
         raise InputError(f"finding {finding!r}: no prompt texts given")
-    pos = np.asarray(loaded.encode_texts(list(positive)), dtype=np.float32)
-    neg = np.asarray(loaded.encode_texts(list(negative)), dtype=np.float32) if negative else None
-    return ZeroShotTarget(finding, pos, neg)
+    texts = list(positive) + list(negative or [])
+    table = pl.DataFrame({"finding": [finding] * len(texts),
+                          "polarity": ["positive"] * len(positive) + ["negative"] * len(negative or [])})
+    vectors = prompt_vectors(table, np.asarray(loaded.encode_texts(texts), dtype=np.float32), [finding], "ensemble")
+    return ZeroShotTarget(finding, vectors.positive[0], vectors.negative[0] if negative else None, logit_scale)
 
 
 def probe_target(finding: str, weights) -> ProbeTarget:

@@ -443,6 +443,20 @@ class Store:
         image's patient, else its study. Bootstraps resample these groups, never single images."""
         return self._df(f"{GROUPS_SQL} ORDER BY i.id")
 
+    def image_files(self, image_ids: Iterable[str]):
+        """id, image_id, path, width, height of the images with these ids (unknown ids are left
+        out): what Grad-CAM needs to read an image, and its id to join `image_groups()`."""
+        import polars as pl
+
+        want = pl.DataFrame({"image_id": pl.Series(sorted(set(map(str, image_ids))), dtype=pl.String)})
+        with self.connect() as con:
+            con.register("if_want", want)
+            try:
+                return con.sql("""SELECT i.id, i.image_id, i.path, i.width, i.height
+                                  FROM images i JOIN if_want USING (image_id) ORDER BY i.image_id""").pl()
+            finally:
+                con.unregister("if_want")
+
     def findings(self) -> list[str]:
         """Every finding that has at least one label, sorted."""
         with self.connect() as con:
