@@ -95,6 +95,16 @@ class Store(_BaseStore):
         self.last_runs = [separability(self, version, force=force, **kw)]
         return _metrics_of(self.last_runs)
 
+    def stability(self, version: str | None = None, repeats: int = 5, seed: int = 0, where: str | None = None,
+                  uncertain: str = "mask", blank: str = "mask", min_positives: int | None = None):
+        """`embedstore stability`: zero-shot, probe and separability re-run on `repeats` fresh
+        stratified splits (in memory); a `Stability` (summary per method and metric, per-split
+        values, and whether the methods' ranking holds on every split)."""
+        from embedstore.analyses.stability import stability
+
+        return stability(self, version, repeats=repeats, seed=seed, where=where, uncertain=uncertain, blank=blank,
+                         min_positives=min_positives)
+
     def seed_table(self, version: str | None = None):
         """`embedstore seed-table`: the seed study's results table (macro-F1, exact match, LRAP,
         coverage error, inter/intra ratio for zero-shot, probe and fine-tuned) from stored runs."""

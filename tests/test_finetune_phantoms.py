@@ -125,7 +125,7 @@ def test_bce_finetune_raises_val_macro_auroc_over_its_parent(tuned):
     tuned_val = macro_auroc(head[va], Y[va])[0]
     assert r.best_val_auroc == pytest.approx(tuned_val, abs=1e-4)  # the stored head is the best epoch's
 
-    zs = st.zeroshot("v1", rule="pos-neg", split="val", n_boot=0)
+    zs = st.zeroshot("v1", rule="pos-neg", split="val", calibrate_on=None, n_boot=0)
     zero_shot_val = macro_auroc(_scores(st, zs["run_id"][0], ids, findings)[va], Y[va])[0]
     probe_val = 0.0
     for C in (0.1, 1.0, 10.0):

@@ -226,10 +226,13 @@ def _latest_runs(store, version: str) -> dict[str, dict]:
 
 
 def _scored(store, run: dict, findings: list[str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """(ids, S, P, findings) of a run's stored per-image scores, as [n, F] matrices."""
+    """(ids, S, P, findings) of a run's stored per-image scores on the split it scored, as [n, F]
+    matrices (a fine-tuned head stores every image's logits)."""
     df = store.image_scores(run["run_id"])
     if df.is_empty():
         raise InputError(f"run {run['run_id']} stored no per-image scores; run it again with --force")
+    scored = store.image_groups().filter(pl.col("split") == run["config"].get("split", "test"))["id"]
+    df = df.filter(pl.col("id").is_in(scored.to_list()))
     findings = findings or run["config"].get("findings") or sorted(set(df["finding"].to_list()))
     df = df.filter(pl.col("finding").is_in(findings))
     ids = np.unique(df["id"].to_numpy())

@@ -298,7 +298,10 @@ def evaluate_run(Y: np.ndarray, S: np.ndarray, findings: list[str], predictions:
     evaluable = table["evaluable"].to_numpy()
     out = _Rows(alpha)
     macro = _per_finding(out, Y01, known, S, preds, prob, W, ones, findings, evaluable, table)
-    for name, (points, reps) in macro.items():
+    names = ["macro_auroc", "macro_ap", *(f"macro_f1{k}" for k in preds)]
+    names += ["macro_brier", "macro_ece"] if prob is not None else []
+    for name in names:  # NaN, not absent, when no finding is evaluable
+        points, reps = macro.get(name, ([], []))
         value = float(np.mean(points)) if points else np.nan
         rep = np.nanmean(np.stack(reps), axis=0) if reps and W.shape[0] else None
         out.add(None, name, value, rep)

@@ -43,8 +43,8 @@ class Scoring:
     def __post_init__(self):
         check_operating_point(self.operating_point)
         if self.calibrate_on is not None and self.calibrate_on == self.scored:
-            raise InputError(f"--calibrate-on {self.calibrate_on} is the split being scored; calibrate on another "
-                             "split (e.g. val)")
+            raise InputError(f"--calibrate-on {self.calibrate_on} is the split being scored; pass --calibrate-on none "
+                             "(default thresholds) or another split to fit them on")
 
     def run_config(self) -> dict:
         """The keys a run's config stores (the operating point only where thresholds are fitted)."""
@@ -109,12 +109,13 @@ def split_mask(split: np.ndarray, name: str, version: str, purpose: str) -> np.n
 
 def score_method(ids: np.ndarray, Y: np.ndarray, split: np.ndarray, groups: np.ndarray, findings: list[str],
                  S: np.ndarray, default: np.ndarray, prob: np.ndarray | None, version: str,
-                 scoring: Scoring = Scoring()) -> tuple[dict[str, pl.DataFrame], np.ndarray]:
+                 scoring: Scoring = Scoring(), every_image: bool = False) -> tuple[dict[str, pl.DataFrame], np.ndarray]:
     """The result tables of one method whose scores S, default decisions and probabilities are
     given for every row (image) of `ids`: thresholds fitted on `scoring.calibrate_on`, every
     metric on `scoring.scored`. Returns (tables, decisions on the scored rows at the fitted
     operating point); the tables are metrics (with a per-finding `threshold` row), run_findings,
-    calibration and image_scores (the scored images' scores and those decisions)."""
+    calibration and image_scores (the scored images' scores and those decisions; every image's
+    with `every_image`, e.g. a fine-tuned head's logits, its thresholds applied to all of them)."""
     from embedstore.analyses.metrics import apply_policy, evaluate_run
 
     sc = scoring
@@ -134,7 +135,8 @@ def score_method(ids: np.ndarray, Y: np.ndarray, split: np.ndarray, groups: np.n
         rows = pl.DataFrame({"finding": findings, "metric": "threshold", "value": thresholds, "lo": None, "hi": None},
                             schema=tables["metrics"].schema)
         tables["metrics"] = pl.concat([tables["metrics"], rows])
-    tables["image_scores"] = score_table(ids[test], findings, S[test], predictions[""])
+    rows = slice(None) if every_image else test
+    tables["image_scores"] = score_table(ids[rows], findings, S[rows], apply_thresholds(S[rows], default[rows], thresholds))
     return tables, predictions[""]
 
 

@@ -215,6 +215,34 @@ def separability(
     print(f"run: {result.run_id} (reused={result.reused}, {result.duration_s:.2f} s)")
 
 
+@app.command()
+def stability(
+    version: Optional[str] = typer.Option(None, "--version", help="Version (default: the latest)."),
+    repeats: int = typer.Option(5, "--repeats", min=2, help="How many fresh stratified splits to draw."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first split (then seed + 1, ...)."),
+    uncertain: str = typer.Option("mask", "--uncertain", help="mask|negative|positive"),
+    blank: str = typer.Option("mask", "--blank", help="mask|negative"),
+    where: Optional[str] = typer.Option(None, "--where", help="SQL predicate on images columns."),
+    min_positives: int = typer.Option(10, "--min-positives", min=1, help=MIN_POS_HELP),
+    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+    fmt: Format = typer.Option(Format.table, "--format"),
+) -> None:
+    """How the headline metrics move with the split: zero-shot, probe and separability on N fresh
+    stratified splits (in memory; stored runs keep the frozen split)."""
+    import polars as pl
+
+    from embedstore.cli.output import emit
+
+    result = _store(store).stability(version, repeats=repeats, seed=seed, where=where, uncertain=uncertain,
+                                     blank=blank, min_positives=min_positives)
+    if fmt is not Format.table:
+        emit(result.per_split, fmt)
+        return
+    emit(result.summary.with_columns(pl.col(pl.Float64).round(4)), fmt, title=f"over {repeats} splits")
+    verdict = "holds on every split" if result.ranking_holds else "changes between splits"
+    print(f"ranking by macro AUROC {verdict}: " + " | ".join(" > ".join(r) for r in result.rankings))
+
+
 @app.command("seed-table")
 def seed_table(
     version: Optional[str] = typer.Option(None, "--version", help="Base version (or a fine-tuned one: then its parent is the base)."),

@@ -511,7 +511,8 @@ def _write_run(st, version: str, data: TrainingData, result: FinetuneResult, hea
         L = np.stack([model.logits[int(i)] for i in data.ids]).astype(np.float64)
         if (data.split == "test").any():  # the head's threshold fitted on val like every method's
             scored, _ = score_method(data.ids, data.labels, data.split, data.groups, data.findings, L,
-                                     (L > 0).astype(np.int8), 0.5 * (1.0 + np.tanh(0.5 * L)), version)
+                                     (L > 0).astype(np.int8), 0.5 * (1.0 + np.tanh(0.5 * L)), version,
+                                     every_image=True)
             scored["metrics"] = pl.concat([scored["metrics"], tables["metrics"]])
             tables.update(scored)
     return st.write_run(RUN_KIND, version, _run_config(st, version), _dt.datetime.now(), result.seconds, tables)
