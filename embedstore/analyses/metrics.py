@@ -321,6 +321,11 @@ def _per_finding(out: _Rows, Y01, known, S, preds, prob, W, ones, findings, eval
     K = known.astype(np.float32)
     point_counts = {k: weighted_counts_matrix(Y01 * K, P * K, K, ones) for k, P in preds.items()}
     rep_counts = {k: weighted_counts_matrix(Y01 * K, P * K, K, W) for k, P in preds.items()}
+    if prob is not None:  # every finding's squared errors and their replicates in one product
+        SQ = np.where(known, (np.asarray(prob, dtype=np.float64) - Y01) ** 2, 0.0).astype(np.float32)
+        sums = W @ np.concatenate([SQ, K], axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            brier_reps = sums[:, :SQ.shape[1]].astype(np.float64) / sums[:, SQ.shape[1]:]
     macro: dict[str, tuple[list, list]] = {}
 
     def keep(name, point, reps):
@@ -345,13 +350,12 @@ def _per_finding(out: _Rows, Y01, known, S, preds, prob, W, ones, findings, eval
                 keep(f"macro_f1{suffix}", point_counts[suffix]["f1"][0, j], rep_counts[suffix]["f1"][:, j])
         if prob is not None:
             p = np.asarray(prob[m, j], dtype=np.float64)
-            sq = (p - y) ** 2
-            brier_reps = _weighted_mean(sq, W[:, m]) if ev else None
-            out.add(finding, "brier", float(sq.mean()) if sq.size else np.nan, brier_reps)
+            brier = float(((p - y) ** 2).mean()) if y.size else np.nan
+            out.add(finding, "brier", brier, brier_reps[:, j] if ev else None)
             ece = expected_calibration_error(y, p) if y.size else np.nan
             out.add(finding, "ece", ece)
             if ev:
-                keep("macro_brier", float(sq.mean()), brier_reps)
+                keep("macro_brier", brier, brier_reps[:, j])
                 keep("macro_ece", ece, None)
         row = table.row(j, named=True)
         out.add(finding, "support", row["positives"])

@@ -30,6 +30,7 @@ class SyntheticStore:
     texts: pl.DataFrame  # text_hash, text, finding, polarity, template
     M: np.ndarray  # float32 [m, d], unit rows
     logit_scale: float
+    images_per_patient: int = 1  # consecutive rows share a patient (and its split), e.g. frontal + lateral
 
 
 def _unit(v):
@@ -38,7 +39,7 @@ def _unit(v):
 
 def make(n: int = 2000, n_findings: int = 8, d: int = 64, seed: int = 0, signal: float = 1.0,
          prompt_signal: float = 0.35, uncertain_rate: float = 0.02, missing_rate: float = 0.02,
-         logit_scale: float = 100.0) -> SyntheticStore:
+         logit_scale: float = 100.0, images_per_patient: int = 1) -> SyntheticStore:
     """n images with IU-Xray-like label imbalance (scaled up x3 so small tests have positives)."""
     rng = np.random.default_rng(seed)
     findings = [f"finding_{j:02d}" for j in range(n_findings)]
@@ -50,7 +51,9 @@ def make(n: int = 2000, n_findings: int = 8, d: int = 64, seed: int = 0, signal:
     X = _unit(X).astype(np.float32)
     Y[rng.random(Y.shape) < uncertain_rate] = -1
     Y[rng.random(Y.shape) < missing_rate] = np.nan
-    split = rng.choice(np.array(["train", "val", "test"]), size=n, p=[0.6, 0.15, 0.25])
+    patients = -(-n // images_per_patient)
+    split = np.repeat(rng.choice(np.array(["train", "val", "test"]), size=patients, p=[0.6, 0.15, 0.25]),
+                      images_per_patient)[:n]
     rows, vecs = [], []
     neg_dirs = _unit(rng.normal(size=(n_findings, d)))
     for j, f in enumerate(findings):
@@ -63,7 +66,7 @@ def make(n: int = 2000, n_findings: int = 8, d: int = 64, seed: int = 0, signal:
                 vecs.append(v)
     M = _unit(np.asarray(vecs)).astype(np.float32)
     ids = np.arange(1, n + 1, dtype=np.int64) * 7  # ids are not row positions
-    return SyntheticStore(findings, ids, X, Y, split, pl.DataFrame(rows), M, logit_scale)
+    return SyntheticStore(findings, ids, X, Y, split, pl.DataFrame(rows), M, logit_scale, images_per_patient)
 
 
 def to_store(syn: SyntheticStore, store, name: str = "synthetic") -> str:
@@ -73,7 +76,8 @@ def to_store(syn: SyntheticStore, store, name: str = "synthetic") -> str:
     recs = []
     for i, split in enumerate(syn.split):
         labels = {f: int(v) for f, v in zip(syn.findings, syn.Y[i]) if np.isfinite(v)}
-        recs.append(ImageRecord(image_id=f"SYN{i:06d}", path=None, study_id=f"S{i}", patient_id=f"P{i}",
+        patient = i // syn.images_per_patient
+        recs.append(ImageRecord(image_id=f"SYN{i:06d}", path=None, study_id=f"S{i}", patient_id=f"P{patient}",
                                 view="frontal" if i % 4 else "lateral", projection=None, split=str(split),
                                 labels=labels, source="synth"))
     id_of = store.upsert_images(recs)
