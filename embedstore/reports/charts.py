@@ -77,12 +77,19 @@ def _series_order(frame: pl.DataFrame) -> list[str]:
     return list(dict.fromkeys(frame["series"].to_list()))
 
 
-def _select_param(name: str, options: list[str], label: str, value: str | None = None):
-    """A drop-down bound to a variable param: the page filters rows client-side, so every row
-    stays in the spec and the choice costs no JavaScript of ours."""
+def _run_colour(series: list[str], title: str = "run", show_legend: bool = True, **legend):
+    """Colour by run, from 20 colours: a report often has 11 runs (four zero-shot rules and a probe
+    on two versions, and a fine-tuned head), one more than the default scheme tells apart."""
     alt = _alt()
-    return alt.param(name=name, value=value if value is not None else options[0],
-                     bind=alt.binding_select(options=options, name=label))
+    return alt.Color("series:N", title=title, sort=series, scale=alt.Scale(scheme="tableau20"),
+                     legend=alt.Legend(labelLimit=320, **legend) if show_legend else None)
+
+
+def _select_param(name: str, options: list[str], label: str):
+    """A drop-down bound to a variable param, starting at the first option: the page filters rows
+    client-side, so every row stays in the spec and the choice costs no JavaScript of ours."""
+    alt = _alt()
+    return alt.param(name=name, value=options[0], bind=alt.binding_select(options=options, name=label))
 
 
 def finding_dots_chart(frame: pl.DataFrame, order: list[str] | None = None, metrics: list[str] | None = None):
@@ -101,13 +108,13 @@ def finding_dots_chart(frame: pl.DataFrame, order: list[str] | None = None, metr
     base = alt.Chart(frame).encode(
         y=alt.Y("finding:N", sort=order, title=None, axis=alt.Axis(labelLimit=260)),
         yOffset=alt.YOffset("series:N", sort=series),
-        color=alt.Color("series:N", title="run (click to pick)", sort=series, legend=alt.Legend(labelLimit=320)),
+        color=_run_colour(series, "run (click to pick)"),
         opacity=alt.condition(runs, alt.value(1.0), alt.value(0.12)),
     )
     interval = base.mark_rule(strokeWidth=1.5).encode(x=alt.X("lo:Q"), x2="hi:Q")
     dots = base.mark_point(size=36, strokeWidth=1.5).encode(
         x=alt.X("value:Q", title="value of the chosen metric (95 % interval)", scale=alt.Scale(domain=[0, 1])),
-        fill=alt.condition("datum.evaluable", alt.Color("series:N", sort=series, legend=None), alt.value("white")),
+        fill=alt.condition("datum.evaluable", _run_colour(series, show_legend=False), alt.value("white")),
         tooltip=["finding", "series", "metric", alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("lo:Q", format=".3f"),
                  alt.Tooltip("hi:Q", format=".3f"), alt.Tooltip("evaluable:N", title="evaluable")],
     )
@@ -179,7 +186,7 @@ def reliability_chart(frame: pl.DataFrame, findings: list[str]):
         .encode(
             x=alt.X("mean_predicted:Q", title="mean predicted probability", scale=alt.Scale(domain=[0, 1])),
             y=alt.Y("observed:Q", title="observed positive rate", scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("series:N", title="run", sort=series, legend=alt.Legend(labelLimit=320)),
+            color=_run_colour(series),
             order="mean_predicted:Q",
             tooltip=["series", "finding", alt.Tooltip("mean_predicted:Q", format=".3f"),
                      alt.Tooltip("observed:Q", format=".3f"), "n:Q"],
@@ -212,7 +219,7 @@ def overprediction_chart(frame: pl.DataFrame):
             x=alt.X("prevalence:Q", title="prevalence (square-root axis)", axis=alt.Axis(format="%"), scale=scale),
             y=alt.Y("predicted_rate:Q", title="predicted-positive rate (square-root axis)", axis=alt.Axis(format="%"),
                     scale=scale),
-            color=alt.Color("series:N", title="run", sort=series, legend=alt.Legend(labelLimit=320)),
+            color=_run_colour(series),
             tooltip=["series", "finding", alt.Tooltip("prevalence:Q", format=".1%"),
                      alt.Tooltip("predicted_rate:Q", format=".1%")],
         )
@@ -277,8 +284,7 @@ def curves_chart(frame: pl.DataFrame, kind: str, order: list[str] | None = None,
         .encode(
             x=alt.X(f"{x}:Q", title=xt, scale=alt.Scale(domain=[0, 1])),
             y=alt.Y(f"{y}:Q", title=yt, scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("series:N", title="run", sort=_series_order(frame),
-                            legend=alt.Legend(orient="top", columns=3, labelLimit=320)),
+            color=_run_colour(_series_order(frame), orient="top", columns=3),
             order=alt.Order(f"{x}:Q") if kind == "roc" else alt.Order(f"{x}:Q", sort="descending"),
             tooltip=["series", "finding", alt.Tooltip(f"{score}:Q", title=score.upper(), format=".3f")],
         )
