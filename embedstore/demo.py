@@ -110,17 +110,27 @@ def _zeroshot(st, version: str) -> str:
     # every rule's threshold fitted on val; raw-dot also as the seed ran it (one prompt, cut at 0)
     metrics = st.zeroshot(version)
     auroc = metrics.filter((pl.col("rule") == "pos-neg") & pl.col("finding").is_null() & (pl.col("metric") == "macro_auroc"))
-    seed_f1 = dict(_overall(metrics, "macro_f1@default", by="rule")).get("raw-dot", float("nan"))
-    return (f"{version} zero-shot pos-neg macro-AUROC {_ci(auroc.row(0, named=True))}; macro-F1 (val thresholds) "
-            + ", ".join(f"{rule} {val:.3f}" for rule, val in _overall(metrics, "macro_f1", by="rule"))
-            + f"; raw-dot at the seed's cut 0: {seed_f1:.3f}")
+    seed_f1 = dict(_overall(metrics, "macro_f1@default", by="rule")).get("raw-dot")
+    return (f"{version} zero-shot pos-neg macro-AUROC {_ci(auroc)}; macro-F1 (val thresholds) "
+            + ", ".join(f"{rule} {_num(val)}" for rule, val in _overall(metrics, "macro_f1", by="rule"))
+            + f"; raw-dot at the seed's cut 0: {_num(seed_f1)}")
 
 
-def _ci(row: dict) -> str:
-    if row["value"] != row["value"]:
-        return "n/a (no evaluable finding)"
+# Macro metrics average the evaluable findings only; on a small demo there may be none.
+NO_MACRO = "n/a (no evaluable finding: see the run_findings table)"
+
+
+def _num(value, fmt: str = ".3f") -> str:
+    return "n/a" if value is None or value != value else format(value, fmt)
+
+
+def _ci(rows) -> str:
+    """A metric row's value and interval; `rows` is a filtered metrics frame (empty: no macro)."""
+    row = rows.row(0, named=True) if rows.height else {"value": None}
+    if row["value"] is None or row["value"] != row["value"]:
+        return NO_MACRO
     if row.get("lo") is None or row.get("hi") is None:
-        return f"{row['value']:.3f}"
+        return _num(row["value"])
     return f"{row['value']:.3f} [{row['lo']:.3f}, {row['hi']:.3f}]"
 
 
@@ -128,7 +138,7 @@ def _probe(st, version: str) -> str:
     import polars as pl
 
     metrics = st.probe(version)
-    auroc = metrics.filter(pl.col("finding").is_null() & (pl.col("metric") == "macro_auroc")).row(0, named=True)
+    auroc = metrics.filter(pl.col("finding").is_null() & (pl.col("metric") == "macro_auroc"))
     return f"{version} probe macro-AUROC {_ci(auroc)}"
 
 
@@ -153,17 +163,18 @@ def _compare(st, base: str, tuned: str) -> str:
     lines = []
     for version, methods in ((base, ["zeroshot:pos-neg", "probe"]), (tuned, ["zeroshot:pos-neg", "probe", "finetuned"])):
         df = st.compare(methods=methods, version=version).filter(pl.col("metric") == "macro_auroc")
-        lines += [f"{version}: {r['method_2']} - {r['method_1']}: {_paired(r)}" for r in df.iter_rows(named=True)]
+        for r in df.iter_rows(named=True):
+            lines.append(f"{version}: {r['method_2']} - {r['method_1']}: macro-AUROC {_paired(r)}")
     versions = st.compare(base, tuned).filter((pl.col("kind") == "probe") & (pl.col("metric") == "macro_auroc"))
-    lines += [f"probe {tuned} - {base}: {_paired(r)}" for r in versions.iter_rows(named=True)]
+    for r in versions.iter_rows(named=True):
+        lines.append(f"probe {tuned} - {base}: macro-AUROC {_paired(r)}")
     return "\n".join(lines)
 
 
 def _paired(r: dict) -> str:
     if r["diff_lo"] is None:
-        return f"macro-AUROC {r['verdict']}"
-    return (f"macro-AUROC {r['diff']:+.3f} [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}], p {r['p_value']:.4f}: "
-            f"{r['verdict']}")
+        return f"{_num(r['diff'], '+.3f')}: {r['verdict']}"
+    return f"{r['diff']:+.3f} [{r['diff_lo']:+.3f}, {r['diff_hi']:+.3f}], p {r['p_value']:.4f}: {r['verdict']}"
 
 
 def _seed_table(st, base: str) -> str:

@@ -42,6 +42,7 @@ class BrowserCheck:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
+    dom: str = field(default="", repr=False)  # the page as rendered: what each chart drew
 
     @property
     def ok(self) -> bool:
@@ -83,9 +84,10 @@ def check_report(path: str | Path, budget_ms: int = 30000, timeout: float = 180)
     if not found:
         # The page never finished: report it as an error rather than guessing a count.
         return BrowserCheck(charts=-1, rendered=0, errors=["status element never written (script did not finish)"],
-                            console_errors=console_errors)
+                            console_errors=console_errors, dom=proc.stdout)
     status = json.loads(html.unescape(found.group(1)))
-    return BrowserCheck(status["charts"], status["rendered"], status["errors"], status["warnings"], console_errors)
+    return BrowserCheck(status["charts"], status["rendered"], status["errors"], status["warnings"], console_errors,
+                        proc.stdout)
 
 
 def screenshot(path: str | Path, out: str | Path, width: int = 1400, height: int = 3000,

@@ -77,30 +77,124 @@ def _series_order(frame: pl.DataFrame) -> list[str]:
     return list(dict.fromkeys(frame["series"].to_list()))
 
 
-def metric_bars_chart(frame: pl.DataFrame, order: list[str] | None = None):
-    """Per-finding metric bars with interval error bars, one row per metric.
+def _run_colour(series: list[str], title: str = "run", show_legend: bool = True, **legend):
+    """Colour by run, from 20 colours: a report often has 11 runs (four zero-shot rules and a probe
+    on two versions, and a fine-tuned head), one more than the default scheme tells apart."""
+    alt = _alt()
+    return alt.Color("series:N", title=title, sort=series, scale=alt.Scale(scheme="tableau20"),
+                     legend=alt.Legend(labelLimit=320, **legend) if show_legend else None)
 
-    Columns: finding, series, metric, value, lo, hi (lo/hi may be null).
+
+def _select_param(name: str, options: list[str], label: str):
+    """A drop-down bound to a variable param, starting at the first option: the page filters rows
+    client-side, so every row stays in the spec and the choice costs no JavaScript of ours."""
+    alt = _alt()
+    return alt.param(name=name, value=options[0], bind=alt.binding_select(options=options, name=label))
+
+
+def finding_dots_chart(frame: pl.DataFrame, order: list[str] | None = None, metrics: list[str] | None = None):
+    """Per-finding point estimates with 95 % intervals, findings down, one dot per run, one metric
+    at a time (a drop-down picks it). Clicking a run in the legend fades the others.
+
+    Hollow points mark findings not evaluable in that run (too few positive patients on the
+    scored split: point estimate only, no interval, left out of macro metrics).
+    Columns: finding, series, metric, value, lo, hi, evaluable (bool).
     """
     alt = _alt()
-    metrics = list(dict.fromkeys(frame["metric"].to_list()))
+    metrics = metrics or list(dict.fromkeys(frame["metric"].to_list()))
     series = _series_order(frame)
-    rows = []
-    for m in metrics:
-        sub = frame.filter(pl.col("metric") == m)
-        base = alt.Chart(sub, title=m).encode(
-            x=alt.X("finding:N", sort=order, title=None, axis=alt.Axis(**FINDING_AXIS)),
-            xOffset=alt.XOffset("series:N", sort=series),
+    pick = _select_param("metric", metrics, "metric: ")
+    runs = alt.selection_point(fields=["series"], bind="legend")
+    base = alt.Chart(frame).encode(
+        y=alt.Y("finding:N", sort=order, title=None, axis=alt.Axis(labelLimit=260)),
+        yOffset=alt.YOffset("series:N", sort=series),
+        color=_run_colour(series, "run (click to pick)"),
+        opacity=alt.condition(runs, alt.value(1.0), alt.value(0.12)),
+    )
+    interval = base.mark_rule(strokeWidth=1.5).encode(x=alt.X("lo:Q"), x2="hi:Q")
+    dots = base.mark_point(size=36, strokeWidth=1.5).encode(
+        x=alt.X("value:Q", title="value of the chosen metric (95 % interval)", scale=alt.Scale(domain=[0, 1])),
+        fill=alt.condition("datum.evaluable", _run_colour(series, show_legend=False), alt.value("white")),
+        tooltip=["finding", "series", "metric", alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("lo:Q", format=".3f"),
+                 alt.Tooltip("hi:Q", format=".3f"), alt.Tooltip("evaluable:N", title="evaluable")],
+    )
+    n_findings = max(frame["finding"].n_unique(), 1)
+    step = max(4, min(9, 60 // max(len(series), 1)))  # pixels per run within a finding
+    return (
+        alt.layer(interval, dots, title="Per-finding metrics: pick a metric; hollow = not evaluable (no interval)")
+        .transform_filter(alt.datum.metric == pick)
+        .add_params(pick, runs)
+        .properties(width=560, height=n_findings * (step * len(series) + 6))
+    )
+
+
+VERDICT_COLOURS = {"better": "#2ca02c", "worse": "#d62728", "no difference": "#7f7f7f", "not evaluable": "#c7c7c7"}
+
+
+def forest_chart(frame: pl.DataFrame, order: list[str] | None = None, metrics: list[str] | None = None,
+                 columns: int = 3):
+    """Forest plot of paired differences (side 2 minus side 1 on the same test images): per
+    finding and macro (on top), a point and its 95 % interval, a zero line, colour by verdict;
+    one panel per comparison, one metric at a time (drop-down).
+
+    Columns: comparison, finding, metric, diff, diff_lo, diff_hi, verdict, p_holm, value_1, value_2.
+    """
+    alt = _alt()
+    metrics = metrics or list(dict.fromkeys(frame["metric"].to_list()))
+    pick = _select_param("metric", metrics, "paired metric: ")
+    colour = alt.Color("verdict:N", title="verdict", scale=alt.Scale(domain=list(VERDICT_COLOURS),
+                                                                       range=list(VERDICT_COLOURS.values())))
+    y = alt.Y("finding:N", sort=order, title=None, axis=alt.Axis(labelLimit=220))
+    # One zero line per panel (aggregated to one row), not one per finding drawn on top of each other.
+    zero = alt.Chart().transform_aggregate(n="count()").mark_rule(color="#333", strokeDash=[3, 3]).encode(x=alt.datum(0))
+    interval = alt.Chart().mark_rule(strokeWidth=1.5).encode(y=y, x=alt.X("diff_lo:Q"), x2="diff_hi:Q", color=colour)
+    points = alt.Chart().mark_point(filled=True, size=40).encode(
+        y=y, x=alt.X("diff:Q", title="side 2 - side 1 (95 % interval)"), color=colour,
+        tooltip=["comparison", "finding", "metric", "verdict", alt.Tooltip("value_1:Q", format=".3f"),
+                 alt.Tooltip("value_2:Q", format=".3f"), alt.Tooltip("diff:Q", format="+.3f"),
+                 alt.Tooltip("diff_lo:Q", format="+.3f"), alt.Tooltip("diff_hi:Q", format="+.3f"),
+                 alt.Tooltip("p_holm:Q", title="p (Holm)", format=".3g")],
+    )
+    comparisons = list(dict.fromkeys(frame["comparison"].to_list()))
+    n_rows = max(frame["finding"].n_unique(), 1)
+    return (
+        alt.layer(zero, interval, points, data=frame)
+        .properties(width=230, height=14 * n_rows)
+        .facet(facet=alt.Facet("comparison:N", sort=comparisons, title=None,
+                               header=alt.Header(labelLimit=320, labelFontWeight="bold")),
+               columns=columns, title="Paired differences on the same test images (macro over evaluable findings on top)")
+        .resolve_axis(x="independent")  # an axis under every panel, not only under the last row's
+        .transform_filter(alt.datum.metric == pick)
+        .add_params(pick)
+    )
+
+
+def reliability_chart(frame: pl.DataFrame, findings: list[str]):
+    """Reliability curves per run against the diagonal: mean predicted probability per bin against
+    the observed positive rate; a drop-down picks the pooled curve or one finding.
+
+    Columns: series, finding (the pooled curve's name is `findings[0]`), mean_predicted, observed, n.
+    """
+    alt = _alt()
+    pick = _select_param("finding", findings, "calibration of: ")
+    series = _series_order(frame)
+    diagonal = alt.Chart(pl.DataFrame({"mean_predicted": [0.0, 1.0], "observed": [0.0, 1.0]})).mark_line(
+        color="#888", strokeDash=[4, 4]).encode(x="mean_predicted:Q", y="observed:Q")
+    curves = (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("mean_predicted:Q", title="mean predicted probability", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y("observed:Q", title="observed positive rate", scale=alt.Scale(domain=[0, 1])),
+            color=_run_colour(series),
+            order="mean_predicted:Q",
+            tooltip=["series", "finding", alt.Tooltip("mean_predicted:Q", format=".3f"),
+                     alt.Tooltip("observed:Q", format=".3f"), "n:Q"],
         )
-        bars = base.mark_bar().encode(
-            y=alt.Y("value:Q", title=m, scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("series:N", title="run", sort=series, legend=alt.Legend(orient="right", labelLimit=320)),
-            tooltip=["finding", "series", alt.Tooltip("value:Q", format=".3f"),
-                     alt.Tooltip("lo:Q", format=".3f"), alt.Tooltip("hi:Q", format=".3f")],
-        )
-        err = base.mark_rule(color="#333").encode(y="lo:Q", y2="hi:Q")
-        rows.append(alt.layer(bars, err).properties(width=WIDTH, height=200))
-    return alt.vconcat(*rows).resolve_scale(color="shared")
+        .transform_filter(alt.datum.finding == pick)
+    )
+    return (alt.layer(diagonal, curves, title="Reliability: observed rate against predicted probability (dashed: perfect)")
+            .add_params(pick).properties(width=440, height=440))
 
 
 def overprediction_chart(frame: pl.DataFrame):
@@ -125,7 +219,7 @@ def overprediction_chart(frame: pl.DataFrame):
             x=alt.X("prevalence:Q", title="prevalence (square-root axis)", axis=alt.Axis(format="%"), scale=scale),
             y=alt.Y("predicted_rate:Q", title="predicted-positive rate (square-root axis)", axis=alt.Axis(format="%"),
                     scale=scale),
-            color=alt.Color("series:N", title="run", sort=series, legend=alt.Legend(labelLimit=320)),
+            color=_run_colour(series),
             tooltip=["series", "finding", alt.Tooltip("prevalence:Q", format=".1%"),
                      alt.Tooltip("predicted_rate:Q", format=".1%")],
         )
@@ -171,6 +265,10 @@ def curve_points(frame: pl.DataFrame, max_points: int = 200) -> tuple[pl.DataFra
     return (pl.concat(roc_rows) if roc_rows else empty_roc, pl.concat(pr_rows) if pr_rows else empty_pr)
 
 
+# A facet header "Finding (not evaluable ...)" on two lines, so the mark does not widen the column.
+TWO_LINE_MARK = "split(replace(datum.label, ' (not evaluable', '|(not evaluable'), '|')"
+
+
 def curves_chart(frame: pl.DataFrame, kind: str, order: list[str] | None = None, columns: int = 6):
     """Small multiples of ROC (`kind="roc"`) or precision-recall (`kind="pr"`) curves per finding."""
     alt = _alt()
@@ -186,14 +284,14 @@ def curves_chart(frame: pl.DataFrame, kind: str, order: list[str] | None = None,
         .encode(
             x=alt.X(f"{x}:Q", title=xt, scale=alt.Scale(domain=[0, 1])),
             y=alt.Y(f"{y}:Q", title=yt, scale=alt.Scale(domain=[0, 1])),
-            color=alt.Color("series:N", title="run", sort=_series_order(frame),
-                            legend=alt.Legend(orient="top", columns=3, labelLimit=320)),
+            color=_run_colour(_series_order(frame), orient="top", columns=3),
             order=alt.Order(f"{x}:Q") if kind == "roc" else alt.Order(f"{x}:Q", sort="descending"),
             tooltip=["series", "finding", alt.Tooltip(f"{score}:Q", title=score.upper(), format=".3f")],
         )
         .properties(width=150, height=150)
     )
-    return line.facet(facet=alt.Facet("finding:N", sort=order, title=None), columns=columns, title=title)
+    header = alt.Header(labelExpr=TWO_LINE_MARK)
+    return line.facet(facet=alt.Facet("finding:N", sort=order, title=None, header=header), columns=columns, title=title)
 
 
 def projection_chart(frame: pl.DataFrame, findings: list[str], title: str):
@@ -205,11 +303,7 @@ def projection_chart(frame: pl.DataFrame, findings: list[str], title: str):
     alt = _alt()
     if not findings:
         findings = ["(none)"]
-    pick = alt.param(
-        name="finding",
-        value=findings[0],
-        bind=alt.binding_select(options=findings, name="colour by finding: "),
-    )
+    pick = _select_param("finding", findings, "colour by finding: ")
     # Whole-item match on the ", "-joined list, so "Granuloma" does not match "Calcified Granuloma".
     has = "indexof(', ' + datum.labels + ', ', ', ' + finding + ', ') >= 0"
     return (
@@ -235,11 +329,11 @@ def projection_chart(frame: pl.DataFrame, findings: list[str], title: str):
 def agreement_chart(frame: pl.DataFrame, order: list[str] | None = None):
     """Grad-CAM agreement per finding beside the baselines, with intervals.
 
-    Columns: finding, metric, source (e.g. model / random / centre), value, lo, hi.
+    Columns: finding, metric, source ("model", or a baseline: "random", "centre prior", ...), value, lo, hi.
     """
     alt = _alt()
     # The model's own heatmap first, then the baselines.
-    sources = sorted(dict.fromkeys(frame["source"].to_list()), key=lambda s: ("baseline" in s, s))
+    sources = sorted(dict.fromkeys(frame["source"].to_list()), key=lambda s: (not s.startswith("model"), s))
     base = alt.Chart(frame).encode(
         x=alt.X("finding:N", sort=order, title=None, axis=alt.Axis(**FINDING_AXIS)),
         xOffset=alt.XOffset("source:N", sort=sources),

@@ -192,6 +192,8 @@ def _inline_code(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
+# The drop-downs a chart binds (metric, finding) are moved above it: under a tall chart they
+# would sit below the fold.
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1d2329;background:#f6f7f9}
 header{background:#1f3a5f;color:#fff;padding:18px 32px}
@@ -207,6 +209,8 @@ section h2{font-size:18px;margin:4px 0 8px;color:#1f3a5f}
 .chart-block{margin:10px 0 18px}
 .chart-block.inline{display:inline-block;vertical-align:top;margin-right:24px}
 .chart{overflow-x:auto}
+.chart .chart-wrapper{display:flex;flex-direction:column;align-items:flex-start}
+.chart .vega-bindings{order:-1;margin:0 0 6px;font-size:13px}
 .table-wrap{overflow-x:auto;margin:8px 0}
 table{border-collapse:collapse;font-size:12px}
 caption{text-align:left;font-weight:600;padding:4px 0;font-size:13px}

@@ -1,0 +1,264 @@
+"""`ReportData`: the store's tables as the report needs them. Every read is SQL or a `Store`
+method; paired comparisons come from `analyses.compare`, the same code as `embedstore compare`.
+No model, no torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import polars as pl
+
+from embedstore.errors import InputError
+
+# Run kinds that are not per-image classifiers: they get their own sections.
+OTHER_KINDS = {"separability", "agreement", "projection", "projections"}
+SPLITS = ("train", "val", "test")
+POOLED = "pooled (evaluable findings)"
+MACRO = "macro (evaluable findings)"
+# compare_methods' method specs -> how the report names them.
+METHODS = {"zeroshot:pos-neg": "zero-shot pos-neg", "probe": "probe", "finetuned": "fine-tuned head"}
+PAIRED_METRICS = ("auroc", "ap", "f1")
+
+
+def sql_list(values) -> str:
+    """A SQL IN-list of string literals."""
+    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values) or "NULL"
+
+
+def open_store(store):
+    """A `Store` from a store, a path or None (the default store)."""
+    if isinstance(store, (str, os.PathLike)) or store is None:
+        import embedstore
+
+        return embedstore.open(store)
+    return store
+
+
+def parse_config(config) -> dict:
+    if isinstance(config, dict):
+        return config
+    try:
+        cfg = json.loads(config) if config else {}
+    except json.JSONDecodeError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def run_name(kind: str, config) -> str:
+    """The run's name as `embedstore compare` prints it (kind plus what tells same-kind runs apart)."""
+    from embedstore.analyses.compare import run_label
+
+    return run_label(kind, parse_config(config))
+
+
+class ReportData:
+    """The versions and runs a report covers, and every table it shows."""
+
+    def __init__(self, store, version: str | None, compare: tuple[str, str] | None):
+        self.store = store
+        self.all_versions = store.sql(
+            "SELECT version, parent, kind, model_name, count, dim, dtype, created, code_version, model_record "
+            "FROM versions ORDER BY created"
+        )
+        self.versions = self._select_versions(version, compare)
+        self.compare = compare is not None
+        self.runs = self._runs()
+
+    # -- versions and runs -------------------------------------------------------------
+    def _check(self, v: str) -> str:
+        known = self.all_versions["version"].to_list()
+        if v not in known:
+            raise InputError(f"unknown version {v!r}; the store has: {', '.join(known) or 'none (run `embedstore encode` first)'}")
+        return v
+
+    def _select_versions(self, version, compare) -> list[str]:
+        if compare:
+            return [self._check(compare[0]), self._check(compare[1])]
+        if version is not None:
+            return [self._check(version)]
+        if self.all_versions.is_empty():
+            return []
+        return self._lineage(self.store.resolve_version(None))
+
+    def parent_of(self, version: str) -> str | None:
+        return dict(zip(self.all_versions["version"], self.all_versions["parent"])).get(version)
+
+    def _lineage(self, v: str) -> list[str]:
+        """The version, its ancestors and its descendants (the fine-tuned children)."""
+        parent = dict(zip(self.all_versions["version"], self.all_versions["parent"]))
+        family = {v}
+        p = parent.get(v)
+        while p and p not in family:
+            family.add(p)
+            p = parent.get(p)
+        grew = True
+        while grew:
+            kids = {c for c, par in parent.items() if par in family and c not in family}
+            family |= kids
+            grew = bool(kids)
+        return [x for x in self.all_versions["version"] if x in family]
+
+    def _runs(self) -> pl.DataFrame:
+        """The runs on the reported versions (a config re-run with --force: the latest), each with
+        `run` (its name) and `series` (its name with the version when several are reported)."""
+        runs = self.store.sql(
+            "SELECT run_id, kind, version, CAST(config AS VARCHAR) AS config, config_hash, code_version, "
+            f"started, duration_s FROM runs WHERE version IN ({sql_list(self.versions)}) ORDER BY started"
+        )
+        runs = runs.unique(subset=["kind", "version", "config_hash"], keep="last", maintain_order=True)
+        names = [run_name(k, c) for k, c in zip(runs["kind"], runs["config"])]
+        series = [f"{n} @ {v}" if len(self.versions) > 1 else n for n, v in zip(names, runs["version"])]
+        return runs.with_row_index("rank").with_columns(pl.Series("run", names, dtype=pl.String),
+                                                        pl.Series("series", series, dtype=pl.String))
+
+    def runs_of(self, kinds: set[str] | None = None, exclude: set[str] | None = None) -> pl.DataFrame:
+        r = self.runs
+        if kinds is not None:
+            r = r.filter(pl.col("kind").is_in(list(kinds)))
+        if exclude is not None:
+            r = r.filter(~pl.col("kind").is_in(list(exclude)))
+        return r
+
+    def classifier_runs(self) -> pl.DataFrame:
+        """Runs that score images (zero-shot rules, probes, fine-tuned heads), with per-image scores."""
+        runs = self.runs_of(exclude=OTHER_KINDS)
+        scored = self.store.sql(
+            f"SELECT DISTINCT run_id FROM image_scores WHERE run_id IN ({sql_list(runs['run_id'])})")["run_id"]
+        return runs.filter(pl.col("run_id").is_in(scored.to_list()))
+
+    # -- data set ----------------------------------------------------------------------
+    def prevalence(self) -> pl.DataFrame:
+        return self.store.sql(
+            "SELECT l.finding, coalesce(i.split, 'none') AS split, "
+            "count(*) FILTER (WHERE l.value = 1) AS positives, count(*) FILTER (WHERE l.value IN (0, 1)) AS labelled "
+            "FROM labels l JOIN images i ON i.id = l.id GROUP BY ALL"
+        ).with_columns((pl.col("positives") / pl.col("labelled")).fill_nan(None).alias("prevalence"))
+
+    def finding_order(self, prevalence: pl.DataFrame) -> list[str]:
+        totals = prevalence.group_by("finding").agg(pl.col("positives").sum()).sort(["positives", "finding"], descending=[True, False])
+        return totals["finding"].to_list()
+
+    def split_positives(self, findings: list[str]) -> pl.DataFrame:
+        """finding, split, images, groups: positive images and positive patient groups (patients,
+        else studies; `Store.image_groups`) per finding and split; zero where there are none."""
+        positives = self.store.sql("SELECT id, finding FROM labels WHERE value = 1")
+        groups = self.store.image_groups().select("id", pl.col("split").fill_null("none"), "group_id")
+        counts = positives.join(groups, on="id").group_by("finding", "split").agg(
+            pl.len().alias("images"), pl.col("group_id").n_unique().alias("groups"))
+        splits = list(SPLITS) + sorted(set(groups["split"].to_list()) - set(SPLITS))
+        grid = pl.DataFrame({"finding": findings}).join(pl.DataFrame({"split": splits}), how="cross")
+        return grid.join(counts, on=["finding", "split"], how="left").with_columns(
+            pl.col("images", "groups").fill_null(0).cast(pl.Int64))
+
+    def cooccurrence(self, findings: list[str]) -> pl.DataFrame:
+        pairs = self.store.sql(
+            "SELECT a.finding AS finding_a, b.finding AS finding_b, count(*) AS both FROM labels a "
+            "JOIN labels b ON a.id = b.id AND a.finding <> b.finding WHERE a.value = 1 AND b.value = 1 GROUP BY ALL"
+        )
+        n = self.store.sql("SELECT finding AS finding_a, count(*) AS n_a FROM labels WHERE value = 1 GROUP BY ALL")
+        grid = pl.DataFrame({"finding_a": findings}).join(pl.DataFrame({"finding_b": findings}), how="cross")
+        grid = grid.filter(pl.col("finding_a") != pl.col("finding_b"))
+        return (
+            grid.join(pairs, on=["finding_a", "finding_b"], how="left")
+            .join(n, on="finding_a", how="inner")
+            .with_columns(pl.col("both").fill_null(0))
+        )
+
+    def views(self) -> pl.DataFrame:
+        return self.store.sql(
+            "SELECT coalesce(view, 'unknown') AS view, coalesce(split, 'none') AS split, count(*) AS images FROM images GROUP BY ALL"
+        )
+
+    # -- analyses ----------------------------------------------------------------------
+    def _of_runs(self, runs: pl.DataFrame, select: str, table: str, where: str = "TRUE") -> pl.DataFrame:
+        """Rows of a result table for the given runs, with the runs' names, version and kind."""
+        rows = self.store.sql(f"SELECT {select} FROM {table} WHERE run_id IN ({sql_list(runs['run_id'])}) AND {where}")
+        keep = runs.select("run_id", "run", "series", "version", "kind", "rank")
+        return rows.join(keep, on="run_id").sort("rank", maintain_order=True)
+
+    def metrics(self, runs: pl.DataFrame, per_finding: bool) -> pl.DataFrame:
+        where = "finding IS NOT NULL" if per_finding else "finding IS NULL"
+        return self._of_runs(runs, "run_id, finding, metric, value, lo, hi", "metrics", where).with_columns(
+            pl.col("value", "lo", "hi").cast(pl.Float64).fill_nan(None))
+
+    def run_findings(self, runs: pl.DataFrame) -> pl.DataFrame:
+        """Which findings each run could evaluate, and why not (`run_findings`)."""
+        return self._of_runs(runs, "run_id, finding, evaluable, reason, positives, positive_groups, n", "run_findings")
+
+    def calibration(self, runs: pl.DataFrame) -> pl.DataFrame:
+        """Reliability bins per run; the pooled curve (finding NULL) is named `POOLED`."""
+        return self._of_runs(runs, f"run_id, coalesce(finding, '{POOLED}') AS finding, bin, mean_predicted, observed, n",
+                             "calibration")
+
+    def scored_labels(self, runs: pl.DataFrame) -> pl.DataFrame:
+        """Per-image scores and predictions beside the 0/1 label (uncertain and missing left out)."""
+        s = self.store.sql(
+            "SELECT s.run_id, s.finding, s.id, s.score, CAST(s.pred AS DOUBLE) AS pred, l.value AS y_true "
+            "FROM image_scores s JOIN labels l ON l.id = s.id AND l.finding = s.finding "
+            f"WHERE s.run_id IN ({sql_list(runs['run_id'])}) AND l.value IN (0, 1)"
+        )
+        return s.join(runs.select("run_id", "series", "rank"), on="run_id").sort("rank", maintain_order=True)
+
+    def projections(self, runs: pl.DataFrame) -> pl.DataFrame:
+        return self.store.sql(
+            "SELECT p.run_id, p.method, i.image_id, round(p.x, 4) AS x, round(p.y, 4) AS y, "
+            "coalesce(lab.labels, 'none') AS labels, coalesce(i.split, 'none') AS split, coalesce(i.view, 'unknown') AS view "
+            "FROM projections p JOIN images i ON i.id = p.id LEFT JOIN ("
+            "  SELECT id, string_agg(finding, ', ' ORDER BY finding) AS labels FROM labels WHERE value = 1 GROUP BY id"
+            f") lab ON lab.id = p.id WHERE p.run_id IN ({sql_list(runs['run_id'])})"
+        )
+
+    # -- paired comparisons ------------------------------------------------------------
+    def methods_on(self, version: str) -> list[str]:
+        """The methods of `compare_methods` that have a scored test-split run on `version`."""
+        have = []
+        runs = self.classifier_runs().filter(pl.col("version") == version)
+        configs = [(k, parse_config(c)) for k, c in zip(runs["kind"], runs["config"])]
+        on_test = [(k, c) for k, c in configs if c.get("split", "test") == "test"]
+        if any(k == "zeroshot" and c.get("rule") == "pos-neg" for k, c in on_test):
+            have.append("zeroshot:pos-neg")
+        if any(k == "probe" and c.get("classifier", "logreg") == "logreg" for k, c in on_test):
+            have.append("probe")
+        if any(k == "finetune" for k, _ in on_test):
+            have.append("finetuned")
+        return have
+
+    def paired_comparisons(self) -> tuple[pl.DataFrame, list[str]]:
+        """Per-finding and macro paired differences (side 2 - side 1, same test images): the
+        methods on each reported version, and the probe across each reported parent/child pair.
+        Columns: comparison, finding (MACRO for the macro row), metric, value_1, value_2, diff,
+        diff_lo, diff_hi, p_holm, verdict. Also the comparisons that could not be made, and why
+        (e.g. two runs that scored different images)."""
+        from embedstore.analyses.compare import compare, compare_methods
+
+        frames, skipped = [], []
+        for version in self.versions:
+            methods = self.methods_on(version)
+            if len(methods) >= 2:
+                label = pl.format(f"{version}: {{}} - {{}}", pl.col("method_2").replace(METHODS), pl.col("method_1").replace(METHODS))
+                frames.append(_or_reason(lambda: compare_methods(self.store, version, methods).with_columns(
+                    label.alias("comparison")), skipped))
+            parent = self.parent_of(version)
+            if parent in self.versions and "probe" in self.methods_on(parent) and "probe" in methods:
+                frames.append(_or_reason(lambda: compare(self.store, parent, version).filter(pl.col("kind") == "probe").with_columns(
+                    pl.lit(f"probe: {version} - {parent}").alias("comparison")), skipped))
+        frames = [f for f in frames if f is not None]
+        if not frames:
+            return pl.DataFrame(), skipped
+        cols = ["comparison", "finding", "metric", "value_1", "value_2", "diff", "diff_lo", "diff_hi", "p_holm", "verdict"]
+        rows = pl.concat([f.select(cols) for f in frames], how="vertical_relaxed")
+        macro = pl.col("metric").str.starts_with("macro_")
+        return (rows.filter(pl.col("metric").str.strip_prefix("macro_").is_in(PAIRED_METRICS))
+                .with_columns(pl.when(macro).then(pl.lit(MACRO)).otherwise(pl.col("finding")).alias("finding"),
+                              pl.col("metric").str.strip_prefix("macro_"))), skipped
+
+
+def _or_reason(make, reasons: list[str]):
+    """`make()`, or None with the refusal's message added to `reasons` (a report shows what it can)."""
+    try:
+        return make()
+    except InputError as err:
+        reasons.append(str(err))
+        return None

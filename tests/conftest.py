@@ -1,0 +1,24 @@
+"""Session fixtures shared by test modules: the report tests' phantom study, built once (report_store.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def phantom_store(tmp_path_factory):
+    """A phantom study through the real pipeline: v1, its fine-tuned child v2, every analysis, agreement."""
+    from finetune_helpers import torch_threads
+    from report_store import phantom_study
+
+    with torch_threads(2):
+        return phantom_study(tmp_path_factory.mktemp("report-phantoms"))
+
+
+@pytest.fixture(scope="session")
+def phantom_report(phantom_store, tmp_path_factory):
+    """The report of `phantom_store` (default version and its lineage): (BuiltReport, its text)."""
+    from embedstore.reports.build import build_report
+
+    built = build_report(phantom_store, out=tmp_path_factory.mktemp("report") / "report.html")
+    return built, built.path.read_text(encoding="utf-8")
