@@ -118,6 +118,19 @@ def test_probe_beats_zero_shot_on_macro_auroc_out_of_distribution(shifted_store)
     assert probe > zs + 0.02, (probe, zs)
 
 
+def test_calibrated_probe_predicts_each_evaluable_finding_at_about_its_prevalence(shifted_store):
+    """The probe's threshold fitted on val keeps predicted rate / prevalence within [0.5, 2] for
+    every evaluable finding; the default cut at 0.5 of the class-balanced model over-predicts."""
+    metrics = shifted_store.probe()
+    run_id = metrics["run_id"][0]
+    evaluable = shifted_store.sql(f"SELECT finding FROM run_findings WHERE run_id = '{run_id}' AND evaluable")
+    assert evaluable.height >= 3
+    bias = (metrics.filter(pl.col("metric").is_in(["bias", "bias@default"]))
+            .pivot(on="metric", index="finding", values="value").join(evaluable, on="finding"))
+    assert bias["bias"].is_between(0.5, 2.0).all(), bias
+    assert (bias["bias@default"] > bias["bias"]).sum() > bias.height / 2, bias  # the default over-predicts
+
+
 def _overall_intervals(run) -> dict[str, tuple[float, float, float]]:
     return {r["metric"]: (r["value"], r["lo"], r["hi"])
             for r in run.metrics.filter(pl.col("finding").is_null()).iter_rows(named=True)}

@@ -289,12 +289,16 @@ def _separability_section(data: ReportData) -> Section:
     return s
 
 
+VAL_THRESHOLD = "val_threshold"
+
+
 def agreement_source(metric: str) -> tuple[str, str]:
     """Split an agreement metric into (metric, heatmap): "pointing@random" -> ("pointing",
     "random"), "iou@centre" -> ("iou", "centre prior"), "pointing" -> ("pointing", "model").
-    A suffix that names no baseline belongs to the model's own metric ("dice@val_threshold")."""
-    name, _, suffix = metric.partition("@")
-    if suffix in BASELINES:
+    A suffix that names no baseline belongs to the model's own metric ("dice@val_threshold"), and
+    only the last suffix can name one ("dice@val_threshold@centre")."""
+    name, _, suffix = metric.rpartition("@")
+    if name and suffix in BASELINES:
         return name, BASELINES[suffix]
     return metric, MODEL
 
@@ -326,13 +330,14 @@ def _agreement_section(data: ReportData, order: list[str]) -> Section:
     if runs.is_empty():
         s.blocks.append(_not_run("embedstore agreement --boxes FILE", "Grad-CAM agreement"))
         return s
-    m = data.metrics(runs, per_finding=True)
+    # `val_threshold` rows are the cuts `dice@val_threshold` used (fitted on val boxes), not agreement
+    m = data.metrics(runs, per_finding=True).filter(~pl.col("metric").str.starts_with(VAL_THRESHOLD))
     if not m.is_empty():
         m = _with_sources(m)
         if len(runs) > 1:
             m = m.with_columns((pl.col("source") + " · " + pl.col("series")).alias("source"))
         s.blocks.append(Chart(chart_spec(charts.agreement_chart(m.select("finding", "metric", "source", "value", "lo", "hi"), order))))
-    overall = data.metrics(runs, per_finding=False)
+    overall = data.metrics(runs, per_finding=False).filter(~pl.col("metric").str.starts_with(VAL_THRESHOLD))
     for series, g in _with_sources(overall).group_by("series", maintain_order=True):
         sources = [MODEL] + [b for b in dict.fromkeys(BASELINES.values()) if b in set(g["source"])]
         wide = _metrics_as_rows(g, "source", [])

@@ -111,9 +111,10 @@ def finding_dots_chart(frame: pl.DataFrame, order: list[str] | None = None, metr
         color=_run_colour(series, "run (click to pick)"),
         opacity=alt.condition(runs, alt.value(1.0), alt.value(0.12)),
     )
-    interval = base.mark_rule(strokeWidth=1.5).encode(x=alt.X("lo:Q"), x2="hi:Q")
+    unit = alt.Scale(domain=[0, 1])  # on both layers: no data extent is taken of intervals a metric may lack
+    interval = base.mark_rule(strokeWidth=1.5).encode(x=alt.X("lo:Q", scale=unit), x2="hi:Q")
     dots = base.mark_point(size=36, strokeWidth=1.5).encode(
-        x=alt.X("value:Q", title="value of the chosen metric (95 % interval)", scale=alt.Scale(domain=[0, 1])),
+        x=alt.X("value:Q", title="value of the chosen metric (95 % interval)", scale=unit),
         fill=alt.condition("datum.evaluable", _run_colour(series, show_legend=False), alt.value("white")),
         tooltip=["finding", "series", "metric", alt.Tooltip("value:Q", format=".3f"), alt.Tooltip("lo:Q", format=".3f"),
                  alt.Tooltip("hi:Q", format=".3f"), alt.Tooltip("evaluable:N", title="evaluable")],
@@ -344,7 +345,10 @@ def agreement_chart(frame: pl.DataFrame, order: list[str] | None = None):
         tooltip=["finding", "metric", "source", alt.Tooltip("value:Q", format=".3f"),
                  alt.Tooltip("lo:Q", format=".3f"), alt.Tooltip("hi:Q", format=".3f")],
     )
-    err = base.mark_rule(color="#333").encode(y="lo:Q", y2="hi:Q")
+    # rows without an interval draw a zero-length rule at their value, so no facet takes the extent of nulls
+    err = base.mark_rule(color="#333").transform_calculate(
+        lo_drawn="isValid(datum.lo) ? datum.lo : datum.value", hi_drawn="isValid(datum.hi) ? datum.hi : datum.value",
+    ).encode(y="lo_drawn:Q", y2="hi_drawn:Q")
     return (
         alt.layer(bars, err)
         .properties(width=260, height=180)
