@@ -24,16 +24,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # synthetic_vectors: a test helper, not shipped
 
 SETTINGS = 6  # 4 zero-shot rules + probe + separability, each re-encoding the images in the seed
 
 
 def build_store(path: str, n: int, findings: int, dim: int) -> None:
-    from embedstore.analyses import synthetic
-    from embedstore.api import Store
+    import synthetic_vectors as synthetic
+
+    from embedstore.store import Storage
 
     syn = synthetic.make(n=n, n_findings=findings, d=dim, seed=0, signal=0.5, images_per_patient=2)
-    synthetic.to_store(syn, Store(path))
+    synthetic.to_store(syn, Storage(path))
 
 
 def child(path: str) -> None:
@@ -41,9 +43,9 @@ def child(path: str) -> None:
     from embedstore.analyses.probe import probe
     from embedstore.analyses.separability import separability
     from embedstore.analyses.zeroshot import zeroshot
-    from embedstore.api import Store
+    from embedstore.store import Storage
 
-    st = Store(path)
+    st = Storage(path)
     times = {}
     t0 = time.perf_counter()
     zs = zeroshot(st, rule="all", force=True)
@@ -57,8 +59,8 @@ def child(path: str) -> None:
     times["total"] = time.perf_counter() - t0
     out = {"times": times, "torch_imported": "torch" in sys.modules,
            "zeroshot_macro_auroc": {r.config["rule"]: r.overall().get("macro_auroc") for r in zs},
-           "probe_macro_auroc": pr.overall().get("macro_auroc"),
-           "single_finding_silhouette": sp.overall().get("silhouette")}
+           "probe_macro_auroc": pr[0].overall().get("macro_auroc"),
+           "single_finding_silhouette": sp[0].overall().get("silhouette")}
     print(json.dumps(out))
 
 

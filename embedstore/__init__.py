@@ -1,30 +1,27 @@
 """embedstore: encode chest radiographs and label prompts once, then analyse, query and explain.
 
-Importing this package is cheap: torch, open_clip and faiss load only inside the
-functions that need them, so `embedstore --help`, `query` on stored text and `sql` start fast.
+    import embedstore
+    st = embedstore.open("./.embedstore")   # an embedstore.api.Store: the CLI's commands as methods
+
+Importing this package is cheap: torch, open_clip and faiss load only inside the functions that
+need them, so `embedstore --help`, `query` on stored text and `sql` start fast.
 """
 
-__version__ = "0.1.0"
+from embedstore.provenance import __version__, code_version  # noqa: F401 - the package's own version
+
+__all__ = ["Store", "__version__"]  # no "open": `from embedstore import *` must not shadow the builtin
 
 
 def open(path=None):  # noqa: A001 - mirrors the CLI's --store
-    """Open (or create) the store at `path` (else $EMBEDSTORE_STORE, else ./.embedstore)."""
+    """The store at `path` (else $EMBEDSTORE_STORE, else ./.embedstore), created on first write."""
     from embedstore.api import Store
 
     return Store(path)
 
 
-def code_version() -> str:
-    """Package version plus the git commit when running from a checkout, for provenance."""
-    import subprocess
-    from pathlib import Path
+def __getattr__(name: str):
+    if name == "Store":  # lazily, so that importing the package stays cheap
+        from embedstore.api import Store
 
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=2,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+{commit}" if commit else __version__
+        return Store
+    raise AttributeError(f"module 'embedstore' has no attribute {name!r}")

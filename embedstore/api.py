@@ -1,127 +1,178 @@
-"""The Python API: `embedstore.open(path)` returns this `Store`; its methods mirror the CLI.
+"""The Python API: `embedstore.open(path)` returns a `Store`, whose methods are the CLI's commands.
 
     import embedstore
     st = embedstore.open("./.embedstore")
     st.encode("data/openi", model="biomedclip")
     st.query("cardiomegaly", k=5, where="view = 'frontal'")
-    st.sql("SELECT view, count(*) FROM images GROUP BY view")
-    st.versions(); st.verify()
+    st.zeroshot(rule="pos-neg").to_polars()
+    st.compare(methods=["zeroshot:pos-neg", "probe"])
 
-Results are polars DataFrames. The lower-level reads and writers used by the analyses,
-fine-tune and Grad-CAM modules are inherited from `embedstore.store.Store`.
+Every method has the name of its command and the names of its options (`--calibrate-on` is
+`calibrate_on`), and returns a polars DataFrame or a typed result whose `.to_polars()` is what
+`--format json` prints. This is the only place a path becomes a store: the services below take
+the internal `Storage` object this class holds.
 """
 
 from __future__ import annotations
 
-from embedstore.store.store import Store as _BaseStore
+import os
+from pathlib import Path
+
+from embedstore.store import Storage
+
+PathLike = str | os.PathLike
 
 
-class Store(_BaseStore):
-    """A store directory with the CLI's commands as methods."""
+class Store:
+    """A store directory, with the CLI's commands as methods."""
 
-    def encode(self, source: str, dataset: str = "auto", model: str = "biomedclip", labels: str | None = None,
-               images: str | None = None, batch_size: int = 32, workers: int | None = None, device: str = "auto",
-               precision: str = "fp32", version: str | None = None, pretrained: str | None = None,
-               progress: bool = False, loaded=None, boxes: str | None = None, box_format: str = "auto"):
-        """`embedstore encode`: a one-row DataFrame (version, encoded, skipped, failed, texts,
-        seconds, index_rebuilt, split_by_hash, images_per_s). The full summary is in `.last_encode`."""
-        import polars as pl
+    def __init__(self, path: PathLike | None = None):
+        self._storage = Storage(path)
 
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    @property
+    def path(self) -> Path:
+        """The store's directory."""
+        return self._storage.path
+
+    # ---- data sets: what a reader finds, what the model sees, phantoms -------------------------
+    def inspect(self, source: str | None = None, dataset: str = "auto", labels: str | None = None,
+                images: str | None = None, uncertain: str = "ignore", top_k: int = 14, seed: int = 0,
+                boxes: str | None = None, box_format: str = "auto"):
+        """`embedstore inspect`: studies, images, views, per-finding counts and splits of a data set
+        as its reader finds it, and/or a box file's counts; an `Inspection`."""
+        from embedstore.data.inspect import inspect
+
+        return inspect(source, dataset=dataset, labels=labels, images=images, uncertain=uncertain, top_k=top_k,
+                       seed=seed, boxes=boxes, box_format=box_format)
+
+    def preview(self, path: str, out: str | None = None, model: str | None = None, pretrained: str | None = None,
+                size: int | None = None):
+        """`embedstore preview`: write a PNG of the pixels the model sees; a `Preview`."""
+        from embedstore.models.preview import preview
+
+        return preview(path, out=out, model=model, pretrained=pretrained, size=size)
+
+    def synth(self, out: str, studies: int = 100, seed: int = 0, size: int = 256, dicom: bool = False,
+              labels_from: str | None = None, workers: int = 2, shift: str = "none"):
+        """`embedstore synth`: phantom radiographs with known findings and boxes in the Open-i
+        layout under `out`; a `SynthSummary`."""
+        from embedstore.synth import synth
+
+        return synth(out, studies=studies, seed=seed, size=size, dicom=dicom, labels_from=labels_from,
+                     workers=workers, shift=shift)
+
+    # ---- the store ------------------------------------------------------------------------------
+    def encode(self, source: str, dataset: str = "auto", model: str = "biomedclip", pretrained: str | None = None,
+               labels: str | None = None, images: str | None = None, boxes: str | None = None,
+               box_format: str = "auto", batch_size: int = 32, workers: int | None = None, device: str = "auto",
+               precision: str = "fp32", version: str | None = None, progress: bool = False):
+        """`embedstore encode`: every image and prompt of a data set once; an `EncodeResult`
+        (version, encoded, skipped, failed, texts, seconds, ...; `exit_code` 0 or 3)."""
         from embedstore.encode import encode
 
-        summary = encode(source, dataset=dataset, model=model, labels=labels, images=images,
-                         batch_size=batch_size, workers=workers, device=device, precision=precision,
-                         version=version, store=self, pretrained=pretrained, progress=progress, loaded=loaded,
-                         boxes=boxes, box_format=box_format)
-        self.last_encode = summary
-        return pl.DataFrame([summary.as_dict()])
+        return encode(self._storage, source, dataset=dataset, model=model, pretrained=pretrained, labels=labels,
+                      images=images, boxes=boxes, box_format=box_format, batch_size=batch_size, workers=workers,
+                      device=device, precision=precision, version=version, progress=progress)
 
     def query(self, text: str | None = None, image: str | None = None, like: str | None = None, k: int = 10,
               where: str | None = None, version: str | None = None):
-        """`embedstore query`: rank, score, image_id, path, view, labels, id."""
+        """`embedstore query`: the top-k images for a text, an image file or a stored image (rank,
+        score, image_id, path, view, labels, id)."""
         from embedstore.query import query
 
-        return query(text=text, image=image, like=like, k=k, where=where, version=version, store=self)
+        return query(self._storage, text=text, image=image, like=like, k=k, where=where, version=version)
 
     def sql(self, statement: str | None = None, file: str | None = None, write: bool = False):
-        """`embedstore sql`: read-only unless `write=True`; `file` runs a named query."""
+        """`embedstore sql`: SQL over the store, read-only unless `write`; `file` names a query in
+        embedstore/sql/."""
         from embedstore.store.sql import run_sql
 
-        return run_sql(self, statement, file=file, write=write)
+        return run_sql(self._storage, statement, file=file, write=write)
+
+    def versions(self):
+        """`embedstore versions`: one row per version (lineage, model, dimension, counts, index)."""
+        return self._storage.versions()
 
     def verify(self, version: str | None = None, strict: bool = False):
-        """`embedstore verify`: one row per (version, check); `strict` raises StoreError
-        naming the first failed check."""
+        """`embedstore verify`: one row per (version, check); `strict` raises StoreError naming
+        the first failed check (the CLI exits 2 then)."""
+        from embedstore.errors import StoreError
         from embedstore.store.verify import first_failure, verify
 
-        report = verify(self, version)
+        report = verify(self._storage, version)
         bad = first_failure(report)
         if strict and bad:
-            from embedstore.errors import StoreError
-
             raise StoreError(f"verify failed: version {bad['version']}: {bad['check']}: {bad['detail']}")
         return report
 
     def splits(self, min_positives: int = 10):
-        """`embedstore splits`: one row per finding with its positive groups (patients, else studies)
-        and images in train, val and test, and `below_min` (the evaluation splits with fewer than
-        `min_positives` positive groups). How the splits were assigned is `split_methods()`."""
-        from embedstore.data.splits import positives_table
+        """`embedstore splits`: positives per finding in train, val and test (patient groups and
+        images) and how the splits were assigned; a `SplitsReport`."""
+        from embedstore.data.splits import SplitsReport, positives_table
 
-        return positives_table(self.split_positives(), self.findings(), min_positives)
+        st = self._storage
+        return SplitsReport(positives_table(st.split_positives(), st.findings(), min_positives), st.split_methods(),
+                            min_positives)
 
-    # ---- analyses (embedstore/analyses/): read stored vectors only, every run stored ----------
+    # ---- analyses over stored vectors (no model, no torch) ---------------------------------------
     def zeroshot(self, version: str | None = None, rule: str = "all", templates: str | None = None,
-                 calibrate_on: str | None = "val", split: str = "test", force: bool = False, **kw):
-        """`embedstore zeroshot`: metrics (run_id, rule, finding, metric, value, lo, hi) of one
-        run per rule; the RunResults are in `.last_runs`."""
+                 calibrate_on: str | None = "val", operating_point: str = "max-f1", split: str = "test",
+                 uncertain: str = "mask", blank: str = "mask", where: str | None = None, n_boot: int = 1000,
+                 min_positives: int = 10, force: bool = False):
+        """`embedstore zeroshot`: one stored run per rule; `Runs` (metrics per finding and macro
+        with patient-bootstrap intervals; thresholds fitted on `calibrate_on`)."""
         from embedstore.analyses.zeroshot import zeroshot
 
-        self.last_runs = zeroshot(self, version, rule=rule, templates=templates, calibrate_on=calibrate_on,
-                                  split=split, force=force, **kw)
-        return _metrics_of(self.last_runs, "rule")
+        return zeroshot(self._storage, version, rule=rule, templates=templates, calibrate_on=calibrate_on,
+                        operating_point=operating_point, split=split, uncertain=uncertain, blank=blank, where=where,
+                        n_boot=n_boot, min_positives=min_positives, force=force)
 
-    def probe(self, version: str | None = None, classifier: str = "logreg", force: bool = False, **kw):
-        """`embedstore probe`: metrics (run_id, finding, metric, value, lo, hi); RunResult in `.last_runs`."""
+    def probe(self, version: str | None = None, classifier: str = "logreg", calibrate_on: str | None = "val",
+              operating_point: str = "max-f1", uncertain: str = "mask", blank: str = "mask",
+              where: str | None = None, n_boot: int = 1000, min_positives: int = 10, force: bool = False):
+        """`embedstore probe`: fit on train, C per finding and the threshold on val, score test;
+        `Runs` with one run."""
         from embedstore.analyses.probe import probe
 
-        self.last_runs = [probe(self, version, classifier=classifier, force=force, **kw)]
-        return _metrics_of(self.last_runs)
+        return probe(self._storage, version, classifier=classifier, calibrate_on=calibrate_on,
+                     operating_point=operating_point, uncertain=uncertain, blank=blank, where=where, n_boot=n_boot,
+                     min_positives=min_positives, force=force)
 
-    def separability(self, version: str | None = None, force: bool = False, **kw):
-        """`embedstore separability`: metrics (run_id, finding, metric, value); RunResult in `.last_runs`."""
+    def separability(self, version: str | None = None, k: int = 15, uncertain: str = "mask",
+                     where: str | None = None, force: bool = False):
+        """`embedstore separability`: silhouette, Fisher ratio, kNN agreement, centroid distances,
+        cluster indices and projections, fitted on train, scored on test; `Runs` with one run."""
         from embedstore.analyses.separability import separability
 
-        self.last_runs = [separability(self, version, force=force, **kw)]
-        return _metrics_of(self.last_runs)
+        return separability(self._storage, version, k=k, uncertain=uncertain, where=where, force=force)
 
-    def stability(self, version: str | None = None, repeats: int = 5, seed: int = 0, where: str | None = None,
-                  uncertain: str = "mask", blank: str = "mask", min_positives: int | None = None):
-        """`embedstore stability`: zero-shot, probe and separability re-run on `repeats` fresh
-        stratified splits (in memory); a `Stability` (summary per method and metric, per-split
-        values, and whether the methods' ranking holds on every split)."""
+    def runs(self, kind: str | None = None):
+        """`embedstore runs`: every stored run, newest first (optionally of one kind)."""
+        from embedstore.analyses.runs import runs
+
+        return runs(self._storage, kind)
+
+    def stability(self, version: str | None = None, repeats: int = 5, seed: int = 0, uncertain: str = "mask",
+                  blank: str = "mask", where: str | None = None, min_positives: int = 10):
+        """`embedstore stability`: zero-shot, probe and separability on `repeats` fresh stratified
+        splits, in memory; a `Stability` (mean and spread, and whether the ranking holds)."""
         from embedstore.analyses.stability import stability
 
-        return stability(self, version, repeats=repeats, seed=seed, where=where, uncertain=uncertain, blank=blank,
-                         min_positives=min_positives)
+        return stability(self._storage, version, repeats=repeats, seed=seed, where=where, uncertain=uncertain,
+                         blank=blank, min_positives=min_positives)
 
     def seed_table(self, version: str | None = None):
-        """`embedstore seed-table`: the seed study's results table (macro-F1, exact match, LRAP,
-        coverage error, inter/intra ratio for zero-shot, probe and fine-tuned) from stored runs."""
+        """`embedstore seed-table`: the seed study's table (macro-F1, exact match, LRAP, coverage
+        error, inter/intra ratio for zero-shot, probe and fine-tuned) from stored runs."""
         from embedstore.analyses.seed_table import seed_table
 
-        return seed_table(self, version)
-
-    # ---- fine-tuning (embedstore/finetune/commands.py) and version comparison -----------------
-    def finetune(self, from_version: str | None = None, objective: str = "bce", train: str = "vision", **kw):
-        """`embedstore finetune`: a new version beside `from_version`; returns a `FinetuneResult`
-        (version, parent, epochs_run, best_val_auroc, resumed_from, reused, ...)."""
-        from embedstore.finetune.commands import finetune
-
-        return finetune(self, from_version=from_version, objective=objective, train=train, **kw)
+        return seed_table(self._storage, version)
 
     def compare(self, v1: str | None = None, v2: str | None = None, methods: list[str] | None = None,
-                version: str | None = None, n_boot: int = 1000, seed: int = 0):
+                version: str | None = None, n_boot: int = 1000):
         """`embedstore compare`: paired differences on the same test images, with group-bootstrap
         intervals, p-values (Holm across findings) and verdicts. `v1`, `v2`: every analysis run on
         both versions side by side; `methods` (e.g. ["zeroshot:pos-neg", "probe", "finetuned"]):
@@ -130,20 +181,60 @@ class Store(_BaseStore):
         from embedstore.errors import InputError
 
         if methods:
-            return cmp.compare_methods(self, version, list(methods), n_boot=n_boot, seed=seed)
+            return cmp.compare_methods(self._storage, version, list(methods), n_boot=n_boot)
         if v1 is None or v2 is None:
             raise InputError("compare needs two versions (compare V1 V2) or --methods A,B on one version")
-        return cmp.compare(self, v1, v2, n_boot=n_boot, seed=seed)
+        return cmp.compare(self._storage, v1, v2, n_boot=n_boot)
 
+    # ---- models: fine-tune, Grad-CAM --------------------------------------------------------------
+    def finetune(self, from_version: str | None = None, objective: str = "bce", train: str = "vision",
+                 epochs: int = 10, lr: float = 1e-4, batch_size: int = 32, accumulate: int = 1, patience: int = 3,
+                 device: str = "auto", precision: str = "fp32", seed: int = 0, head_init: str = "zeroshot",
+                 workers: int | None = None, force: bool = False, progress: bool = False, on_epoch=None):
+        """`embedstore finetune`: train on the train split and write a new version beside its
+        parent (resumable; reused when done); a `FinetuneResult`. `on_epoch(row)` is called after
+        each epoch with its loss and val macro AUROC."""
+        from embedstore.finetune.run import finetune
 
-def _metrics_of(results, config_key: str | None = None):
-    """The runs' metrics tables stacked, with run_id (and one config value) in front."""
-    import polars as pl
+        return finetune(self._storage, from_version, objective=objective, train=train, epochs=epochs, lr=lr,
+                        batch_size=batch_size, accumulate=accumulate, patience=patience, device=device,
+                        precision=precision, seed=seed, head_init=head_init, workers=workers, force=force,
+                        progress=progress, on_epoch=on_epoch)
 
-    frames = []
-    for r in results:
-        cols = [pl.lit(r.run_id).alias("run_id")]
-        if config_key:
-            cols.append(pl.lit(str(r.config.get(config_key))).alias(config_key))
-        frames.append(r.metrics.select(*cols, pl.all()))
-    return pl.concat(frames) if frames else pl.DataFrame()
+    def explain(self, image_id: str, finding: str, target: str = "zeroshot", version: str | None = None,
+                method: str = "gradcam", layer: str | None = None, out: str | None = None, colormap: str = "jet"):
+        """`embedstore explain`: a Grad-CAM overlay of one image for one finding on the original
+        image, with its boxes; an `Explanation`."""
+        from embedstore.explain.service import explain
+
+        return explain(self._storage, image_id, finding, target=target, version=version, method=method, layer=layer,
+                       out=out, colormap=colormap)
+
+    def agreement(self, boxes: str | None = None, box_format: str = "auto", target: str = "zeroshot",
+                  version: str | None = None, method: str = "gradcam", layer: str | None = None,
+                  threshold: str = "top:0.15", split: str = "test", batch_size: int = 16, n_boot: int = 1000,
+                  seed: int = 0, force: bool = False):
+        """`embedstore agreement`: heatmaps against annotated boxes of the `split` images beside
+        baselines, stored as a run (with overlays for the report); an `AgreementResult`."""
+        from embedstore.explain.service import agreement
+
+        return agreement(self._storage, boxes, box_format=box_format, target=target, version=version,
+                         method=method, layer=layer, threshold=threshold, split=split, batch_size=batch_size,
+                         n_boot=n_boot, seed=seed, force=force)
+
+    # ---- output ---------------------------------------------------------------------------------
+    def report(self, out: PathLike = "report.html", version: str | None = None,
+               compare: tuple[str, str] | None = None):
+        """`embedstore report`: one self-contained HTML file; a `BuiltReport`."""
+        from embedstore.reports.build import build_report
+
+        return build_report(self._storage, version=version, compare=compare, out=out)
+
+    def demo(self, out: PathLike = "demo-out", studies: int = 1000, seed: int = 0, epochs: int = 3,
+             model: str = "phantom-clip", shift: str = "site-b", echo=print):
+        """`embedstore demo`: the whole study on phantoms under `out` (its own store in
+        `out/store`); a `DemoResult`."""
+        from embedstore.demo import demo
+
+        return demo(out=out, studies=studies, seed=seed, epochs=epochs, model=model, shift=shift, echo=echo)
+

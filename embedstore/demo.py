@@ -2,8 +2,10 @@
 
 synth -> encode (phantom-clip) -> zero-shot (every rule) -> probe -> separability -> fine-tune
 (a new version) -> analyses on it -> paired comparisons -> the seed's table -> Grad-CAM
-agreement -> report. Each stage prints one line with its time (tables follow, indented). Re-running reuses what is already there: the phantoms, the encoded images (content
-hash) and every stored run, so a second call takes seconds.
+agreement -> report. Each stage prints one line with its time (tables follow, indented).
+Re-running reuses what is already there: the phantoms, the encoded images (content hash) and
+every stored run, so a second call takes seconds. It calls the services on its own store
+(`out/store`), as the API does.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ class DemoResult:
     out: Path
     report: Path
     stages: list[tuple[str, float, str]] = field(default_factory=list)  # (stage, seconds, note)
+
+    def to_polars(self):
+        """One row per stage: stage, seconds, note."""
+        import polars as pl
+
+        return pl.DataFrame(self.stages, schema={"stage": pl.String, "seconds": pl.Float64, "note": pl.String},
+                            orient="row")
 
 
 class _Stages:
@@ -50,14 +59,14 @@ def demo(out: str | Path = "demo-out", studies: int = 1000, seed: int = 0, size:
     `shift` "site-b" (default) renders the phantoms as another site would, out of phantom-clip's
     training distribution, as IU-Xray is for BiomedCLIP; "none" keeps them in distribution.
     """
-    import embedstore
+    from embedstore.store import Storage
 
     out = Path(out)
     data, store_dir, report = out / "phantoms", out / "store", out / "report.html"
     out.mkdir(parents=True, exist_ok=True)
     stages = _Stages(echo)
     stages.run("synth", lambda: _synth(data, studies, seed, size, shift))
-    st = embedstore.open(store_dir)
+    st = Storage(store_dir)
     made: dict[str, str] = {}  # versions the stages create: "base" (encode) and "tuned" (finetune)
     stages.run("encode", lambda: _encode(st, data, model, made))
     base = made["base"]
@@ -98,17 +107,21 @@ def _synth(data: Path, studies: int, seed: int, size: int, shift: str) -> str:
 
 
 def _encode(st, data: Path, model: str, made: dict) -> str:
-    row = st.encode(str(data), model=model, progress=False).row(0, named=True)
-    made["base"] = row["version"]
-    return (f"version {row['version']}: {row['encoded']} encoded, {row['skipped']} already stored, "
-            f"{row['failed']} failed ({row['images_per_s']} images/s)")
+    from embedstore.encode import encode
+
+    r = encode(st, str(data), model=model, progress=False)
+    made["base"] = r.version
+    return (f"version {r.version}: {r.encoded} encoded, {r.skipped} already stored, "
+            f"{r.failed} failed ({r.images_per_s:.2f} images/s)")
 
 
 def _zeroshot(st, version: str) -> str:
     import polars as pl
 
+    from embedstore.analyses.zeroshot import zeroshot
+
     # every rule's threshold fitted on val; raw-dot also as the seed ran it (one prompt, cut at 0)
-    metrics = st.zeroshot(version)
+    metrics = zeroshot(st, version).to_polars()
     auroc = metrics.filter((pl.col("rule") == "pos-neg") & pl.col("finding").is_null() & (pl.col("metric") == "macro_auroc"))
     seed_f1 = dict(_overall(metrics, "macro_f1@default", by="rule")).get("raw-dot")
     return (f"{version} zero-shot pos-neg macro-AUROC {_ci(auroc)}; macro-F1 (val thresholds) "
@@ -137,20 +150,24 @@ def _ci(rows) -> str:
 def _probe(st, version: str) -> str:
     import polars as pl
 
-    metrics = st.probe(version)
+    from embedstore.analyses.probe import probe
+
+    metrics = probe(st, version).to_polars()
     auroc = metrics.filter(pl.col("finding").is_null() & (pl.col("metric") == "macro_auroc"))
     return f"{version} probe macro-AUROC {_ci(auroc)}"
 
 
 def _separability(st, version: str) -> str:
-    metrics = st.separability(version)
+    from embedstore.analyses.separability import separability
+
+    metrics = separability(st, version).to_polars()
     return f"{version} inter/intra ratio {metric_value(metrics, 'inter_intra_ratio'):.3f}"
 
 
 def _finetune(st, base: str, epochs: int, seed: int, made: dict) -> str:
-    from embedstore.finetune.commands import finetune
+    from embedstore.finetune.run import finetune
 
-    result = finetune(store=st, from_version=base, objective="bce", epochs=epochs, lr=3e-4, seed=seed)
+    result = finetune(st, base, objective="bce", epochs=epochs, lr=3e-4, seed=seed)
     made["tuned"] = result.version
     return (f"{base} -> {result.version} ({result.objective}, {result.epochs_run} epochs, "
             f"val macro-AUROC {result.best_val_auroc:.3f})")
@@ -160,12 +177,14 @@ def _compare(st, base: str, tuned: str) -> str:
     """Paired differences of macro AUROC on the same test images, with patient-bootstrap intervals."""
     import polars as pl
 
+    from embedstore.analyses.compare import compare, compare_methods
+
     lines = []
     for version, methods in ((base, ["zeroshot:pos-neg", "probe"]), (tuned, ["zeroshot:pos-neg", "probe", "finetuned"])):
-        df = st.compare(methods=methods, version=version).filter(pl.col("metric") == "macro_auroc")
+        df = compare_methods(st, version, methods).filter(pl.col("metric") == "macro_auroc")
         for r in df.iter_rows(named=True):
             lines.append(f"{version}: {r['method_2']} - {r['method_1']}: macro-AUROC {_paired(r)}")
-    versions = st.compare(base, tuned).filter((pl.col("kind") == "probe") & (pl.col("metric") == "macro_auroc"))
+    versions = compare(st, base, tuned).filter((pl.col("kind") == "probe") & (pl.col("metric") == "macro_auroc"))
     for r in versions.iter_rows(named=True):
         lines.append(f"probe {tuned} - {base}: macro-AUROC {_paired(r)}")
     return "\n".join(lines)
@@ -178,7 +197,9 @@ def _paired(r: dict) -> str:
 
 
 def _seed_table(st, base: str) -> str:
-    table = st.seed_table(base).drop("missing")
+    from embedstore.analyses.seed_table import seed_table
+
+    table = seed_table(st, base).drop("missing")
     header = f"{'method':<20} {'version':<8} " + " ".join(f"{c:>14}" for c in table.columns[2:])
     rows = [f"{r[0]:<20} {r[1] or '':<8} " + " ".join(f"{'' if v is None else f'{v:.3f}':>14}" for v in r[2:])
             for r in table.iter_rows()]
@@ -188,11 +209,9 @@ def _seed_table(st, base: str) -> str:
 def _agreement(st, version: str, data: Path) -> str:
     """Held-out localisation: the probe's Grad-CAM on test-split images (the probe trained on the
     train split) against the size-matched random box and the centre prior."""
-    from embedstore.explain.commands import agreement, write_gallery
+    from embedstore.explain.service import agreement
 
-    result = agreement(boxes=str(data / "boxes.csv"), box_format="canonical", target="probe",
-                       version=version, store=st)
-    overlays = write_gallery(st, result.run, limit=12)
+    result = agreement(st, str(data / "boxes.csv"), box_format="canonical", target="probe", version=version)
     m = result.run.metrics
     overall = {r["metric"]: r for r in m.filter(m["finding"].is_null()).iter_rows(named=True)}
 
@@ -207,7 +226,8 @@ def _agreement(st, version: str, data: Path) -> str:
                 f"centre {value(metric + '@centre')}")
 
     return (f"{result.split} items {result.scored} (left out: {result.left_out_text() or 'none'}); "
-            f"pointing {versus('pointing')}; dice@val-threshold {versus('dice@val_threshold')}; {overlays} overlays")
+            f"pointing {versus('pointing')}; dice@val-threshold {versus('dice@val_threshold')}; "
+            f"{result.overlays} overlays")
 
 
 def _report(st, report: Path) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -26,7 +25,7 @@ EXIT_PARTIAL = 3
 
 
 @dataclass
-class EncodeSummary:
+class EncodeResult:
     """What one `encode` run did."""
 
     version: str
@@ -52,6 +51,12 @@ class EncodeSummary:
         out.pop("errors")
         out["images_per_s"] = round(self.images_per_s, 2)
         return out
+
+    def to_polars(self):
+        """One row: version, encoded, skipped, failed, texts, seconds, index_rebuilt, split_by_hash, images_per_s."""
+        import polars as pl
+
+        return pl.DataFrame([self.as_dict()])
 
 
 # ---- the mapper: runs in DataLoader worker processes -------------------------------------
@@ -124,44 +129,39 @@ def resolve_device(device: str) -> str:
 
 # ---- the pipeline ------------------------------------------------------------------------
 def encode(
-    source: str,
+    st,
+    source,
     dataset: str = "auto",
     model: str = "biomedclip",
+    pretrained: str | None = None,
     labels: str | None = None,
     images: str | None = None,
+    boxes: str | None = None,
+    box_format: str = "auto",
     batch_size: int = 32,
     workers: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
     version: str | None = None,
-    store: Any = None,
-    pretrained: str | None = None,
     progress: bool = True,
-    loaded: Any = None,
-    boxes: str | None = None,
-    box_format: str = "auto",
-) -> EncodeSummary:
-    """Encode every image of a data set (and its label prompts) once into the store.
+) -> EncodeResult:
+    """Encode every image of a data set (and its label prompts) once into the store `st` (Storage).
 
     `source` is a path read by `read_dataset`, or an already read `Dataset`.
 
     Splits are the store's, frozen the first time an image is stored (`Store.upsert_images`): the
     reader's stratified (or given) splits count only for a store without splits yet; new groups
-    of a store with splits are placed by a hash of their id (`EncodeSummary.split_by_hash`).
+    of a store with splits are placed by a hash of their id (`EncodeResult.split_by_hash`).
 
     `boxes` is an annotation file loaded into the store's `boxes` table beside the images; when it
     is not given, a `boxes.csv` next to the data set (the layout `embedstore synth` writes) is used.
 
-    `loaded` lets a caller pass an already built `LoadedModel` (tests, benchmarks); otherwise
-    `embedstore.models.load_model(model, pretrained, device, precision)` builds it.
+    The model is built by `embedstore.models.load_model(model, pretrained, device, precision)`.
     """
-    from embedstore.store import Store
-
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     from embedstore.data.records import Dataset
 
-    st = store if isinstance(store, Store) else Store(store)
     ds = source if isinstance(source, Dataset) else _read_dataset(source, dataset=dataset, labels=labels, images=images)
     box_df = _read_boxes(boxes, box_format, ds)  # bad box files fail before the store is touched
     with st.connect(write=True):  # the lock is held for the whole run
@@ -170,14 +170,13 @@ def encode(
         split_by_hash = st.images_placed_by("hash") - hashed_before
         if box_df is not None:
             st.write_boxes(box_df)
-        if loaded is None:
-            from embedstore.models import load_model
+        from embedstore.models import load_model
 
-            loaded = load_model(model, pretrained=pretrained, device=resolve_device(device), precision=precision)
+        loaded = load_model(model, pretrained=pretrained, device=resolve_device(device), precision=precision)
         ver = _choose_version(st, loaded, precision, version)
-        summary = EncodeSummary(version=ver, split_by_hash=split_by_hash)
+        summary = EncodeResult(version=ver, split_by_hash=split_by_hash)
         summary.texts = encode_prompts(st, ver, loaded, ds.findings)
-        _clear_old_errors(st, ver, [r.image_id for r in ds.records])
+        st.clear_errors(ver, [r.image_id for r in ds.records])  # errors describe the latest attempt
         missing = [
             {"image_id": r.image_id, "path": r.path, "stage": "read", "reason": "no image file for this record"}
             for r in ds.records if not r.path
@@ -208,12 +207,12 @@ def _choose_version(st, loaded, precision: str, version: str | None) -> str:
     """Same model record and dtype -> the same version; a different model -> a new one."""
     record = _record_dict(loaded)
     if version is not None:
-        info = st.version_info(version)
         from embedstore.store import stable_hash
 
-        if info["record_hash"] != stable_hash({"record": record, "dtype": precision}):
+        made = st.version(version)
+        if made.record_hash != stable_hash({"record": record, "dtype": precision}):
             raise InputError(
-                f"version {version} was made by model {info['model_name']!r} ({info['dtype']}); "
+                f"version {version} was made by model {made.model_name!r} ({made.dtype}); "
                 "leave out --version to encode into the version of this model"
             )
         return version
@@ -228,17 +227,6 @@ def _record_dict(loaded) -> dict:
     return rec.to_dict() if hasattr(rec, "to_dict") else dict(rec)
 
 
-def _clear_old_errors(st, version: str, image_ids: list[str]) -> None:
-    """Errors describe the latest attempt: those of images in this run are re-recorded."""
-    import polars as pl
-
-    frame = pl.DataFrame({"image_id": image_ids}, schema={"image_id": pl.String})
-    with st.transaction() as con:
-        con.register("run_ids", frame)
-        con.execute("DELETE FROM errors WHERE version = ? AND image_id IN (SELECT image_id FROM run_ids)", [version])
-        con.unregister("run_ids")
-
-
 def encode_prompts(st, version: str, loaded, findings: list[str], batch: int = 64) -> int:
     """Store the prompt rows of `findings` and embed those the version lacks."""
     from embedstore.data.prompts import prompt_table
@@ -248,8 +236,7 @@ def encode_prompts(st, version: str, loaded, findings: list[str], batch: int = 6
     if table.is_empty():
         return 0
     st.upsert_prompts(table)
-    with st.connect() as con:
-        have = {r[0] for r in con.sql("SELECT text_hash FROM text_embeddings WHERE version = ?", params=[version]).fetchall()}
+    have = st.text_hashes(version)
     todo = table.unique("text", keep="first", maintain_order=True)
     todo = todo.filter([text_hash(t) not in have for t in todo["text"]])
     for start in range(0, todo.height, batch):
@@ -260,7 +247,7 @@ def encode_prompts(st, version: str, loaded, findings: list[str], batch: int = 6
 
 
 def encode_into(st, version: str, loaded, ids=None, batch_size: int = 32, workers: int | None = None,
-                progress: bool = False, reencode: bool = False, on_batch=None) -> EncodeSummary:
+                progress: bool = False, reencode: bool = False, on_batch=None) -> EncodeResult:
     """Encode store images (`ids`, default every image with a file) into an existing `version`
     with `loaded`, through the same batches and workers as `encode`; the index is not touched.
 
@@ -275,7 +262,7 @@ def encode_into(st, version: str, loaded, ids=None, batch_size: int = 32, worker
         meta = meta.filter(meta["id"].is_in(list(want)))
     known = {} if reencode else st.encoded_hashes(version)
     items = [(int(i), image_id, path, known.get(int(i))) for i, image_id, path in meta.iter_rows() if path]
-    summary = EncodeSummary(version=version)
+    summary = EncodeResult(version=version)
     start = time.perf_counter()
     _run_batches(st, version, loaded, items, batch_size, default_workers() if workers is None else workers,
                  summary, progress, on_batch=on_batch)
@@ -314,7 +301,7 @@ def _run_batches(st, version, loaded, items, batch_size, workers, summary, progr
             bar.advance(batch["n"], summary.encoded / max(time.perf_counter() - t0, 1e-9))
 
 
-def refresh_index(st, version: str, before: dict, summary: EncodeSummary) -> bool:
+def refresh_index(st, version: str, before: dict, summary: EncodeResult) -> bool:
     """Bring the version's index in line with DuckDB; return True if it was written.
 
     When the index was current before the run and the run only appended, the new vectors are

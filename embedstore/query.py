@@ -11,26 +11,22 @@ results come back whenever at least k rows match.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from embedstore.errors import InputError, StoreBusy
 
 
 def query(
+    st,
     text: str | None = None,
     image: str | None = None,
     like: str | None = None,
     k: int = 10,
     where: str | None = None,
     version: str | None = None,
-    store: Any = None,
 ):
-    """Top-k images as a polars DataFrame: rank, score, image_id, path, view, labels, id."""
-    from embedstore.store import Store
-
-    st = store if isinstance(store, Store) else Store(store)
+    """Top-k images of the store `st` (Storage) as a polars DataFrame: rank, score, image_id,
+    path, view, labels, id."""
     given = [x is not None for x in (text, image, like)]
     if sum(given) != 1:
         raise InputError("give exactly one of TEXT, --image PATH or --like IMAGE_ID")
@@ -46,7 +42,7 @@ def query(
     else:
         q = _image_file_vector(st, ver, image)
     ids, scores = search(st, ver, q, k, where=where, exclude=exclude)
-    return _describe(st, ids, scores)
+    return st.describe_hits(ids, scores)
 
 
 # ---- query vectors -----------------------------------------------------------------------
@@ -70,34 +66,22 @@ def text_vector(st, version: str, text: str) -> np.ndarray:
 
 
 def _finding_vector(st, version: str, text: str) -> np.ndarray | None:
-    key = text.replace("_", " ").casefold().strip()
-    with st.connect() as con:
-        rows = con.sql(
-            """SELECT t.vector FROM text_embeddings t JOIN prompts p USING (text_hash)
-               WHERE t.version = ? AND p.polarity = 'positive'
-                 AND lower(replace(p.finding, '_', ' ')) = ?""",
-            params=[version, key],
-        ).fetchall()
-    if not rows:
+    """A finding's name: its positive prompts averaged as zero-shot scoring averages them."""
+    from embedstore.analyses.zeroshot import prompt_vectors
+
+    texts, M = st.finding_prompts(version, text)
+    if not texts.height:
         return None
-    v = np.asarray([r[0] for r in rows], dtype=np.float32).mean(axis=0)
-    return v / max(float(np.linalg.norm(v)), 1e-12)
+    return prompt_vectors(texts, M, [texts["finding"][0]], "ensemble").positive[0]
 
 
 def _stored_image_vector(st, version: str, image_id: str) -> tuple[int, np.ndarray]:
-    from embedstore.store.store import first
-
-    with st.connect() as con:
-        row = first(con.sql(
-            """SELECT i.id, e.vector FROM images i LEFT JOIN image_embeddings e
-                 ON e.id = i.id AND e.version = ? WHERE i.image_id = ?""",
-            params=[version, image_id],
-        ))
-    if row is None:
+    found = st.stored_image_vector(version, image_id)
+    if found is None:
         raise InputError(f"--like: no image {image_id!r} in the store; see `embedstore sql \"SELECT image_id FROM images\"`")
-    if row[1] is None:
+    if found[1] is None:
         raise InputError(f"--like: image {image_id!r} has no embedding in version {version} (see the errors table)")
-    return int(row[0]), np.asarray(row[1], dtype=np.float32)
+    return found
 
 
 def _image_file_vector(st, version: str, path: str) -> np.ndarray:
@@ -117,31 +101,12 @@ def _image_file_vector(st, version: str, path: str) -> np.ndarray:
 
 def load_version_model(st, version: str):
     """The model that made `version`: a fine-tuned checkpoint in the store, else the registry."""
-    from embedstore.finetune.commands import load_version_model as load
+    from embedstore.models import load_model
 
-    return load(st, version)
+    return load_model(st.version(version))
 
 
 # ---- search ------------------------------------------------------------------------------
-def matching_ids(st, version: str, where: str | None) -> np.ndarray:
-    """Ids encoded in `version` whose images (and labels_wide columns) satisfy `where`."""
-    import duckdb
-
-    sql = "SELECT e.id FROM image_embeddings e WHERE e.version = ?"
-    if where:
-        sql = (
-            "SELECT e.id FROM image_embeddings e JOIN images i ON i.id = e.id "
-            "LEFT JOIN (SELECT * EXCLUDE (image_id) FROM labels_wide) lw ON lw.id = e.id "
-            f"WHERE e.version = ? AND ({where})"
-        )
-    with st.connect() as con:
-        try:
-            rows = con.sql(sql + " ORDER BY e.id", params=[version]).fetchnumpy()
-        except duckdb.Error as err:
-            raise InputError(f"--where {where!r}: {str(err).splitlines()[0]}") from None
-    return np.asarray(rows["id"], dtype=np.int64)
-
-
 def search(st, version: str, q: np.ndarray, k: int, where: str | None = None,
            exclude: set[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, scores) of the top-k inner products, best first, over the filtered ids."""
@@ -150,7 +115,7 @@ def search(st, version: str, q: np.ndarray, k: int, where: str | None = None,
     exclude = exclude or set()
     subset = None
     if where or exclude:
-        subset = matching_ids(st, version, where)
+        subset = st.matching_ids(version, where)
         if exclude:
             subset = subset[~np.isin(subset, list(exclude))]
         if len(subset) == 0:
@@ -191,23 +156,3 @@ def _index(st, version: str):
     except StoreBusy:
         return None
     return st.load_index(version)
-
-
-def _describe(st, ids: np.ndarray, scores: np.ndarray):
-    import polars as pl
-
-    hits = pl.DataFrame({"rank": np.arange(1, len(ids) + 1), "score": np.asarray(scores, np.float32),
-                         "id": np.asarray(ids, np.int64)})
-    with st.connect() as con:
-        con.register("hits", hits)
-        try:
-            out = con.sql(
-                """SELECT h.rank, h.score, i.image_id, i.path, i.view,
-                          coalesce(string_agg(l.finding, ', ' ORDER BY l.finding) FILTER (WHERE l.value = 1), '') AS labels,
-                          h.id
-                   FROM hits h JOIN images i ON i.id = h.id LEFT JOIN labels l ON l.id = h.id
-                   GROUP BY h.rank, h.score, i.image_id, i.path, i.view, h.id ORDER BY h.rank"""
-            ).pl()
-        finally:
-            con.unregister("hits")
-    return out

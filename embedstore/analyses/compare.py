@@ -30,6 +30,7 @@ import json
 import numpy as np
 import polars as pl
 
+from embedstore.analyses.runs import run_label
 from embedstore.errors import InputError
 
 # Config keys that describe the data read rather than the analysis asked for.
@@ -185,21 +186,6 @@ def _macro_rows(macro: dict, alpha: float, n_images: int, n_groups: int) -> pl.D
 
 
 # ---- runs in the store -----------------------------------------------------------------------
-def run_label(kind: str, config: dict) -> str:
-    """A short name for a run: kind plus the config values that tell same-kind runs apart."""
-    keys = {"zeroshot": ("rule", "templates", "calibrate_on", "split"), "probe": ("classifier",),
-            "separability": ("k",), "agreement": ("target", "method")}.get(kind, ())
-    from embedstore.analyses.zeroshot import default_templates
-
-    defaults = {"split": "test", "calibrate_on": "val"}  # left out of the name when they hold
-    if kind == "zeroshot":
-        defaults["templates"] = default_templates(config.get("rule", ""))
-    parts = [f"{k}={config[k]}" for k in keys if config.get(k) is not None and defaults.get(k) != config[k]]
-    if config.get("where"):
-        parts.append(f"where={config['where']}")
-    return f"{kind}({','.join(parts)})" if parts else kind  # no [ ]: rich would read them as markup
-
-
 def _pairing_key(kind: str, config: dict) -> str:
     from embedstore.store import stable_hash
 
@@ -339,7 +325,7 @@ def _method_run(store, version: str, spec: str) -> dict:
                 return run
     command = {"zeroshot": f"embedstore zeroshot --rule {want} --version {version}",
                "probe": f"embedstore probe --classifier {want} --version {version}",
-               "finetuned": f"embedstore finetune --objective bce (then compare on the new version)"}[name]
+               "finetuned": "embedstore finetune --objective bce (then compare on the new version)"}[name]
     raise InputError(f"--methods {spec}: no stored {name} run with a head's scores on version {version}; run `{command}` first"
                      if name == "finetuned" else f"--methods {spec}: no stored run on version {version}; run `{command}` first")
 

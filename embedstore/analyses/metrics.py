@@ -120,6 +120,25 @@ def weighted_auroc_ap(y: np.ndarray, s: np.ndarray, W: np.ndarray) -> tuple[np.n
     return auc, ap
 
 
+def auroc_ap(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
+    """AUROC and average precision of one score vector (scikit-learn's definitions)."""
+    auc, ap = weighted_auroc_ap(y, s, np.ones((1, len(y)), dtype=np.float32))
+    return float(auc[0]), float(ap[0])
+
+
+def macro_auroc(scores: np.ndarray, labels: np.ndarray) -> tuple[float, list[float | None]]:
+    """Mean AUROC over the findings with both classes among their known labels (1 / 0), and the
+    per-finding values (None where a finding has one class): the fine-tune loop's early-stopping score."""
+    per = []
+    for f in range(labels.shape[1]):
+        y, s = labels[:, f], scores[:, f]
+        known = (y == 0) | (y == 1)
+        both = known.any() and 0 < y[known].sum() < known.sum()
+        per.append(auroc_ap(y[known], s[known])[0] if both else None)
+    valid = [a for a in per if a is not None]
+    return (float(np.mean(valid)) if valid else float("nan")), per
+
+
 def weighted_counts(y: np.ndarray, p: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
     """Confusion-matrix derived rates for each weight row (one matrix product each)."""
     y, p = y.astype(np.float32), p.astype(np.float32)

@@ -296,13 +296,13 @@ def probe(store, version: str | None = None, classifier: str = "logreg", grid: t
           blank: str = "mask", where: str | None = None, n_boot: int = 1000, seed: int = 0,
           min_positives: int | None = None, force: bool = False, data=None):
     """Probe run: fit on train, choose C per finding (or k) on val, fit the threshold on val by
-    the shared operating-point rule, score test; a RunResult.
+    the shared operating-point rule, score test; `runs.Runs` with the one run.
 
     Tables: metrics (plus per-finding `C`, `C_at_edge`, `val_ap`, `threshold`), run_findings,
     calibration, image_scores, cooccurrence, and probe_weights (logreg only).
     """
     from embedstore.analyses.metrics import MIN_POSITIVES
-    from embedstore.analyses.runs import cached_run, load_data, refuse_fitted
+    from embedstore.analyses.runs import Runs, cached_run, load_data, refuse_fitted
     from embedstore.analyses.scoring import Scoring
 
     if classifier not in CLASSIFIERS:
@@ -317,15 +317,13 @@ def probe(store, version: str | None = None, classifier: str = "logreg", grid: t
               "class_weight": "balanced" if classifier == "logreg" else None}
     if classifier == "logreg":
         config["patience"] = PATIENCE
-    return cached_run(store, "probe", data.version, config, lambda: probe_tables(data, classifier, grid, scoring),
-                      force, tables=("metrics", "run_findings", "cooccurrence"))
+    return Runs([cached_run(store, "probe", data.version, config, lambda: probe_tables(data, classifier, grid, scoring),
+                            force, tables=("metrics", "run_findings", "cooccurrence"))], "classifier")
 
 
 def load_probe(store, run_id: str) -> ProbeFit:
     """The fitted logistic-regression probe of a stored run (for Grad-CAM of its logit)."""
-    with store.connect() as con:
-        df = con.sql("SELECT finding, intercept, coef FROM probe_weights WHERE run_id = ? ORDER BY finding",
-                     params=[run_id]).pl()
+    df = store.probe_weights(run_id=run_id)
     if not df.height:
         raise InputError(f"run {run_id!r} has no stored probe weights (only logreg probes store them)")
     coef = np.asarray(df["coef"].to_list(), dtype=np.float64)

@@ -9,7 +9,6 @@ deleted after the new run is written, so nothing is ever half-written).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +18,6 @@ import polars as pl
 
 from embedstore.errors import InputError
 
-# Result tables the analyses write beyond the store's own (metrics, image_scores, projections).
-# TODO(store): move these two into embedstore/store/schema.py; until then they are created here.
 @dataclass
 class VersionData:
     """Everything an analysis reads from the store for one version."""
@@ -39,20 +36,16 @@ class VersionData:
 
     def fingerprint(self) -> str:
         """Hash of what the results depend on besides the vectors (fixed by the version)."""
-        h = hashlib.sha256()
-        h.update(self.ids.tobytes())
-        h.update(np.ascontiguousarray(self.Y).tobytes())
-        h.update("\x00".join(str(s) for s in self.split).encode())
-        h.update("\x00".join(self.findings).encode())
-        h.update("\x00".join(str(g) for g in self.groups).encode())
-        return h.hexdigest()[:16]
+        from embedstore.store import fingerprint
+
+        return fingerprint(self.ids, self.Y, self.split, self.findings, self.groups)
 
 
 def load_data(store, version: str | None = None, where: str | None = None, findings: list[str] | None = None) -> VersionData:
     """Vectors, labels and splits of `version` (latest when None), optionally only the images
     matching the SQL predicate `where` over `images` columns (e.g. "view = 'frontal'")."""
-    version = store.resolve_version(version)
-    info = store.version_info(version)
+    info = store.version(version)
+    version = info.id
     ids, X = store.image_vectors(version)
     if where:
         keep = np.isin(ids, store.images(where)["id"].to_numpy())
@@ -68,7 +61,7 @@ def load_data(store, version: str | None = None, where: str | None = None, findi
     if not len(ids):
         raise InputError(f"version {version} has no image vectors{' matching ' + repr(where) if where else ''}")
     Y = store.label_matrix(ids, findings)
-    scale = info.get("logit_scale")
+    scale = info.logit_scale
     return VersionData(version, findings, ids, X, Y, split, float(scale) if scale is not None else 100.0, groups)
 
 
@@ -111,14 +104,33 @@ class RunResult:
         return dict(zip(m["metric"].to_list(), m["value"].to_list()))
 
 
-def _load_tables(store, run_id: str, names) -> dict[str, pl.DataFrame]:
-    out = {}
-    with store.connect() as con:
-        have = {r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
-        for name in names:
-            if name in have:
-                out[name] = con.sql(f"SELECT * EXCLUDE (run_id) FROM {name} WHERE run_id = ?", params=[run_id]).pl()
-    return out
+@dataclass
+class Runs:
+    """The stored runs one command made or reused (e.g. one zero-shot run per rule).
+
+    `.to_polars()` is their metrics stacked: run_id, the config value that tells them apart
+    (`label`, e.g. rule), finding (None = overall), metric, value, lo, hi."""
+
+    results: list[RunResult]
+    label: str | None = None
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, i: int) -> RunResult:
+        return self.results[i]
+
+    def to_polars(self) -> pl.DataFrame:
+        frames = []
+        for r in self.results:
+            cols = [pl.lit(r.run_id).alias("run_id")]
+            if self.label:
+                cols.append(pl.lit(str(r.config.get(self.label))).alias(self.label))
+            frames.append(r.metrics.select(*cols, pl.all()))
+        return pl.concat(frames) if frames else pl.DataFrame()
 
 
 def cached_run(store, kind: str, version: str, config: dict, compute: Callable[[], dict[str, pl.DataFrame]],
@@ -131,7 +143,7 @@ def cached_run(store, kind: str, version: str, config: dict, compute: Callable[[
     if old is not None and not force:
         row = store.runs().filter(pl.col("run_id") == old)
         duration = float(row["duration_s"][0]) if row.height else float("nan")
-        return RunResult(old, kind, version, config, True, duration, _load_tables(store, old, tables))
+        return RunResult(old, kind, version, config, True, duration, store.run_tables(old, tables))
     started = _dt.datetime.now()
     t0 = time.perf_counter()
     result = compute()
@@ -140,6 +152,21 @@ def cached_run(store, kind: str, version: str, config: dict, compute: Callable[[
     if old is not None:
         store.delete_run(old)  # replaced by the forced recomputation
     return RunResult(run_id, kind, version, config, False, duration, result)
+
+
+def run_label(kind: str, config: dict) -> str:
+    """A short name for a run: kind plus the config values that tell same-kind runs apart."""
+    keys = {"zeroshot": ("rule", "templates", "calibrate_on", "split"), "probe": ("classifier",),
+            "separability": ("k",), "agreement": ("target", "method")}.get(kind, ())
+    from embedstore.analyses.zeroshot import default_templates
+
+    defaults = {"split": "test", "calibrate_on": "val"}  # left out of the name when they hold
+    if kind == "zeroshot":
+        defaults["templates"] = default_templates(config.get("rule", ""))
+    parts = [f"{k}={config[k]}" for k in keys if config.get(k) is not None and defaults.get(k) != config[k]]
+    if config.get("where"):
+        parts.append(f"where={config['where']}")
+    return f"{kind}({','.join(parts)})" if parts else kind  # no [ ]: rich would read them as markup
 
 
 def runs(store, kind: str | None = None) -> pl.DataFrame:

@@ -259,9 +259,10 @@ def separability_tables(Xtr, Ytr, known_tr, Xte, Yte, known_te, ids_te, findings
 # ---- store-facing -------------------------------------------------------------------------
 def separability(store, version: str | None = None, k: int = KNN_K, uncertain: str = "mask",
                  where: str | None = None, tsne_max: int = TSNE_MAX, seed: int = 0, force: bool = False, data=None):
-    """Separability run: anything fitted (LDA, kNN index, PCA) on train, every figure on test."""
+    """Separability run: anything fitted (LDA, kNN index, PCA) on train, every figure on test;
+    `runs.Runs` with the one run."""
     from embedstore.analyses.metrics import apply_policy
-    from embedstore.analyses.runs import cached_run, load_data, refuse_fitted, require_split
+    from embedstore.analyses.runs import Runs, cached_run, load_data, refuse_fitted, require_split
 
     data = data or load_data(store, version, where)
     tr = require_split(data, "train", "to fit LDA, kNN and PCA")
@@ -275,4 +276,5 @@ def separability(store, version: str | None = None, k: int = KNN_K, uncertain: s
         return separability_tables(data.X[tr], Y01[tr], known[tr], data.X[te], Y01[te], known[te],
                                    data.ids[te], data.findings, k, seed, tsne_max)
 
-    return cached_run(store, "separability", data.version, config, compute, force, tables=("metrics", "projections"))
+    return Runs([cached_run(store, "separability", data.version, config, compute, force,
+                            tables=("metrics", "projections"))])

@@ -54,6 +54,12 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.where(norm > 0, norm, 1.0)
 
 
+def ensemble(vectors: np.ndarray) -> np.ndarray:
+    """One prompt vector from several phrasings: the mean of their unit vectors, re-normalised
+    (CLIP's prompt ensembling). Every zero-shot score in embedstore averages prompts here."""
+    return _unit(_unit(np.asarray(vectors, dtype=np.float32)).mean(axis=0))
+
+
 def prompt_vectors(texts: pl.DataFrame, M: np.ndarray, findings: list[str], templates: str = "ensemble",
                    preferred: dict[str, str] | None = None) -> PromptVectors:
     """Per-finding prompt vectors from the store's text table (columns finding, polarity,
@@ -74,8 +80,7 @@ def prompt_vectors(texts: pl.DataFrame, M: np.ndarray, findings: list[str], temp
                 continue
             if templates == "single":
                 rows = [i for i in rows if template_col[i] == preferred.get(polarity)][:1] or rows[:1]
-            vecs = _unit(M[rows].astype(np.float32))
-            mat[j] = _unit(vecs.mean(axis=0))
+            mat[j] = ensemble(M[rows])
     missing = [f for j, f in enumerate(findings) if not np.isfinite(out["positive"][j]).all()]
     if missing:
         raise InputError(f"no positive prompt embedding for {', '.join(missing)}; encode the prompts for this version first")
@@ -162,15 +167,15 @@ def rule_list(rule: str | list[str]) -> list[str]:
 def zeroshot(store, version: str | None = None, rule: str | list[str] = "all", templates: str | None = None,
              calibrate_on: str | None = "val", operating_point: str = "max-f1", split: str = "test",
              uncertain: str = "mask", blank: str = "mask", where: str | None = None, n_boot: int = 1000,
-             seed: int = 0, min_positives: int | None = None, force: bool = False, data=None) -> list:
-    """Zero-shot runs over stored vectors, one per rule ("all" = every rule); list of RunResult.
+             seed: int = 0, min_positives: int | None = None, force: bool = False, data=None):
+    """Zero-shot runs over stored vectors, one per rule ("all" = every rule); `runs.Runs`.
 
     `templates` None gives each rule its default (raw-dot: single, the others: ensemble).
     Thresholds are fitted on `calibrate_on` (None: the rules' default thresholds only) by the
     shared `operating_point` rule and metrics computed on `split` (see `analyses.scoring`).
     """
     from embedstore.analyses.metrics import MIN_POSITIVES
-    from embedstore.analyses.runs import cached_run, load_data, refuse_fitted
+    from embedstore.analyses.runs import Runs, cached_run, load_data, refuse_fitted
     from embedstore.analyses.scoring import Scoring
 
     rules = rule_list(rule)
@@ -190,4 +195,4 @@ def zeroshot(store, version: str | None = None, rule: str | list[str] = "all", t
         results.append(cached_run(store, "zeroshot", data.version, {"rule": r, "templates": tmpl, **base},
                                   lambda r=r, tmpl=tmpl: zeroshot_tables(data, texts, M, r, tmpl, scoring),
                                   force, tables=("metrics", "run_findings")))
-    return results
+    return Runs(results, "rule")

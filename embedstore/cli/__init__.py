@@ -1,7 +1,8 @@
-"""The `embedstore` command line: thin wrappers that parse options and call the Python API.
+"""The `embedstore` command line: thin wrappers that parse options and call the Python API
+(`embedstore.api`), nothing else.
 
-Each command group lives in its own module and imports heavy libraries only inside
-the command body, so `embedstore --help` stays fast.
+Each command lives in a module of its name (options shared by many are in `options.py`), and
+heavy libraries load only inside the API call, so `embedstore --help` stays fast.
 """
 
 from __future__ import annotations
@@ -24,23 +25,32 @@ def _root(
 ) -> None:
     """Encode chest radiographs and label prompts once; analyse, query and explain the embeddings."""
     if version:
-        from embedstore import code_version
+        from embedstore.provenance import code_version
 
         print(code_version())
         raise typer.Exit()
 
 
-# Register command groups (each module adds its commands to `app`), in the order of the study.
-from embedstore.cli import datasets as _datasets  # noqa: E402,F401  inspect
-from embedstore.cli import images as _images  # noqa: E402,F401  preview
-from embedstore.cli import synth as _synth  # noqa: E402,F401  synth
-from embedstore.cli import store as _store  # noqa: E402,F401  encode, query, sql, versions, verify
-from embedstore.cli import splits as _splits  # noqa: E402,F401  splits
-from embedstore.cli import analyses as _analyses  # noqa: E402,F401  zeroshot, probe, separability, runs
-from embedstore.cli import finetune as _finetune  # noqa: E402,F401  finetune, compare
-from embedstore.cli import explain as _explain  # noqa: E402,F401  explain, agreement
-from embedstore.cli import report as _report  # noqa: E402,F401  report
-from embedstore.cli import demo as _demo  # noqa: E402,F401  demo
+# Register the commands (each module, named after its commands, adds them to `app`), in the order of the study.
+from embedstore.cli import inspect as _inspect  # noqa: E402,F401
+from embedstore.cli import preview as _preview  # noqa: E402,F401
+from embedstore.cli import synth as _synth  # noqa: E402,F401
+from embedstore.cli import encode as _encode  # noqa: E402,F401
+from embedstore.cli import query as _query  # noqa: E402,F401
+from embedstore.cli import sql as _sql  # noqa: E402,F401
+from embedstore.cli import versions as _versions  # noqa: E402,F401  versions, verify
+from embedstore.cli import splits as _splits  # noqa: E402,F401
+from embedstore.cli import zeroshot as _zeroshot  # noqa: E402,F401
+from embedstore.cli import probe as _probe  # noqa: E402,F401
+from embedstore.cli import separability as _separability  # noqa: E402,F401
+from embedstore.cli import runs as _runs  # noqa: E402,F401  runs, stability, seed-table
+from embedstore.cli import compare as _compare  # noqa: E402,F401
+from embedstore.cli import finetune as _finetune  # noqa: E402,F401
+from embedstore.cli import explain as _explain  # noqa: E402,F401
+from embedstore.cli import agreement as _agreement  # noqa: E402,F401
+from embedstore.cli import report as _report  # noqa: E402,F401
+from embedstore.cli import demo as _demo  # noqa: E402,F401
+
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors become one line and a non-zero exit code."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from embedstore.cli import app
+from embedstore.cli.options import open_store
 
 
 @app.command()
@@ -16,9 +17,7 @@ def demo(
     model: str = typer.Option("phantom-clip", "--model", help="Model to encode with (the bundled one by default)."),
     shift: str = typer.Option("site-b", "--shift", help="site-b: phantoms out of phantom-clip's distribution (as IU-Xray is for BiomedCLIP) | none."),
 ) -> None:
-    """synth -> encode (phantom-clip) -> zero-shot -> probe -> separability -> fine-tune -> Grad-CAM agreement -> report."""
-    from embedstore.demo import demo as run
-
-    result = run(out=out, studies=studies, seed=seed, epochs=epochs, model=model, shift=shift)
+    """synth -> encode (phantom-clip) -> zero-shot -> probe -> separability -> fine-tune -> comparisons -> Grad-CAM agreement -> report."""
+    result = open_store(None).demo(out=out, studies=studies, seed=seed, epochs=epochs, model=model, shift=shift)
     total = sum(s for _, s, _ in result.stages)
     print(f"done in {total:.0f} s; open {result.report}")

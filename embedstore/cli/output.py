@@ -15,6 +15,22 @@ class Format(str, Enum):
     parquet = "parquet"
 
 
+def emit_result(result: Any, fmt: Format | str) -> bool:
+    """Write an API result as --format json / csv / parquet does: its `.to_polars()` (what the
+    Python API gives), NaN as null. False for the table format: the command draws its own tables."""
+    import polars as pl
+
+    fmt = Format(fmt)
+    if fmt is Format.table:
+        return False
+    if hasattr(result, "to_dict") and fmt is Format.json:  # results with nested parts (inspect)
+        emit(result.to_dict(), fmt)
+        return True
+    frame = result if isinstance(result, pl.DataFrame) else result.to_polars()
+    emit(frame.with_columns(pl.col(pl.Float64).fill_nan(None)), fmt)
+    return True
+
+
 def emit(data: Any, fmt: Format | str = Format.table, title: str | None = None, out: str | None = None) -> None:
     """Print `data` (a polars DataFrame, a dict or a list of dicts) in the chosen format."""
     import polars as pl

@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 
 from embedstore.cli import app
-from embedstore.cli.output import Format, emit
+from embedstore.cli.options import FORMAT, open_store
+from embedstore.cli.output import Format, emit, emit_result
 
 
 @app.command("synth")
@@ -20,18 +21,16 @@ def synth_command(
     labels_from: Optional[str] = typer.Option(None, "--labels-from", help="NLMCXR_reports.tgz: one phantom per real report, with its labels and text (ignores --studies)."),
     workers: int = typer.Option(2, "--workers", help="Worker processes."),
     shift: str = typer.Option("none", "--shift", help="Render as another site would: none | site-b (harder tone curve, edge enhancement; out of phantom-clip's distribution)."),
-    fmt: Format = typer.Option(Format.table, "--format", help="Output format of the summary."),
+    fmt: Format = FORMAT,
 ) -> None:
     """Write phantom radiographs with known findings: Open-i XML reports, PNGs, boxes.csv, labels.csv."""
     from dataclasses import asdict
 
-    from embedstore.synth import synth
-
-    summary = asdict(synth(out, studies=studies, seed=seed, size=size, dicom=dicom,
-                           labels_from=labels_from, workers=workers, shift=shift))
-    per = summary.pop("images_per_finding")
-    if fmt is Format.table:
-        emit(summary, fmt, title="synth")
-        emit([{"finding": k, "images": v} for k, v in per.items()], fmt, title="images per finding")
-    else:
-        emit({**summary, "images_per_finding": per}, fmt)
+    summary = open_store(None).synth(out, studies=studies, seed=seed, size=size, dicom=dicom, labels_from=labels_from,
+                                     workers=workers, shift=shift)
+    if emit_result(summary, fmt):
+        return
+    row = asdict(summary)
+    per = row.pop("images_per_finding")
+    emit(row, fmt, title="synth")
+    emit([{"finding": k, "images": v} for k, v in per.items()], fmt, title="images per finding")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from embedstore.data.tables import read_table, require_columns
+from embedstore.data.table_files import read_table, require_columns
 from embedstore.errors import InputError
 
 BOX_COLUMNS = ["image_id", "finding", "x_min", "y_min", "x_max", "y_max", "reader", "width", "height"]

@@ -14,7 +14,7 @@ from embedstore.data.boxes import BOX_FORMATS, read_boxes  # noqa: F401  (re-exp
 from embedstore.data.labels import CHEXPERT_FINDINGS, DEFAULT_TOP_K, check_policy, label_value
 from embedstore.data.records import Dataset
 from embedstore.data.splits import DEFAULT_FRACTIONS, assign_splits, check_fractions
-from embedstore.data.tables import is_table, read_table, table_name
+from embedstore.data.table_files import is_table, read_table, table_name
 from embedstore.errors import InputError
 
 DATASETS = ("auto", "openi", "kaggle", "nih", "chexpert", "manifest")
@@ -64,18 +64,18 @@ def read_dataset(source: str, dataset: str = "auto", labels: str | None = None, 
 
 
 def _read(kind, source, df, scheme, images, uncertain, top_k) -> Dataset:
-    from embedstore.data import openi, tabular
+    from embedstore.data import openi, tabular_readers
 
     if kind == "openi":
         return openi.read_openi(source, scheme or "automatic", images, top_k)
     if kind == "kaggle":
-        return tabular.read_kaggle(source, scheme or "mesh", images, top_k)
+        return tabular_readers.read_kaggle(source, scheme or "mesh", images, top_k)
     _need_table(source, kind)
     if kind == "nih":
-        return tabular.read_nih(source, df, images)
+        return tabular_readers.read_nih(source, df, images)
     if kind == "chexpert":
-        return tabular.read_chexpert(source, df, images, uncertain)
-    return tabular.read_manifest(source, df, images, uncertain)
+        return tabular_readers.read_chexpert(source, df, images, uncertain)
+    return tabular_readers.read_manifest(source, df, images, uncertain)
 
 
 def _need_table(source: str, kind: str) -> None:
@@ -116,7 +116,7 @@ def detect(source: str):
 
 def apply_label_table(ds: Dataset, path: str, uncertain: str = "ignore") -> None:
     """Replace the records' labels with those of a labelled CSV keyed by image_id, study_id or uid."""
-    from embedstore.data.tabular import META_COLUMNS
+    from embedstore.data.tabular_readers import META_COLUMNS
 
     df = read_table(path)
     key = next((k for k in ("image_id", "study_id", "uid") if k in df.columns), None)

@@ -79,9 +79,10 @@ def preview(path, image_size: int = 224, out=None, interpolation: str = "bicubic
     seen = seen.crop((g.left, g.top, g.left + image_size, g.top + image_size))
     out = Path(out) if out else Path(f"{Path(path).stem}-preview.png")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    seen.save(tmp, format="PNG")
-    tmp.replace(out)  # no half-written preview
+    from embedstore.files import atomic_path
+
+    with atomic_path(out) as tmp:  # no half-written preview
+        seen.save(tmp, format="PNG")
     return {"path": str(path), "out": str(out), "width": img.width, "height": img.height, "size": image_size,
             "visible_box": [round(v, 1) for v in g.visible_box()]}
 

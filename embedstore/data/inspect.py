@@ -3,8 +3,55 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 from embedstore.data.records import SPLITS, Dataset
+
+
+@dataclass
+class Inspection:
+    """What `inspect` found: a data set's summary and / or a box file's. `.to_dict()` is what
+    `--format json` prints; `.to_polars()` is the per-finding table (the data set's, else the boxes')."""
+
+    dataset: dict | None = None
+    boxes: dict | None = None
+
+    def to_dict(self) -> dict:
+        if self.dataset is not None and self.boxes is None:
+            return self.dataset
+        if self.boxes is not None and self.dataset is None:
+            return self.boxes
+        return {"dataset": self.dataset, "boxes": self.boxes}
+
+    def to_polars(self):
+        import polars as pl
+
+        part = self.dataset if self.dataset is not None else self.boxes
+        return pl.DataFrame(part["per_finding"]) if part and part.get("per_finding") else pl.DataFrame()
+
+
+def inspect(source: str | None = None, dataset: str = "auto", labels: str | None = None, images: str | None = None,
+            uncertain: str = "ignore", top_k: int = 14, seed: int = 0, boxes: str | None = None,
+            box_format: str = "auto") -> Inspection:
+    """Read a data set (and / or a box file) as its reader does and summarise it; nothing is stored."""
+    from embedstore.errors import InputError
+
+    if source is None and boxes is None:
+        raise InputError("give a data set SOURCE, or --boxes FILE")
+    found = Inspection()
+    if source is not None:
+        from embedstore.data.datasets import read_dataset
+
+        ds = read_dataset(source, dataset=dataset, labels=labels, images=images, uncertain=uncertain, top_k=top_k,
+                          seed=seed)
+        found.dataset = inspect_dataset(ds)
+    if boxes is not None:
+        from embedstore.data.boxes import load_boxes
+
+        table = load_boxes(boxes, box_format)
+        found.boxes = {"file": boxes, "format": table.format,
+                       **inspect_boxes(table.df, table.rows_without_box, table.images_without_box)}
+    return found
 
 
 def inspect_dataset(ds: Dataset) -> dict:

@@ -193,6 +193,23 @@ def parse_fractions(text: str | None) -> tuple[float, float, float] | None:
 
 
 # ---- the report: positives per finding and split ----------------------------------------------
+@dataclass
+class SplitsReport:
+    """`embedstore splits`: positives per finding and split (`findings`, what `.to_polars()` gives)
+    and how the splits were assigned (`methods`: method, seed, fractions, images placed)."""
+
+    findings: object  # polars.DataFrame (positives_table)
+    methods: object  # polars.DataFrame
+    min_positives: int = 10
+
+    def to_polars(self):
+        return self.findings
+
+    @property
+    def warning(self) -> str | None:
+        return below_min_warning(self.findings, self.min_positives)
+
+
 def positives_table(positives, findings: list[str], min_positives: int = 10):
     """One row per finding: positive groups and images in train, val and test (from the long
     finding, split, positive_groups, positive_images), and `below_min`: the evaluation splits

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from embedstore.data.geometry import crop_geometry
+from embedstore.files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,10 @@ class HeatmapCache:
         """Store a `Heatmap` (its model-frame array and original size)."""
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, heatmap=np.asarray(heatmap.model, dtype=np.float16),
-                            width=heatmap.geometry.width, height=heatmap.geometry.height,
-                            key=json.dumps(asdict(key), sort_keys=True))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, heatmap=np.asarray(heatmap.model, dtype=np.float16),
+                                width=heatmap.geometry.width, height=heatmap.geometry.height,
+                                key=json.dumps(asdict(key), sort_keys=True))
         return path
 
 

@@ -39,11 +39,10 @@ def overlay_image(image, heatmap: np.ndarray, boxes: Iterable = (), visible: tup
 def write_overlay(path: str | Path, image, heatmap: np.ndarray, boxes: Iterable = (), visible: tuple | None = None,
                   colormap: str = "jet", alpha: float = 0.45) -> Path:
     """Write the overlay as PNG (through a temporary file, so no half-written PNG is left)."""
-    import os
+    from embedstore.files import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    overlay_image(image, heatmap, boxes, visible, colormap, alpha).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        overlay_image(image, heatmap, boxes, visible, colormap, alpha).save(tmp, format="PNG")
     return path

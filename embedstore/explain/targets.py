@@ -80,11 +80,13 @@ class ZeroShotTarget(Target):
     def score(self, emb):
         import torch.nn.functional as F
 
+        from embedstore.models.zeroshot import pos_neg_logits
+
         z = F.normalize(emb, dim=-1)
-        s = z @ _tensor(self.positive, z)
-        if self.negative is not None:
-            s = s - z @ _tensor(self.negative, z)
-        return self.logit_scale * s
+        if self.negative is None:
+            return self.logit_scale * (z @ _tensor(self.positive, z))
+        return pos_neg_logits(z, _tensor(self.positive[None], z), _tensor(self.negative[None], z),
+                              self.logit_scale)[..., 0]
 
     @property
     def cache_id(self) -> str:

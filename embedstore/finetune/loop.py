@@ -141,22 +141,6 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
     return factor
 
 
-def macro_auroc(scores: np.ndarray, labels: np.ndarray) -> tuple[float, list[float | None]]:
-    """Mean AUROC over findings with both classes among known labels (1 / 0); per-finding values."""
-    from sklearn.metrics import roc_auc_score
-
-    per = []
-    for f in range(labels.shape[1]):
-        y, s = labels[:, f], scores[:, f]
-        known = (y == 0) | (y == 1)
-        if len(np.unique(y[known])) < 2:
-            per.append(None)
-            continue
-        per.append(float(roc_auc_score(y[known], s[known])))
-    valid = [a for a in per if a is not None]
-    return (float(np.mean(valid)) if valid else float("nan")), per
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -230,9 +214,10 @@ class Checkpoints:
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    from embedstore.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
 
 
 def train(
@@ -349,6 +334,8 @@ def _train_epoch(objective, data, config, epoch, optimizer, scheduler, amp, scal
 
 
 def _validate(objective, data, config, device) -> float:
+    from embedstore.analyses.metrics import macro_auroc
+
     objective.module.eval()
     scores, labels = objective.scores(data.loader(config.batch_size * 2, shuffle=False), device)
     return macro_auroc(scores, labels)[0]

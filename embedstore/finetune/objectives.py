@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedstore.models.heads import UnitInputHead
+
 
 def clip_loss(
     image_features: torch.Tensor,
@@ -66,34 +68,6 @@ def bce_loss(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tenso
     return per.sum() / known.sum().clamp(min=1)
 
 
-def zero_shot_pos_neg(
-    image_features: torch.Tensor,
-    positive: torch.Tensor,
-    negative: torch.Tensor,
-    logit_scale: torch.Tensor | float,
-) -> torch.Tensor:
-    """P(positive) per image and finding: softmax over the finding's positive vs negative prompt.
-
-    `positive` / `negative` are (F, D) ensemble-averaged, re-normalised prompt embeddings.
-    """
-    pos = image_features @ positive.T
-    neg = image_features @ negative.T
-    logits = torch.stack([pos, neg], dim=-1) * logit_scale
-    return logits.softmax(-1)[..., 0]
-
-
-def ensemble(embeddings: torch.Tensor) -> torch.Tensor:
-    """Mean of L2-normalised prompt embeddings, re-normalised (CLIP prompt ensembling)."""
-    return F.normalize(F.normalize(embeddings, dim=-1).mean(0), dim=-1)
-
-
-class UnitInputHead(nn.Linear):
-    """A linear head that reads unit vectors: normalises its input first (same weights as nn.Linear)."""
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return super().forward(F.normalize(z, dim=-1))
-
-
 class ImageClassifier(nn.Module):
     """The image tower of a CLIP model plus a linear head: one logit per finding.
 
@@ -116,6 +90,21 @@ class ImageClassifier(nn.Module):
 
 
 @torch.no_grad()
+@torch.no_grad()
+def prompt_vectors(model: nn.Module, tokenizer, prompts: dict[str, tuple[Sequence[str], Sequence[str]]],
+                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive [F, D], negative [F, D]): each finding's phrasings (finding -> (positives,
+    negatives)) embedded by the model's own text tower, averaged by `analyses.zeroshot.ensemble`."""
+    from embedstore.analyses.zeroshot import ensemble
+
+    out = {"positive": [], "negative": []}
+    for positives, negatives in prompts.values():
+        for texts, polarity in ((positives, "positive"), (negatives, "negative")):
+            emb = model.encode_text(tokenizer(list(texts)).to(device), normalize=True).float().cpu().numpy()
+            out[polarity].append(ensemble(emb))
+    return tuple(torch.from_numpy(np.stack(out[k])).to(device) for k in ("positive", "negative"))
+
+
 def zero_shot_head(model: nn.Module, tokenizer, prompts: dict, device: torch.device | str = "cpu"):
     """(weight [F, D], bias [F]) of the pos-neg zero-shot classifier as a linear head on unit vectors.
 
@@ -123,7 +112,7 @@ def zero_shot_head(model: nn.Module, tokenizer, prompts: dict, device: torch.dev
     logit equals the zero-shot logit: a fine-tune from it starts at the parent's zero-shot scores
     (zero-shot head initialisation, as in WiSE-FT / FLYP) instead of from a random head.
     """
-    pos, neg = ContrastiveObjective(model, tokenizer, prompts).prompt_embeddings(torch.device(device))
+    pos, neg = prompt_vectors(model, tokenizer, prompts, torch.device(device))
     scale = model.logit_scale.exp().float().cpu()  # unclamped, as the store's zero-shot scores use it
     weight = scale * (pos - neg).float().cpu()
     return weight, torch.zeros(weight.shape[0])
@@ -158,24 +147,16 @@ class ContrastiveObjective:
         return clip_loss(img, txt, scale, same=same)
 
     @torch.no_grad()
-    def prompt_embeddings(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(F, D) positive and negative ensemble embeddings, one row per finding."""
-        pos, neg = [], []
-        for positives, negatives in self.prompts.values():
-            for texts, out in ((positives, pos), (negatives, neg)):
-                emb = self.model.encode_text(self.tokenizer(list(texts)).to(device), normalize=True)
-                out.append(ensemble(emb.float()))
-        return torch.stack(pos), torch.stack(neg)
-
-    @torch.no_grad()
     def scores(self, loader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-        """(N, F) zero-shot P(positive) and the (N, F) labels of the loader's images."""
-        pos, neg = self.prompt_embeddings(device)
+        """(N, F) zero-shot pos-neg logits and the (N, F) labels of the loader's images."""
+        from embedstore.models.zeroshot import pos_neg_logits
+
+        pos, neg = prompt_vectors(self.model, self.tokenizer, self.prompts, device)
         scale = self.model.logit_scale.exp().float()
         out, labels = [], []
         for batch in loader:
-            img = self.model.encode_image(batch["images"].to(device), normalize=True).float()
-            out.append(zero_shot_pos_neg(img, pos, neg, scale).cpu())
+            img = self.model.encode_image(batch["images"].to(device)).float()
+            out.append(pos_neg_logits(img, pos, neg, scale).cpu())
             labels.append(batch["labels"])
         return torch.cat(out).numpy(), torch.cat(labels).numpy()
 

@@ -155,8 +155,15 @@ def image_size_of(cfg: dict) -> int:
 
 
 # ---- loading -----------------------------------------------------------------------------
-def load_model(name: str, pretrained: str | None = None, device: str = "cpu", precision: str = "fp32"):
-    """Build the model a name stands for: `LoadedModel(model, preprocess, tokenizer, record)`."""
+def load_model(name, pretrained: str | None = None, device: str = "cpu", precision: str = "fp32"):
+    """Build the model a name stands for: `LoadedModel(model, preprocess, tokenizer, record)`.
+
+    `name` may also be a store `Version`: its fine-tuned weights when it has them, else the
+    registry model its record names."""
+    if hasattr(name, "model_record"):  # a store Version (duck-typed: models imports no store)
+        if name.checkpoint is not None:
+            return load_model(f"local-dir:{name.checkpoint}", device=device)
+        return load_model(name.model_record.get("name", name.model_name), pretrained=name.pretrained, device=device)
     if precision not in PRECISIONS:
         raise InputError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     spec = resolve(name, pretrained)
@@ -172,7 +179,7 @@ def _read_config(folder: Path, name: str) -> dict:
         if name in SHIPPED:
             raise ModelUnavailable(
                 f"shipped model {name!r} is not installed: {folder} is missing; reinstall embedstore, or rebuild it "
-                f"with `python -m embedstore.models.train_phantom_clip --out {folder}`"
+                f"with `python scripts/train_phantom_clip.py --out {folder}` from a checkout"
             )
         raise ModelUnavailable(f"{name}: no folder {folder}; export one with `python -m embedstore.models.export NAME DIR`")
     path = folder / CONFIG_NAME

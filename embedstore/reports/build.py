@@ -10,7 +10,6 @@ plot. They are never dropped.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,7 @@ import polars as pl
 
 from embedstore.errors import InputError, StoreError
 from embedstore.reports import charts
-from embedstore.reports.data import (MACRO, OTHER_KINDS, PAIRED_METRICS, POOLED, SPLITS, ReportData, open_store,
-                                     parse_config)
+from embedstore.reports.data import MACRO, OTHER_KINDS, PAIRED_METRICS, POOLED, ReportData, parse_config
 from embedstore.reports.html import Chart, Gallery, Note, Report, Section, Table, chart_spec, render, thumbnail
 
 # Per-finding metrics the dot plot offers, in the drop-down's order (each lies in [0, 1]).
@@ -52,13 +50,11 @@ class BuiltReport:
     size_bytes: int
     notes: list[str] = field(default_factory=list)
 
-
-def _store_dir(store) -> Path | None:
-    for attr in ("path", "root", "directory", "dir"):
-        p = getattr(store, attr, None)
-        if isinstance(p, (str, os.PathLike)):
-            return Path(p)
-    return None
+    def to_polars(self):
+        """One row: path, charts, size_bytes, notes."""
+        return pl.DataFrame([{"path": str(self.path), "charts": self.charts, "size_bytes": self.size_bytes,
+                              "notes": self.notes}], schema={"path": pl.String, "charts": pl.Int64,
+                                                             "size_bytes": pl.Int64, "notes": pl.List(pl.String)})
 
 
 def _not_run(command: str, what: str) -> Note:
@@ -309,17 +305,9 @@ def _with_sources(frame: pl.DataFrame) -> pl.DataFrame:
                               pl.Series("source", [b for _, b in split], dtype=pl.String))
 
 
-def _overlay_files(store_dir: Path | None, run_id: str, config) -> list[Path]:
-    cfg = parse_config(config)
-    dirs = [Path(cfg[k]) for k in ("overlay_dir", "overlays_dir", "overlays") if isinstance(cfg.get(k), str)]
-    if store_dir is not None:
-        dirs += [store_dir / "heatmaps" / run_id, store_dir / "heatmaps" / "overlays" / run_id, store_dir / "overlays" / run_id]
-    for d in dirs:
-        if d.is_dir():
-            files = sorted(list(d.rglob("*.png")) + list(d.rglob("*.jpg")))
-            if files:
-                return files[:MAX_OVERLAYS]
-    return []
+def _overlay_files(store_dir: Path, run_id: str) -> list[Path]:
+    """The overlay PNGs `agreement` wrote for a run (`explain.service.write_gallery`)."""
+    return sorted((store_dir / "heatmaps" / run_id).glob("*.png"))[:MAX_OVERLAYS]
 
 
 def _agreement_section(data: ReportData, order: list[str]) -> Section:
@@ -342,9 +330,8 @@ def _agreement_section(data: ReportData, order: list[str]) -> Section:
         sources = [MODEL] + [b for b in dict.fromkeys(BASELINES.values()) if b in set(g["source"])]
         wide = _metrics_as_rows(g, "source", [])
         s.blocks.append(Table(wide.select("metric", *sources), caption=f"Overall agreement of {series[0]} (95 % intervals)"))
-    store_dir = _store_dir(data.store)
     for row in runs.iter_rows(named=True):
-        files = _overlay_files(store_dir, row["run_id"], row["config"])
+        files = _overlay_files(data.store.path, row["run_id"])
         if files:
             images = [(*thumbnail(f), f.stem.replace("_", " ")) for f in files]
             s.blocks.append(Gallery(images, caption=f"Overlays of {row['series']} (first {len(files)})"))
@@ -408,32 +395,20 @@ def _sections(data: ReportData) -> list[Section]:
 
 
 def _write_with_umask(out: Path, text: str) -> None:
-    """Write beside the target, then rename: a failed build leaves no half-written report. The
-    file gets the mode a plain open() would give (0666 less the umask; mkstemp's is 0600)."""
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write beside the target, then rename: a failed build leaves no half-written report; the
+    file gets the user's umask, as a plain open() would give."""
+    from embedstore.files import atomic_path
+
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-def build_report(store=None, version: str | None = None, compare: tuple[str, str] | list[str] | None = None,
+def build_report(store, version: str | None = None, compare: tuple[str, str] | list[str] | None = None,
                  out: str | os.PathLike = "report.html", title: str = "embedstore report") -> BuiltReport:
-    """Write one self-contained HTML report of the store to `out`.
+    """Write one self-contained HTML report of the store (`Storage`) to `out`.
 
     `version`: report only that version; `compare`: two versions side by side; neither: the
-    default version with its whole lineage (parents and fine-tuned children). `store` is a
-    `Store` or a store path.
+    default version with its whole lineage (parents and fine-tuned children).
     """
     if version is not None and compare is not None:
         raise InputError("give either --version or --compare, not both")
@@ -442,9 +417,8 @@ def build_report(store=None, version: str | None = None, compare: tuple[str, str
     out = Path(out)
     if not out.parent.exists():
         raise InputError(f"cannot write the report to {out}: folder {out.parent} does not exist")
-    store = open_store(store)
     data = ReportData(store, version, tuple(compare) if compare else None)
-    if data.all_versions.is_empty() and store.sql("SELECT count(*) AS n FROM images")["n"][0] == 0:
+    if data.all_versions.is_empty() and store.image_count() == 0:
         raise StoreError("the store is empty: run `embedstore encode SOURCE` first")
 
     sections = _sections(data)

@@ -244,7 +244,9 @@ def curve_points(frame: pl.DataFrame, max_points: int = 200) -> tuple[pl.DataFra
     `frame`: series, finding, y_true (0/1), score. Findings with only one class are skipped.
     Returns (roc: series, finding, fpr, tpr, auc; pr: series, finding, recall, precision, ap).
     """
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    from embedstore.analyses.metrics import auroc_ap
 
     roc_rows, pr_rows = [], []
     for (series, finding), g in frame.group_by(["series", "finding"], maintain_order=True):
@@ -254,7 +256,7 @@ def curve_points(frame: pl.DataFrame, max_points: int = 200) -> tuple[pl.DataFra
             continue
         fpr, tpr, _ = roc_curve(y, s, drop_intermediate=True)
         prec, rec, _ = precision_recall_curve(y, s, drop_intermediate=True)
-        auc, ap = float(roc_auc_score(y, s)), float(average_precision_score(y, s))
+        auc, ap = auroc_ap(y, s)
         fpr, tpr = thin(fpr, tpr, max_points)
         rec, prec = thin(rec, prec, max_points)
         roc_rows.append(pl.DataFrame({"series": series, "finding": finding, "fpr": fpr.round(4),

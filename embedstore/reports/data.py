@@ -1,12 +1,11 @@
-"""`ReportData`: the store's tables as the report needs them. Every read is SQL or a `Store`
-method; paired comparisons come from `analyses.compare`, the same code as `embedstore compare`.
+"""`ReportData`: the store's tables as the report needs them, read through the store's methods
+(`Storage`); paired comparisons come from `analyses.compare`, the same code as `embedstore compare`.
 No model, no torch.
 """
 
 from __future__ import annotations
 
 import json
-import os
 
 import polars as pl
 
@@ -22,20 +21,6 @@ METHODS = {"zeroshot:pos-neg": "zero-shot pos-neg", "probe": "probe", "finetuned
 PAIRED_METRICS = ("auroc", "ap", "f1")
 
 
-def sql_list(values) -> str:
-    """A SQL IN-list of string literals."""
-    return ", ".join("'" + str(v).replace("'", "''") + "'" for v in values) or "NULL"
-
-
-def open_store(store):
-    """A `Store` from a store, a path or None (the default store)."""
-    if isinstance(store, (str, os.PathLike)) or store is None:
-        import embedstore
-
-        return embedstore.open(store)
-    return store
-
-
 def parse_config(config) -> dict:
     if isinstance(config, dict):
         return config
@@ -48,7 +33,7 @@ def parse_config(config) -> dict:
 
 def run_name(kind: str, config) -> str:
     """The run's name as `embedstore compare` prints it (kind plus what tells same-kind runs apart)."""
-    from embedstore.analyses.compare import run_label
+    from embedstore.analyses.runs import run_label
 
     return run_label(kind, parse_config(config))
 
@@ -58,10 +43,7 @@ class ReportData:
 
     def __init__(self, store, version: str | None, compare: tuple[str, str] | None):
         self.store = store
-        self.all_versions = store.sql(
-            "SELECT version, parent, kind, model_name, count, dim, dtype, created, code_version, model_record "
-            "FROM versions ORDER BY created"
-        )
+        self.all_versions = store.version_rows()
         self.versions = self._select_versions(version, compare)
         self.compare = compare is not None
         self.runs = self._runs()
@@ -103,10 +85,7 @@ class ReportData:
     def _runs(self) -> pl.DataFrame:
         """The runs on the reported versions (a config re-run with --force: the latest), each with
         `run` (its name) and `series` (its name with the version when several are reported)."""
-        runs = self.store.sql(
-            "SELECT run_id, kind, version, CAST(config AS VARCHAR) AS config, config_hash, code_version, "
-            f"started, duration_s FROM runs WHERE version IN ({sql_list(self.versions)}) ORDER BY started"
-        )
+        runs = self.store.runs_on(self.versions)
         runs = runs.unique(subset=["kind", "version", "config_hash"], keep="last", maintain_order=True)
         names = [run_name(k, c) for k, c in zip(runs["kind"], runs["config"])]
         series = [f"{n} @ {v}" if len(self.versions) > 1 else n for n, v in zip(names, runs["version"])]
@@ -124,17 +103,12 @@ class ReportData:
     def classifier_runs(self) -> pl.DataFrame:
         """Runs that score images (zero-shot rules, probes, fine-tuned heads), with per-image scores."""
         runs = self.runs_of(exclude=OTHER_KINDS)
-        scored = self.store.sql(
-            f"SELECT DISTINCT run_id FROM image_scores WHERE run_id IN ({sql_list(runs['run_id'])})")["run_id"]
-        return runs.filter(pl.col("run_id").is_in(scored.to_list()))
+        scored = self.store.scored_run_ids(runs["run_id"].to_list())
+        return runs.filter(pl.col("run_id").is_in(scored))
 
     # -- data set ----------------------------------------------------------------------
     def prevalence(self) -> pl.DataFrame:
-        return self.store.sql(
-            "SELECT l.finding, coalesce(i.split, 'none') AS split, "
-            "count(*) FILTER (WHERE l.value = 1) AS positives, count(*) FILTER (WHERE l.value IN (0, 1)) AS labelled "
-            "FROM labels l JOIN images i ON i.id = l.id GROUP BY ALL"
-        ).with_columns((pl.col("positives") / pl.col("labelled")).fill_nan(None).alias("prevalence"))
+        return self.store.label_prevalence().with_columns((pl.col("positives") / pl.col("labelled")).fill_nan(None).alias("prevalence"))
 
     def finding_order(self, prevalence: pl.DataFrame) -> list[str]:
         totals = prevalence.group_by("finding").agg(pl.col("positives").sum()).sort(["positives", "finding"], descending=[True, False])
@@ -143,7 +117,7 @@ class ReportData:
     def split_positives(self, findings: list[str]) -> pl.DataFrame:
         """finding, split, images, groups: positive images and positive patient groups (patients,
         else studies; `Store.image_groups`) per finding and split; zero where there are none."""
-        positives = self.store.sql("SELECT id, finding FROM labels WHERE value = 1")
+        positives = self.store.positive_labels()
         groups = self.store.image_groups().select("id", pl.col("split").fill_null("none"), "group_id")
         counts = positives.join(groups, on="id").group_by("finding", "split").agg(
             pl.len().alias("images"), pl.col("group_id").n_unique().alias("groups"))
@@ -153,11 +127,8 @@ class ReportData:
             pl.col("images", "groups").fill_null(0).cast(pl.Int64))
 
     def cooccurrence(self, findings: list[str]) -> pl.DataFrame:
-        pairs = self.store.sql(
-            "SELECT a.finding AS finding_a, b.finding AS finding_b, count(*) AS both FROM labels a "
-            "JOIN labels b ON a.id = b.id AND a.finding <> b.finding WHERE a.value = 1 AND b.value = 1 GROUP BY ALL"
-        )
-        n = self.store.sql("SELECT finding AS finding_a, count(*) AS n_a FROM labels WHERE value = 1 GROUP BY ALL")
+        pairs = self.store.label_pairs()
+        n = self.store.positive_labels().group_by("finding").len("n_a").rename({"finding": "finding_a"})
         grid = pl.DataFrame({"finding_a": findings}).join(pl.DataFrame({"finding_b": findings}), how="cross")
         grid = grid.filter(pl.col("finding_a") != pl.col("finding_b"))
         return (
@@ -167,48 +138,35 @@ class ReportData:
         )
 
     def views(self) -> pl.DataFrame:
-        return self.store.sql(
-            "SELECT coalesce(view, 'unknown') AS view, coalesce(split, 'none') AS split, count(*) AS images FROM images GROUP BY ALL"
-        )
+        return self.store.view_counts()
 
     # -- analyses ----------------------------------------------------------------------
-    def _of_runs(self, runs: pl.DataFrame, select: str, table: str, where: str = "TRUE") -> pl.DataFrame:
+    def _of_runs(self, runs: pl.DataFrame, table: str, columns: list[str], per_finding: bool | None = None):
         """Rows of a result table for the given runs, with the runs' names, version and kind."""
-        rows = self.store.sql(f"SELECT {select} FROM {table} WHERE run_id IN ({sql_list(runs['run_id'])}) AND {where}")
+        rows = self.store.result_rows(table, runs["run_id"].to_list(), per_finding).select("run_id", *columns)
         keep = runs.select("run_id", "run", "series", "version", "kind", "rank")
         return rows.join(keep, on="run_id").sort("rank", maintain_order=True)
 
     def metrics(self, runs: pl.DataFrame, per_finding: bool) -> pl.DataFrame:
-        where = "finding IS NOT NULL" if per_finding else "finding IS NULL"
-        return self._of_runs(runs, "run_id, finding, metric, value, lo, hi", "metrics", where).with_columns(
+        return self._of_runs(runs, "metrics", ["finding", "metric", "value", "lo", "hi"], per_finding).with_columns(
             pl.col("value", "lo", "hi").cast(pl.Float64).fill_nan(None))
 
     def run_findings(self, runs: pl.DataFrame) -> pl.DataFrame:
         """Which findings each run could evaluate, and why not (`run_findings`)."""
-        return self._of_runs(runs, "run_id, finding, evaluable, reason, positives, positive_groups, n", "run_findings")
+        return self._of_runs(runs, "run_findings", ["finding", "evaluable", "reason", "positives", "positive_groups", "n"])
 
     def calibration(self, runs: pl.DataFrame) -> pl.DataFrame:
         """Reliability bins per run; the pooled curve (finding NULL) is named `POOLED`."""
-        return self._of_runs(runs, f"run_id, coalesce(finding, '{POOLED}') AS finding, bin, mean_predicted, observed, n",
-                             "calibration")
+        return self._of_runs(runs, "calibration", ["finding", "bin", "mean_predicted", "observed", "n"]).with_columns(
+            pl.col("finding").fill_null(POOLED))
 
     def scored_labels(self, runs: pl.DataFrame) -> pl.DataFrame:
         """Per-image scores and predictions beside the 0/1 label (uncertain and missing left out)."""
-        s = self.store.sql(
-            "SELECT s.run_id, s.finding, s.id, s.score, CAST(s.pred AS DOUBLE) AS pred, l.value AS y_true "
-            "FROM image_scores s JOIN labels l ON l.id = s.id AND l.finding = s.finding "
-            f"WHERE s.run_id IN ({sql_list(runs['run_id'])}) AND l.value IN (0, 1)"
-        )
+        s = self.store.scored_labels(runs["run_id"].to_list())
         return s.join(runs.select("run_id", "series", "rank"), on="run_id").sort("rank", maintain_order=True)
 
     def projections(self, runs: pl.DataFrame) -> pl.DataFrame:
-        return self.store.sql(
-            "SELECT p.run_id, p.method, i.image_id, round(p.x, 4) AS x, round(p.y, 4) AS y, "
-            "coalesce(lab.labels, 'none') AS labels, coalesce(i.split, 'none') AS split, coalesce(i.view, 'unknown') AS view "
-            "FROM projections p JOIN images i ON i.id = p.id LEFT JOIN ("
-            "  SELECT id, string_agg(finding, ', ' ORDER BY finding) AS labels FROM labels WHERE value = 1 GROUP BY id"
-            f") lab ON lab.id = p.id WHERE p.run_id IN ({sql_list(runs['run_id'])})"
-        )
+        return self.store.projection_points(runs["run_id"].to_list())
 
     # -- paired comparisons ------------------------------------------------------------
     def methods_on(self, version: str) -> list[str]:

@@ -1,5 +1,10 @@
-"""The store: DuckDB tables + FAISS index files (see docs/architecture.md)."""
+"""The store: DuckDB tables + FAISS index files (see docs/architecture.md). Owns all SQL.
 
-from embedstore.store.store import Store, default_path, stable_hash, text_hash
+Internal to embedstore: users open a store with `embedstore.open(path)`; services receive the
+`Storage` object it holds.
+"""
 
-__all__ = ["Store", "default_path", "stable_hash", "text_hash"]
+from embedstore.store.keys import fingerprint, stable_hash, text_hash
+from embedstore.store.storage import Storage, default_path
+
+__all__ = ["Storage", "default_path", "fingerprint", "stable_hash", "text_hash"]

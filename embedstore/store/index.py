@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from embedstore.files import atomic_path
+from embedstore.store.rows import first
 
 # Exact inner product up to this many vectors; HNSW above (build time grows, search stays fast).
 FLAT_MAX = 200_000
@@ -52,19 +54,11 @@ def write_atomic(index, path: Path) -> str:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(path.name + ".tmp*"):  # left by a killed writer
+    for stale in path.parent.glob(f".{path.stem}.*.tmp{path.suffix}"):  # left by a killed writer
         stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        faiss.write_index(index, tmp)
-        checksum = file_checksum(Path(tmp))
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, fsync=True) as tmp:
+        faiss.write_index(index, str(tmp))
+        checksum = file_checksum(tmp)
     _fsync_dir(path.parent)
     return checksum
 
@@ -121,3 +115,58 @@ def search(index, q: np.ndarray, k: int, subset: np.ndarray | None = None):
     else:
         params = faiss.SearchParameters(sel=sel)
     return index.search(q, k, params=params)
+
+
+class IndexFiles:
+    """Each version's FAISS index file, derived from DuckDB (a part of `Storage`)."""
+
+    # ---- FAISS index -------------------------------------------------------------------
+
+    def index_path(self, version: str) -> Path:
+        return self.index_dir / f"{version}.faiss"
+
+    def index_state(self, version: str) -> dict:
+        """Recorded index checksum/count against DuckDB's row count (no file hashing)."""
+        with self.connect() as con:
+            rec = first(con.sql(
+                """SELECT index_checksum, index_count,
+                          (SELECT count(*) FROM image_embeddings WHERE version = ?) FROM versions WHERE version = ?""",
+                params=[version, version],
+            ))
+        checksum, index_count, rows = rec
+        return {"checksum": checksum, "index_count": index_count, "rows": rows, "exists": self.index_path(version).exists()}
+
+    def index_is_current(self, version: str, check_file: bool = True) -> bool:
+        """True when the index file exists, its checksum is the recorded one and its
+        recorded count equals DuckDB's rows."""
+        st = self.index_state(version)
+        if not st["exists"] or st["checksum"] is None or st["index_count"] != st["rows"]:
+            return False
+        return not check_file or file_checksum(self.index_path(version)) == st["checksum"]
+
+    def rebuild_index(self, version: str, kind: str = "auto") -> dict:
+        """Build the version's FAISS index from DuckDB, write it atomically, record checksum."""
+        with self.connect(write=True) as con:
+            ids, X = self.image_vectors(version)
+            index = build(ids, X, kind=kind)
+            checksum = write_atomic(index, self.index_path(version))
+            con.execute(
+                "UPDATE versions SET index_checksum = ?, index_count = ?, count = ?, index_file = ? WHERE version = ?",
+                [checksum, len(ids), len(ids), f"index/{version}.faiss", version],
+            )
+        return {"version": version, "count": len(ids), "kind": kind_of(index), "checksum": checksum}
+
+    def ensure_index(self, version: str) -> bool:
+        """Rebuild the index if it disagrees with DuckDB; return True when it was rebuilt."""
+        if self.index_is_current(version):
+            return False
+        self.rebuild_index(version)
+        return True
+
+    def load_index(self, version: str):
+        """The version's FAISS index, or None when it is missing or stale (count differs)."""
+        st = self.index_state(version)
+        if not st["exists"] or st["index_count"] != st["rows"]:
+            return None
+        index = load(self.index_path(version))
+        return index if index.ntotal == st["rows"] else None

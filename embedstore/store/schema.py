@@ -1,12 +1,18 @@
-"""The store's DuckDB schema: every table in docs/architecture.md, created idempotently.
+"""The store's DuckDB schema: every table in docs/architecture.md, defined once, and its migrations.
 
 Vectors are `FLOAT[]` (a list) rather than `FLOAT[d]` because one table holds every
 version and versions may differ in dimension; `versions.dim` records each one's width.
+
+A store records its layout in `meta.schema_version`. A store written by an older embedstore is
+migrated in place when it is opened (`migrate`); one written by a newer embedstore is refused.
+Layout 1 (no `schema_version`) is the store before frozen splits and typed versions.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+from embedstore.errors import StoreError
+
+SCHEMA_VERSION = 2
 
 TABLES = """
 CREATE SEQUENCE IF NOT EXISTS images_id_seq START 1;
@@ -27,7 +33,7 @@ CREATE TABLE IF NOT EXISTS versions (
     version TEXT PRIMARY KEY, parent TEXT, model_name TEXT, model_record JSON, record_hash TEXT,
     preprocess JSON, dtype TEXT, normalized BOOLEAN, dim INTEGER, logit_scale DOUBLE,
     count BIGINT DEFAULT 0, index_file TEXT, index_checksum TEXT, index_count BIGINT,
-    code_version TEXT, created TIMESTAMP, kind TEXT
+    code_version TEXT, created TIMESTAMP, kind TEXT, checkpoint TEXT, finetune_key TEXT
 );
 CREATE TABLE IF NOT EXISTS image_embeddings (
     version TEXT NOT NULL, id BIGINT NOT NULL, content_hash TEXT, vector FLOAT[] NOT NULL,
@@ -86,8 +92,45 @@ CREATE OR REPLACE VIEW version_counts AS
     FROM versions v;
 """
 
-# Tables whose rows belong to one analysis run (`write_run` fills these, adding run_id).
-RUN_TABLES = ("metrics", "image_scores", "projections")
+
+def stored_version(con) -> int:
+    """The layout a store's file holds: 0 for an empty file, 1 before versions were recorded."""
+    tables = {r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "images" not in tables:
+        return 0
+    if "meta" not in tables:
+        return 1
+    row = con.sql("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    return int(row[0][0]) if row else 1
+
+
+def check_readable(version: int, path) -> None:
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} was written by a newer embedstore (store layout {version}, this one reads up to "
+                         f"{SCHEMA_VERSION}); upgrade embedstore to open it")
+
+
+def migrate(con, path) -> None:
+    """Bring a store to the current layout, in one transaction (a write connection)."""
+    version = stored_version(con)
+    check_readable(version, path)
+    con.execute("BEGIN TRANSACTION")
+    con.execute(TABLES)  # every table of the current layout that is missing
+    if version == 1:
+        _from_layout_1(con)
+    con.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [str(SCHEMA_VERSION)])
+    con.execute("COMMIT")
+    con.execute(VIEWS)
+
+
+def _from_layout_1(con) -> None:
+    """Layout 1 -> 2: lineage columns on `versions`, read from the model record they were buried in."""
+    con.execute("ALTER TABLE versions ADD COLUMN IF NOT EXISTS checkpoint TEXT")
+    con.execute("ALTER TABLE versions ADD COLUMN IF NOT EXISTS finetune_key TEXT")
+    con.execute("""UPDATE versions SET checkpoint = json_extract_string(model_record, '$.finetune.checkpoint'),
+                       finetune_key = json_extract_string(model_record, '$.finetune.key')
+                   WHERE kind = 'finetune' AND checkpoint IS NULL""")
 
 
 def quote_ident(name: str) -> str:

@@ -56,6 +56,14 @@ class SynthSummary:
     shift: str = "none"
     images_per_finding: dict[str, int] = field(default_factory=dict)
 
+    def to_polars(self):
+        """One row (images_per_finding as JSON text)."""
+        from dataclasses import asdict
+
+        from embedstore.results import Summary
+
+        return Summary(asdict(self)).to_polars()
+
 
 @dataclass
 class Study:

@@ -2,7 +2,7 @@
 
 The shipped weights (embedstore/models/phantom_clip/) come from this command:
 
-    python -m embedstore.models.train_phantom_clip --studies 1500 --seed 7 --device cuda --threads 3 \
+    python scripts/train_phantom_clip.py --studies 1500 --seed 7 --device cuda --threads 3 \
         --out embedstore/models/phantom_clip
 
 It runs `embedstore synth TMP --studies 1500 --seed 7 --size 128` (two images a study, frontal and
@@ -207,13 +207,14 @@ def export(model, out: str | Path, cfg: dict = ARCH) -> None:
 def zero_shot_auroc(lm, root: str | Path, min_positives: int = MIN_POSITIVES, batch_size: int = 64) -> dict:
     """Pos-neg zero-shot AUROC of a `LoadedModel` on a synth folder, through its own encode path.
 
-    Per finding: softmax over the ensemble-averaged positive vs negative prompt embedding
-    (logit scale from the model record); AUROC by scikit-learn. Findings with fewer than
-    `min_positives` positives or negatives are listed in `excluded`, not scored.
+    The same scores as `embedstore zeroshot --rule pos-neg` (`analyses.zeroshot`: prompts averaged
+    by `ensemble`, logit scale from the model record); AUROC by `analyses.metrics`. Findings with
+    fewer than `min_positives` positives or negatives are listed in `excluded`, not scored.
     """
     import torch
-    from sklearn.metrics import roc_auc_score
 
+    from embedstore.analyses.metrics import weighted_auroc_ap
+    from embedstore.analyses.zeroshot import PromptVectors, ensemble, scores
     from embedstore.data.images import read_image
 
     ph = read_phantoms(root)
@@ -221,29 +222,21 @@ def zero_shot_auroc(lm, root: str | Path, min_positives: int = MIN_POSITIVES, ba
     for i in range(0, len(ph.paths), batch_size):
         batch = torch.stack([lm.preprocess(read_image(p).convert("RGB")) for p in ph.paths[i:i + batch_size]])
         feats.append(np.asarray(lm.encode_images(batch)))
-    img = np.concatenate(feats)
-    scale = float(lm.record.logit_scale)
+    prompts = prompt_sets(ph.findings)
+    pv = PromptVectors(list(prompts), np.stack([ensemble(lm.encode_texts(pos)) for pos, _ in prompts.values()]),
+                       np.stack([ensemble(lm.encode_texts(neg)) for _, neg in prompts.values()]))
+    S = scores(np.concatenate(feats), pv, "pos-neg", float(lm.record.logit_scale))
     per, excluded = {}, {}
-    for k, (f, (pos, neg)) in enumerate(prompt_sets(ph.findings).items()):
+    for k, f in enumerate(pv.findings):
         y = ph.labels[:, k]
         n_pos = int(y.sum())
         if n_pos < min_positives or len(y) - n_pos < min_positives:
             excluded[f] = n_pos
             continue
-        p, n = _ensemble(lm.encode_texts(pos)), _ensemble(lm.encode_texts(neg))
-        logits = scale * np.stack([img @ p, img @ n], axis=1)
-        prob = np.exp(logits[:, 0] - np.logaddexp(logits[:, 0], logits[:, 1]))
-        per[f] = {"auroc": float(roc_auc_score(y, prob)), "positives": n_pos}
+        per[f] = {"auroc": float(weighted_auroc_ap(y, S[:, k], np.ones((1, len(y))))[0][0]), "positives": n_pos}
     mean = float(np.mean([v["auroc"] for v in per.values()])) if per else float("nan")
     return {"images": len(ph.paths), "studies": len(set(ph.studies)), "mean_auroc": mean,
             "per_finding": per, "excluded": excluded}
-
-
-def _ensemble(emb) -> np.ndarray:
-    e = np.asarray(emb, dtype=np.float64)
-    e = e / np.linalg.norm(e, axis=1, keepdims=True)
-    m = e.mean(0)
-    return m / np.linalg.norm(m)
 
 
 def main(argv: list[str] | None = None) -> None:

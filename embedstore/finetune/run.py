@@ -1,6 +1,6 @@
 """`embedstore finetune`: train a version's model on the store's train split and write a *new version*.
 
-The parent version's model is loaded (`load_version_model`), trained with the core in
+The parent version's model is loaded (`models.load_model(version)`), trained with the core in
 `loop.py` (`bce`: image tower + linear head; `contrastive`: CLIP loss against report text and
 label prompts), exported to `store/checkpoints/<version>/` in the open_clip `local-dir:` layout
 (plus `head.safetensors` for `bce` and `finetune.json`, the training record), and every image of
@@ -68,50 +68,16 @@ class FinetuneResult:
         out["seconds"] = round(self.seconds, 1)
         return out
 
+    def to_polars(self):
+        """One row: version, parent, objective, train, epochs, best val AUROC, reuse, counts, seconds."""
+        import polars as pl
 
-# ---- loading a version's model -------------------------------------------------------------
-def load_version_model(store, version: str, device: str = "cpu"):
-    """The `LoadedModel` that made `version`: its fine-tune checkpoint (found relative to the store,
-    so a moved store still loads) or, for an encoded version, the registry name of its record."""
-    from embedstore.models import load_model
-
-    st = _open(store)
-    info = st.version_info(version)
-    rec = info["model_record"] or {}
-    ft = rec.get("finetune")
-    if ft:
-        folder = st.path / ft["checkpoint"]
-        return load_model(f"local-dir:{folder}", device=device)
-    pretrained = rec.get("pretrained")
-    return load_model(rec.get("name", info["model_name"]), pretrained=pretrained, device=device)
-
-
-def load_version_head(store, version: str):
-    """(head module, findings) of a `bce` fine-tuned version; its input is the image tower's output
-    before normalisation (`model.encode_image(x)`); a head trained from the zero-shot
-    initialisation normalises it first. InputError when the version has none."""
-    import torch
-    from safetensors.torch import load_file
-
-    st = _open(store)
-    rec = st.version_info(version)["model_record"] or {}
-    ft = rec.get("finetune") or {}
-    if not ft.get("head"):
-        raise InputError(f"version {version} has no fine-tuned classifier head; "
-                         "make one with `embedstore finetune --objective bce --from-version ...`")
-    weights = load_file(str(st.path / ft["checkpoint"] / ft["head"]))
-    from embedstore.finetune.objectives import UnitInputHead
-
-    out_dim, in_dim = weights["weight"].shape
-    unit = ft.get("head_init") == "zeroshot"  # such heads read the unit image vector
-    head = (UnitInputHead if unit else torch.nn.Linear)(in_dim, out_dim)
-    head.load_state_dict(weights)
-    return head.eval(), list(ft["findings"])
+        return pl.DataFrame([self.as_dict()])
 
 
 # ---- the command -----------------------------------------------------------------------------
 def finetune(
-    store=None,
+    st,
     from_version: str | None = None,
     objective: str = "bce",
     train: str = "vision",
@@ -142,23 +108,22 @@ def finetune(
     """
     from embedstore.encode import resolve_device
     from embedstore.store import stable_hash
-    from embedstore.store.store import WriteLock
+    from embedstore.store.lock import WriteLock
 
     started = time.perf_counter()
     if objective not in OBJECTIVES:
         raise InputError(f"--objective {objective!r}: use one of {', '.join(OBJECTIVES)}")
     if head_init not in HEAD_INITS:
         raise InputError(f"--head-init {head_init!r}: use one of {', '.join(HEAD_INITS)}")
-    st = _open(store)
-    parent = st.resolve_version(from_version)
-    info = st.version_info(parent)
+    parent_version = st.version(from_version)
+    parent = parent_version.id
     data = TrainingData.read(st, parent)
     settings = {"objective": objective, "train": train, "epochs": epochs, "lr": lr, "batch_size": batch_size,
                 "accumulate": accumulate, "precision": precision, "seed": seed, "patience": patience,
                 "weight_decay": weight_decay, "warmup": warmup}
     if objective == "bce" and head_init != "random":  # absent = random head, as before head_init existed
         settings["head_init"] = head_init
-    key = stable_hash({"parent": parent, "record_hash": info["record_hash"], "data": data.fingerprint(), **settings})
+    key = stable_hash({"parent": parent, "record_hash": parent_version.record_hash, "data": data.fingerprint(), **settings})
     config = _train_config(settings, resolve_device(device))  # validates before anything is written
 
     done = None if force else find_finetuned(st, key, complete=True)
@@ -177,7 +142,9 @@ def finetune(
         result = FinetuneResult(version="", parent=parent, objective=objective, train=train, key=key)
         head = None
         if pending is None:
-            loaded = load_version_model(st, parent, device=config.device)
+            from embedstore.models import load_model
+
+            loaded = load_model(parent_version, device=config.device)
             trained, head = _train(loaded, data, config, objective, head_init, work / "train", result, on_epoch)
             folder = _export(trained, loaded, head, data, work / "export", settings, result, parent, key)
         result.seconds = time.perf_counter() - started  # recorded as the run's duration (training)
@@ -193,13 +160,6 @@ def finetune(
         lock.release()
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _open(store):
-    from embedstore.api import Store
-    from embedstore.store import Store as BaseStore
-
-    return store if isinstance(store, BaseStore) else Store(store)
 
 
 def _train_config(settings: dict, device: str):
@@ -256,14 +216,10 @@ class TrainingData:
         return {role: self.ids[self.split == role] for role in ("train", "val")}
 
     def fingerprint(self) -> str:
-        import hashlib
+        from embedstore.store import fingerprint
 
-        h = hashlib.sha256()
-        h.update(self.ids.tobytes())
-        h.update(np.ascontiguousarray(np.nan_to_num(self.labels, nan=9)).tobytes())
-        h.update("\x00".join(map(str, self.split)).encode())
-        h.update("\x00".join(self.hashes + self.findings + self.reports).encode())
-        return h.hexdigest()[:16]
+        return fingerprint(self.ids, np.nan_to_num(self.labels, nan=9), self.split, self.hashes, self.findings,
+                           self.reports)
 
     def datasets(self, objective: str, image_size: int, mean, std, seed: int):
         """Train and validation `PairDataset`s (train gets augmentation and, for contrastive, texts)."""
@@ -357,42 +313,29 @@ def _export(model, loaded, head, data: TrainingData, folder: Path, settings: dic
 
 def _create_version(st, folder: Path, parent: str, key: str, settings: dict, data: TrainingData, has_head: bool,
                     device: str) -> str:
-    """Move the checkpoint to checkpoints/<version>/ and register the version (store lock held)."""
-    import re
-
+    """Move the checkpoint to checkpoints/<version>/ and register the version (store lock held, so
+    the id `next_version_id` gives is the one `create_version` takes)."""
     from embedstore.models import load_model
 
-    with st.connect() as con:
-        rows = con.sql("SELECT version FROM versions").fetchall()
-    nums = [int(m.group(1)) for (v,) in rows if (m := re.fullmatch(r"v(\d+)", v))]
-    version = f"v{max(nums, default=0) + 1}"  # what create_version will pick: we hold the lock
+    version = st.next_version_id()
     target = st.path / "checkpoints" / version
     shutil.rmtree(target, ignore_errors=True)  # left by a run killed before its version row was written
     os.replace(folder, target)
     tuned = load_model(f"local-dir:{target}", device=device)
     record = tuned.record.to_dict()
-    record["finetune"] = {"parent": parent, "key": key, "checkpoint": f"checkpoints/{version}",
-                          "head": HEAD_FILE if has_head else None, "findings": data.findings, **settings}
-    made = st.create_version(parent, record, record["preprocess"], "fp32", "finetune", fit_ids=data.fit_ids())
+    record["finetune"] = {"parent": parent, "key": key, "head": HEAD_FILE if has_head else None,
+                          "findings": data.findings, **settings}
+    made = st.create_version(parent, record, record["preprocess"], "fp32", "finetune", fit_ids=data.fit_ids(),
+                             checkpoint=f"checkpoints/{version}")
     if made != version:
         raise StoreError(f"fine-tune expected to create version {version} but the store made {made}; "
                          "another writer changed the store: run `embedstore verify`")
     return version
 
 
-def find_finetuned(store, key: str, complete: bool) -> str | None:
+def find_finetuned(st, key: str, complete: bool) -> str | None:
     """The latest fine-tuned version made with `key`: complete (its `finetune` run written) or not."""
-    st = _open(store)
-    with st.connect() as con:
-        rows = con.sql(
-            """SELECT v.version, EXISTS (SELECT 1 FROM runs r WHERE r.version = v.version AND r.kind = ?) AS done
-               FROM versions v WHERE v.kind = 'finetune'
-                 AND json_extract_string(v.model_record, '$.finetune.key') = ?
-               ORDER BY v.created DESC""", params=[RUN_KIND, key]).fetchall()
-    for version, done in rows:
-        if bool(done) == complete:
-            return version
-    return None
+    return next((v for v, done in st.finetuned_with_key(key, RUN_KIND) if done == complete), None)
 
 
 def _fill_result_from_record(st, version: str, result: FinetuneResult) -> None:
@@ -404,14 +347,14 @@ def _fill_result_from_record(st, version: str, result: FinetuneResult) -> None:
 
 
 def _training_record(st, version: str) -> dict:
-    ft = st.version_info(version)["model_record"]["finetune"]
-    return json.loads((st.path / ft["checkpoint"] / RECORD_FILE).read_text())
+    return json.loads((st.version(version).checkpoint / RECORD_FILE).read_text())
 
 
 def _reused(st, version: str, parent: str, key: str, started: float) -> FinetuneResult:
-    ft = st.version_info(version)["model_record"]["finetune"]
+    made = st.version(version)
+    ft = made.finetune
     result = FinetuneResult(version=version, parent=parent, objective=ft["objective"], train=ft["train"], key=key,
-                            reused=True, checkpoint=str(st.path / ft["checkpoint"]))
+                            reused=True, checkpoint=str(made.checkpoint))
     _fill_result_from_record(st, version, result)
     result.run_id = st.find_run(RUN_KIND, version, _run_config(st, version))
     result.seconds = time.perf_counter() - started
@@ -450,9 +393,12 @@ def _write_version(st, version: str, data: TrainingData, result: FinetuneResult,
     """Re-encode images and texts into `version` (skipping what is stored), index it, write its run."""
     from embedstore.encode import encode_into, encode_prompts
 
-    loaded = load_version_model(st, version, device=device)
-    ft = st.version_info(version)["model_record"]["finetune"]
-    head = load_version_head(st, version)[0] if ft.get("head") else None
+    from embedstore.models import load_model
+    from embedstore.models.heads import load_head
+
+    made = st.version(version)
+    loaded = load_model(made, device=device)
+    head = load_head(made)[0] if made.finetune.get("head") else None
     model = _HeadCapture(loaded, head) if head is not None else loaded
     on_batch = model.collect if head is not None else None
     summary = encode_into(st, version, model, ids=data.ids, batch_size=batch_size, workers=workers,
@@ -469,17 +415,13 @@ def _write_version(st, version: str, data: TrainingData, result: FinetuneResult,
     result.encoded = summary.encoded
     result.texts = _encode_texts(st, result.parent, version, loaded) + encode_prompts(st, version, loaded, data.findings)
     st.rebuild_index(version)
-    result.version, result.checkpoint = version, str(st.path / ft["checkpoint"])
+    result.version, result.checkpoint = version, str(made.checkpoint)
     result.run_id = _write_run(st, version, data, result, head, model)
 
 
 def _encode_texts(st, parent: str, version: str, loaded, batch: int = 64) -> int:
     """Every text the parent has (prompts and cached queries), embedded by the new text tower."""
-    with st.connect() as con:
-        todo = con.sql(
-            """SELECT p.text_hash, p.text FROM text_embeddings p WHERE p.version = ?
-                 AND p.text_hash NOT IN (SELECT text_hash FROM text_embeddings WHERE version = ?)
-               ORDER BY p.text_hash""", params=[parent, version]).pl()
+    todo = st.texts_missing(parent, version)
     for start in range(0, todo.height, batch):
         chunk = todo.slice(start, batch)
         st.add_text_vectors(version, chunk, np.asarray(loaded.encode_texts(chunk["text"].to_list()), dtype=np.float32))
@@ -487,8 +429,7 @@ def _encode_texts(st, parent: str, version: str, loaded, batch: int = 64) -> int
 
 
 def _run_config(st, version: str) -> dict:
-    ft = st.version_info(version)["model_record"]["finetune"]
-    return {k: v for k, v in ft.items() if k != "checkpoint"}
+    return {k: v for k, v in st.version(version).finetune.items() if k != "checkpoint"}
 
 
 def _write_run(st, version: str, data: TrainingData, result: FinetuneResult, head, model) -> str:

@@ -16,7 +16,7 @@ from embedstore.data.labels import (CHEXPERT_FINDINGS, NIH_FINDINGS, NIH_NO_FIND
                                     mesh_findings, mesh_labels, mesh_terms)
 from embedstore.data.locate import ImageIndex, check_images_dir
 from embedstore.data.records import Dataset, ImageRecord
-from embedstore.data.tables import read_table, require_columns, table_name
+from embedstore.data.table_files import read_table, require_columns, table_name
 from embedstore.errors import InputError
 
 # Columns of a manifest or label table that describe the image, not a finding.

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Optional
 
 import typer
 
 from embedstore.cli import app
-from embedstore.cli.output import Format, emit
-
-
-class InspectFormat(str, Enum):
-    table = "table"
-    json = "json"
+from embedstore.cli.options import FORMAT, open_store
+from embedstore.cli.output import Format, emit, emit_result
 
 
 @app.command("inspect")
@@ -27,36 +22,17 @@ def inspect_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the patient/study splits."),
     boxes: Optional[str] = typer.Option(None, "--boxes", help="A box file to inspect instead of (or beside) a data set."),
     box_format: str = typer.Option("auto", "--box-format", help="auto|canonical|nih|vindr|rsna."),
-    fmt: InspectFormat = typer.Option(InspectFormat.table, "--format", help="table or json."),
+    fmt: Format = FORMAT,
 ) -> None:
     """Studies, images, reports without images, views, per-finding counts and splits; or a box file's counts."""
-    from embedstore.errors import InputError
-
-    if source is None and boxes is None:
-        raise InputError("give a data set SOURCE, or --boxes FILE")
-    result = {}
-    if source is not None:
-        from embedstore.data.datasets import read_dataset
-        from embedstore.data.inspect import inspect_dataset
-
-        ds = read_dataset(source, dataset=dataset, labels=labels, images=images, uncertain=uncertain,
-                          top_k=top_k, seed=seed)
-        result["dataset"] = inspect_dataset(ds)
-    if boxes is not None:
-        from embedstore.data.boxes import load_boxes
-        from embedstore.data.inspect import inspect_boxes
-
-        table = load_boxes(boxes, box_format)
-        result["boxes"] = {"file": boxes, "format": table.format,
-                           **inspect_boxes(table.df, table.rows_without_box, table.images_without_box)}
-    if fmt is InspectFormat.json:
-        emit(result["dataset"] if len(result) == 1 and "dataset" in result else
-             result["boxes"] if len(result) == 1 else result, Format.json)
+    found = open_store(None).inspect(source, dataset=dataset, labels=labels, images=images, uncertain=uncertain,
+                                     top_k=top_k, seed=seed, boxes=boxes, box_format=box_format)
+    if emit_result(found, fmt):
         return
-    if "dataset" in result:
-        _table(result["dataset"], "data set")
-    if "boxes" in result:
-        _table(result["boxes"], "boxes")
+    if found.dataset is not None:
+        _table(found.dataset, "data set")
+    if found.boxes is not None:
+        _table(found.boxes, "boxes")
 
 
 def _table(summary: dict, title: str) -> None:

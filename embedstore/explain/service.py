@@ -1,4 +1,5 @@
-"""`embedstore explain` and `embedstore agreement` wired to the store.
+"""The `explain` and `agreement` services: Grad-CAM heatmaps of stored images, and their agreement
+with annotated boxes, on a store (`Storage`).
 
 Targets per version: "zeroshot" is the pos-neg logit from the version's stored prompt
 embeddings and logit scale (the score `embedstore zeroshot --rule pos-neg` evaluates); "probe"
@@ -14,23 +15,17 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from embedstore.errors import EmbedstoreError, InputError
+from embedstore.errors import InputError
 
 TARGETS = ("zeroshot", "probe", "finetuned")
 SPLITS = ("train", "val", "test", "all")
 DEFAULT_LOGIT_SCALE = 100.0  # a version without a recorded scale, as `analyses.runs.load_data` assumes
-
-
-def _open(store):
-    from embedstore.api import Store
-
-    return store if hasattr(store, "resolve_version") else Store(store)
 
 
 def _image_rows(st, image_ids: list[str]):
@@ -55,7 +50,7 @@ def build_target(st, version: str, kind: str, finding: str, loaded=None):
 
     if kind == "zeroshot":
         prompts, M = st.text_vectors(version)
-        scale = st.version_info(version).get("logit_scale")
+        scale = st.version(version).logit_scale
         return targets.zeroshot_target(finding, prompts, M, DEFAULT_LOGIT_SCALE if scale is None else float(scale),
                                        version=version)
     if kind == "probe":
@@ -66,22 +61,18 @@ def build_target(st, version: str, kind: str, finding: str, loaded=None):
 
 
 def _probe_weights(st, version: str):
-    with st.connect() as con:
-        have = {r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
-        if "probe_weights" not in have:
-            raise InputError(f"no stored probe for version {version}; run `embedstore probe --version {version}` first")
-        return con.sql(
-            """SELECT w.finding, w.intercept, w.coef FROM probe_weights w JOIN runs r USING (run_id)
-               WHERE r.version = ? AND r.kind = 'probe' ORDER BY r.started, w.finding""", params=[version]
-        ).pl()
+    weights = st.probe_weights(version=version)
+    if weights.is_empty():
+        raise InputError(f"no stored probe for version {version}; run `embedstore probe --version {version}` first")
+    return weights
 
 
 def finetuned_target(st, version: str, finding: str, loaded=None):
     """The fine-tuned classifier head's logit for `finding` (a `bce` fine-tuned version)."""
     from embedstore.explain.targets import HeadTarget
-    from embedstore.finetune.commands import load_version_head
+    from embedstore.models.heads import load_head
 
-    head, findings = load_version_head(st, version)
+    head, findings = load_head(st.version(version))
     if finding not in findings:
         raise InputError(f"finding {finding!r} has no output in version {version}'s head; "
                          f"choose one of: {', '.join(findings)}")
@@ -89,25 +80,45 @@ def finetuned_target(st, version: str, finding: str, loaded=None):
 
 
 def _load_model(st, version: str):
-    from embedstore.finetune.commands import load_version_model
+    from embedstore.models import load_model
 
-    return load_version_model(st, version)
+    return load_model(st.version(version))
 
 
-def explain(image_id: str, finding: str, target: str = "zeroshot", version: str | None = None,
-            method: str = "gradcam", layer: str | None = None, out: str | None = None, store=None,
-            colormap: str = "jet", loaded=None) -> dict:
+@dataclass
+class Explanation:
+    """What `explain` drew: the image, finding, target, method and layer, the heatmap's peak in
+    original pixels, the boxes drawn, whether the heatmap came from the cache, and the PNG."""
+
+    image_id: str
+    finding: str
+    target: str
+    version: str
+    method: str
+    layer: str
+    peak_x: int
+    peak_y: int
+    boxes: int
+    cached: bool
+    out: str
+
+    def to_polars(self):
+        import polars as pl
+
+        return pl.DataFrame([asdict(self)])
+
+
+def explain(st, image_id: str, finding: str, target: str = "zeroshot", version: str | None = None,
+            method: str = "gradcam", layer: str | None = None, out: str | None = None, colormap: str = "jet",
+            loaded=None) -> Explanation:
     """Explain one image for one finding; write the overlay PNG on the original image.
-
-    Returns a summary dict (image, finding, target, method, layer, peak in original pixels,
-    whether the heatmap came from the cache, the PNG written)."""
+    `loaded` reuses a model already loaded for the version (many explanations in a row)."""
     from embedstore.explain.cache import HeatmapCache, cached_heatmaps
     from embedstore.explain.heatmaps import _read, method_class
     from embedstore.explain.layers import resolve_layer
     from embedstore.explain.overlay import write_overlay
 
     method_class(method)
-    st = _open(store)
     version = st.resolve_version(version)
     row = _image_rows(st, [image_id]).row(0, named=True)
     loaded = loaded or _load_model(st, version)
@@ -121,9 +132,8 @@ def explain(image_id: str, finding: str, target: str = "zeroshot", version: str 
     out = Path(out or f"explain-{_slug(image_id)}-{_slug(finding)}-{_slug(method)}.png")
     write_overlay(out, _read(row["path"]), original, boxes, hm.geometry.visible_box(), colormap)
     py, px = np.unravel_index(int(np.argmax(original)), original.shape)
-    return {"image_id": image_id, "finding": finding, "target": target, "version": version, "method": method,
-            "layer": layer_name, "peak_x": int(px), "peak_y": int(py), "boxes": len(boxes),
-            "cached": before is not None, "out": str(out)}
+    return Explanation(image_id, finding, target, version, method, layer_name, int(px), int(py), len(boxes),
+                       before is not None, str(out))
 
 
 def _key(version, tgt, method, layer_name, image_id):
@@ -162,12 +172,10 @@ class _LazyOriginal(Mapping):
 
 
 def read_box_file(path: str, box_format: str = "auto"):
+    from embedstore.data.datasets import read_boxes
+
     if not Path(path).is_file():
         raise InputError(f"--boxes: no file {path}")
-    try:
-        from embedstore.data.datasets import read_boxes
-    except ImportError:
-        raise EmbedstoreError("reading box files needs embedstore.data.datasets.read_boxes (not installed yet)") from None
     return read_boxes(path, box_format=box_format)
 
 
@@ -182,26 +190,33 @@ class AgreementResult:
     split: str
     scored: int
     left_out: dict[str, int] = field(default_factory=dict)
+    overlays: int = 0  # overlay PNGs written for the report (`write_gallery`)
 
     def __iter__(self):
         return iter((self.run, self.per_item))
+
+    def to_polars(self):
+        """The run's summary metrics: finding (None = all items), metric (`metric@baseline` for a
+        baseline), value, lo, hi."""
+        return self.run.metrics
 
     def left_out_text(self) -> str:
         """e.g. "235 train, 23 val"."""
         return ", ".join(f"{n} {split}" for split, n in self.left_out.items())
 
 
-def agreement(boxes: str | None = None, box_format: str = "auto", target: str = "zeroshot",
+def agreement(st, boxes: str | None = None, box_format: str = "auto", target: str = "zeroshot",
               version: str | None = None, method: str = "gradcam", layer: str | None = None,
-              threshold: str = "top:0.15", store=None, batch_size: int = 16, n_boot: int = 1000,
-              seed: int = 0, force: bool = False, loaded=None, split: str = "test") -> AgreementResult:
+              threshold: str = "top:0.15", split: str = "test", batch_size: int = 16, n_boot: int = 1000,
+              seed: int = 0, force: bool = False, gallery: int = 12, loaded=None) -> AgreementResult:
     """Heatmap-box agreement for every annotated (image, finding) of `split` (train | val | test
     | all); stored as an `agreement` run whose config records the split and the left-out counts.
 
     Boxes come from `boxes` (a file) or else the store's boxes table. Heatmaps of the val split's
     boxed items are computed too (and cached): they fit the `dice@val_threshold` cut, and are
     scored only when `split` is val or all (their val-fitted Dice is then in-sample).
-    Intervals resample patient groups (`Store.image_groups()`).
+    Intervals resample patient groups (`Storage.image_groups()`). `gallery` overlay PNGs are
+    written where the report finds them (`write_gallery`, from the cached heatmaps).
     """
     import polars as pl
 
@@ -215,7 +230,6 @@ def agreement(boxes: str | None = None, box_format: str = "auto", target: str = 
     method_class(method)
     if split not in SPLITS:
         raise InputError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
-    st = _open(store)
     version = st.resolve_version(version)
     box_df = read_box_file(boxes, box_format) if boxes else st.boxes()
     if box_df.height == 0:
@@ -257,7 +271,8 @@ def agreement(boxes: str | None = None, box_format: str = "auto", target: str = 
         return {"metrics": summary.select("finding", metric.alias("metric"), "value", "lo", "hi")}
 
     run = cached_run(st, "agreement", version, config, compute, force=force)
-    return AgreementResult(run, result.get("per_item"), split, n_scored, left_out)
+    overlays = write_gallery(st, run, limit=gallery, loaded=loaded) if gallery else 0  # the model loaded above
+    return AgreementResult(run, result.get("per_item"), split, n_scored, left_out, overlays)
 
 
 def _with_groups(st, rows):
@@ -291,7 +306,7 @@ def _split_fingerprint(images) -> str:
     return hashlib.sha256(frame.write_csv().encode()).hexdigest()[:16]
 
 
-def write_gallery(store, run, limit: int = 12, loaded=None) -> int:
+def write_gallery(st, run, limit: int = 12, loaded=None) -> int:
     """Overlay PNGs for an agreement run, in `<store>/heatmaps/<run_id>/` where reports find them.
 
     One annotated image of the run's split per finding first (then more, up to `limit`), with the
@@ -300,7 +315,6 @@ def write_gallery(store, run, limit: int = 12, loaded=None) -> int:
     """
     import polars as pl
 
-    st = _open(store)
     cfg = run.config
     boxes = st.boxes()
     if cfg.get("split", "all") != "all" and boxes.height:
@@ -311,11 +325,14 @@ def write_gallery(store, run, limit: int = 12, loaded=None) -> int:
         return 0
     pairs = boxes.select("image_id", "finding").unique(maintain_order=True)
     pairs = pairs.with_columns(pl.int_range(pl.len()).over("finding").alias("rank")).sort("rank", "finding")
-    loaded = loaded or _load_model(st, run.version)
     folder = st.path / "heatmaps" / run.run_id
-    folder.mkdir(parents=True, exist_ok=True)
-    for image_id, finding, _ in pairs.head(limit).iter_rows():
-        explain(image_id, finding, target=cfg["target"], version=run.version, method=cfg["method"],
-                layer=cfg["layer"], out=str(folder / f"{_slug(image_id)}_{_slug(finding)}.png"), store=st,
-                loaded=loaded)
+    todo = [(image_id, finding, folder / f"{_slug(image_id)}_{_slug(finding)}.png")
+            for image_id, finding, _ in pairs.head(limit).iter_rows()]
+    todo = [item for item in todo if not item[2].is_file()]  # a reused run keeps the overlays it has
+    if todo:
+        folder.mkdir(parents=True, exist_ok=True)
+        loaded = loaded or _load_model(st, run.version)
+    for image_id, finding, png in todo:
+        explain(st, image_id, finding, target=cfg["target"], version=run.version, method=cfg["method"],
+                layer=cfg["layer"], out=str(png), loaded=loaded)
     return min(limit, pairs.height)

@@ -1,4 +1,4 @@
-"""Synthetic stored embeddings for tests and benchmarks: clustered by label, with prompts.
+"""Synthetic stored embeddings for tests and benchmarks (not shipped): clustered by label, with prompts.
 
 Images and prompts share one common direction (as CLIP-style embeddings do, which is why
 their cosines are almost all positive); each finding adds its own direction to the images
@@ -70,8 +70,11 @@ def make(n: int = 2000, n_findings: int = 8, d: int = 64, seed: int = 0, signal:
 
 
 def to_store(syn: SyntheticStore, store, name: str = "synthetic") -> str:
-    """Write a SyntheticStore into a real store (images, labels, one version, prompts); the version id."""
+    """Write a SyntheticStore into a real store (an `embedstore.open()` store or its `Storage`):
+    images, labels, one version, prompts; the version id."""
     from embedstore.data.records import ImageRecord
+
+    store = getattr(store, "_storage", store)
 
     recs = []
     for i, split in enumerate(syn.split):

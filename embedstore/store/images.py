@@ -1,0 +1,253 @@
+"""Images, their frozen splits, labels, boxes and errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from embedstore.errors import InputError
+from embedstore.store import schema
+from embedstore.store.rows import first, now
+
+# An image's group where `splits` has none (images stored before splits were frozen).
+GROUP_SQL = "coalesce('patient:' || i.patient_id, 'study:' || i.study_id, 'image:' || i.image_id)"
+# id, split, group_id of every image: the frozen split, else the image's own columns.
+GROUPS_SQL = (f"SELECT i.id, coalesce(s.split, i.split) AS split, coalesce(s.group_id, {GROUP_SQL}) AS group_id "
+              "FROM images i LEFT JOIN splits s USING (id)")
+
+
+class ImageTables:
+    """The `images`, `splits`, `labels`, `boxes` and `errors` tables (a part of `Storage`)."""
+
+    # ---- images, labels, boxes, errors -------------------------------------------------
+
+    def upsert_images(self, records: Iterable, assigned=None) -> dict[str, int]:
+        """Insert or update `ImageRecord`s and their labels; return image_id -> store id.
+
+        Existing images keep their id (the FAISS id); their metadata and labels are replaced, but
+        never their split: splits are frozen in `splits` the first time an image is stored, and
+        `images.split` mirrors them (both written in this one transaction). Where new images go is
+        decided by `embedstore.data.splits.place`; `assigned` (a `splits.Assignment`) says how the
+        records' own splits were drawn (default: given by the data set).
+        """
+        import polars as pl
+
+        from embedstore.data.splits import Assignment, place
+
+        records = list(records)
+        seen: set[str] = set()
+        for r in records:
+            if r.image_id in seen:
+                raise InputError(f"image id {r.image_id!r} appears twice in the data set; image ids must be unique")
+            seen.add(r.image_id)
+        columns = ("image_id", "path", "study_id", "patient_id", "view", "projection", "source", "findings", "impression")
+        with self.transaction() as con:
+            self._adopt_unfrozen_splits(con)
+            placements = place(records, assigned or Assignment(), self._stored_splits(con))
+            meta = pl.DataFrame({c: [getattr(r, c) for r in records] for c in columns},
+                                schema={c: pl.String for c in columns})
+            meta = meta.with_columns(pl.Series("split", [p.split for p in placements], dtype=pl.String))
+            con.register("new_meta", meta)
+            con.execute(
+                """UPDATE images SET path = n.path, study_id = n.study_id, patient_id = n.patient_id,
+                       view = n.view, projection = n.projection, split = n.split, source = n.source,
+                       findings = n.findings, impression = n.impression
+                   FROM new_meta n WHERE images.image_id = n.image_id"""
+            )
+            con.execute(
+                """INSERT INTO images (id, image_id, path, study_id, patient_id, view, projection, split,
+                       source, findings, impression)
+                   SELECT nextval('images_id_seq'), image_id, path, study_id, patient_id, view, projection, split,
+                       source, findings, impression FROM new_meta n
+                   WHERE n.image_id NOT IN (SELECT image_id FROM images)"""
+            )
+            con.unregister("new_meta")
+            self._write_splits(con, records, placements)
+            ids = dict(con.sql("SELECT image_id, id FROM images").fetchall())
+            self._write_labels(con, records, ids)
+        return ids
+    # ---- splits: frozen once per image -------------------------------------------------
+
+    def _adopt_unfrozen_splits(self, con) -> None:
+        """Images stored before splits were frozen keep the split they had (method `adopted`)."""
+        con.execute(
+            f"""INSERT INTO splits SELECT i.id, {GROUP_SQL}, i.split, 'adopted', NULL, NULL, ? FROM images i
+                WHERE i.split IN ('train', 'val', 'test') AND i.id NOT IN (SELECT id FROM splits)""", [now()])
+
+    def _stored_splits(self, con):
+        """What `place` needs to know of the stored splits (`splits.Stored`)."""
+        from embedstore.data.splits import Stored, parse_fractions
+
+        by_image = dict(con.sql("SELECT i.image_id, s.split FROM splits s JOIN images i USING (id)").fetchall())
+        by_group = dict(con.sql("SELECT group_id, mode(split) FROM splits GROUP BY group_id").fetchall())
+        first_drawn = first(con.sql(
+            """SELECT seed, fractions FROM splits WHERE method IN ('stratified', 'hash')
+               ORDER BY method <> 'stratified', assigned, id"""))
+        seed, fractions = first_drawn if first_drawn else (None, None)
+        return Stored(by_image, by_group, seed, parse_fractions(fractions))
+
+    def _write_splits(self, con, records: list, placements: list) -> None:
+        import polars as pl
+
+        new = [(r.image_id, p.group_id, p.split, p.method, p.seed, p.fractions)
+               for r, p in zip(records, placements) if p.new]
+        frame = pl.DataFrame(new, schema={"image_id": pl.String, "group_id": pl.String, "split": pl.String,
+                                          "method": pl.String, "seed": pl.Int32, "fractions": pl.String}, orient="row")
+        con.register("new_splits", frame)
+        con.execute(
+            """INSERT INTO splits SELECT i.id, n.group_id, n.split, n.method, n.seed, n.fractions, ?
+               FROM new_splits n JOIN images i USING (image_id) WHERE i.id NOT IN (SELECT id FROM splits)""", [now()])
+        con.unregister("new_splits")
+
+    def images_placed_by(self, method: str) -> int:
+        """How many images got their split by `method` (stratified, given, hash, group, adopted)."""
+        with self.connect() as con:
+            return first(con.sql("SELECT count(*) FROM splits WHERE method = ?", params=[method]))[0]
+
+    def split_methods(self):
+        """One row per way splits were assigned: method, seed, fractions, images, and how many of
+        them went to train, val and test."""
+        return self._df(
+            """SELECT method, seed, fractions, count(*) AS images,
+                      count(*) FILTER (WHERE split = 'train') AS train, count(*) FILTER (WHERE split = 'val') AS val,
+                      count(*) FILTER (WHERE split = 'test') AS test, min(assigned) AS assigned
+               FROM splits GROUP BY method, seed, fractions ORDER BY min(assigned), method"""
+        )
+
+    def split_positives(self):
+        """finding, split, positive_groups, positive_images: positives (value 1) per finding and split,
+        counted as distinct groups (patients, else studies) and as images."""
+        return self._df(
+            f"""WITH g AS ({GROUPS_SQL})
+               SELECT l.finding, g.split, count(DISTINCT g.group_id) AS positive_groups, count(*) AS positive_images
+               FROM labels l JOIN g USING (id) WHERE l.value = 1 GROUP BY l.finding, g.split
+               ORDER BY l.finding, g.split"""
+        )
+
+    def split_ids(self, version: str, split: str) -> np.ndarray:
+        """int64 ids of the images in `split` that have a vector in `version`, sorted."""
+        with self.connect() as con:
+            rows = con.sql(
+                f"""WITH g AS ({GROUPS_SQL}) SELECT e.id FROM image_embeddings e JOIN g USING (id)
+                   WHERE e.version = ? AND g.split = ? ORDER BY e.id""", params=[version, split]).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def _write_labels(self, con, records: list, ids: dict[str, int]) -> None:
+        import polars as pl
+
+        rows = [(ids[r.image_id], f, v) for r in records for f, v in r.labels.items()]
+        frame = pl.DataFrame(rows, schema={"id": pl.Int64, "finding": pl.String, "value": pl.Int8}, orient="row")
+        touched = pl.DataFrame({"id": [ids[r.image_id] for r in records]}, schema={"id": pl.Int64})
+        con.register("touched", touched)
+        con.register("new_labels", frame)
+        con.execute("DELETE FROM labels WHERE id IN (SELECT id FROM touched)")
+        con.execute("INSERT INTO labels SELECT id, finding, value FROM new_labels")
+        con.unregister("touched")
+        con.unregister("new_labels")
+        self._ensure_labels_view(con)
+
+    def _ensure_labels_view(self, con) -> None:
+        findings = [r[0] for r in con.sql("SELECT DISTINCT finding FROM labels ORDER BY finding").fetchall()]
+        con.execute(schema.labels_wide_sql(findings))
+
+    def images(self, where: str | None = None):
+        """Image metadata (id, image_id, path, study_id, patient_id, view, projection, split, ...).
+
+        `where` is a SQL predicate over `images` columns, e.g. "view = 'frontal'".
+        """
+        sql = "SELECT * FROM images"
+        if where:
+            sql += f" WHERE {where}"
+        return self._df(sql + " ORDER BY id")
+
+    def image_groups(self):
+        """id, split, group_id of every image: the frozen split's group (`splits`), else the
+        image's patient, else its study. Bootstraps resample these groups, never single images."""
+        return self._df(f"{GROUPS_SQL} ORDER BY i.id")
+
+    def image_files(self, image_ids: Iterable[str]):
+        """id, image_id, path, width, height of the images with these ids (unknown ids are left
+        out): what Grad-CAM needs to read an image, and its id to join `image_groups()`."""
+        import polars as pl
+
+        want = pl.DataFrame({"image_id": pl.Series(sorted(set(map(str, image_ids))), dtype=pl.String)})
+        with self.connect() as con:
+            con.register("if_want", want)
+            try:
+                return con.sql("""SELECT i.id, i.image_id, i.path, i.width, i.height
+                                  FROM images i JOIN if_want USING (image_id) ORDER BY i.image_id""").pl()
+            finally:
+                con.unregister("if_want")
+
+    def findings(self) -> list[str]:
+        """Every finding that has at least one label, sorted."""
+        with self.connect() as con:
+            return [r[0] for r in con.sql("SELECT DISTINCT finding FROM labels ORDER BY finding").fetchall()]
+
+    def label_matrix(self, ids: np.ndarray, findings: list[str] | None = None) -> np.ndarray:
+        """float32 [n, F]: 1 / 0 / -1 as stored, NaN where the label is missing."""
+        import polars as pl
+
+        findings = self.findings() if findings is None else list(findings)
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.full((len(ids), len(findings)), np.nan, dtype=np.float32)
+        if not len(ids) or not findings:
+            return out
+        want = pl.DataFrame({"id": ids, "row": np.arange(len(ids))})
+        cols = pl.DataFrame({"finding": findings, "col": np.arange(len(findings))})
+        with self.connect() as con:
+            con.register("lm_want", want)
+            con.register("lm_cols", cols)
+            try:
+                long = con.sql(
+                    """SELECT w.row, c.col, l.value FROM labels l JOIN lm_want w USING (id)
+                       JOIN lm_cols c USING (finding) WHERE l.value IS NOT NULL"""
+                ).pl()
+            finally:
+                con.unregister("lm_want")
+                con.unregister("lm_cols")
+        out[long["row"].to_numpy(), long["col"].to_numpy()] = long["value"].to_numpy().astype(np.float32)
+        return out
+
+    def boxes(self):
+        """Annotated boxes in the canonical columns (pixels of the original image)."""
+        return self._df("SELECT * FROM boxes ORDER BY image_id, finding")
+
+    def write_boxes(self, df) -> int:
+        """Replace the boxes of the images in `df` by `df`'s rows; return the number written."""
+        import polars as pl
+
+        cols = ["image_id", "finding", "x_min", "y_min", "x_max", "y_max", "reader", "width", "height"]
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise InputError(f"boxes frame lacks columns {missing}; expected {cols}")
+        frame = df.select(cols).with_columns(pl.col("image_id").cast(pl.String))
+        with self.transaction() as con:
+            con.register("new_boxes", frame)
+            con.execute("DELETE FROM boxes WHERE image_id IN (SELECT image_id FROM new_boxes)")
+            con.execute(f"INSERT INTO boxes SELECT {', '.join(cols)} FROM new_boxes")
+            con.unregister("new_boxes")
+        return frame.height
+
+    def clear_errors(self, version: str, image_ids: list[str]) -> None:
+        """Delete the version's errors of these images (about to be tried again)."""
+        import polars as pl
+
+        frame = pl.DataFrame({"image_id": image_ids}, schema={"image_id": pl.String})
+        with self.transaction() as con:
+            con.register("run_ids", frame)
+            con.execute("DELETE FROM errors WHERE version = ? AND image_id IN (SELECT image_id FROM run_ids)", [version])
+            con.unregister("run_ids")
+
+    def write_errors(self, version: str | None, rows: list[dict], con=None) -> None:
+        """Append rows (image_id, path, stage, reason) to `errors`."""
+        if not rows:
+            return
+        stamp = now()
+        values = [(version, r.get("image_id"), r.get("path"), r.get("stage", "decode"), r["reason"], stamp) for r in rows]
+        if con is None:
+            with self.transaction() as c:
+                c.executemany("INSERT INTO errors VALUES (?, ?, ?, ?, ?, ?)", values)
+        else:
+            con.executemany("INSERT INTO errors VALUES (?, ?, ?, ?, ?, ?)", values)

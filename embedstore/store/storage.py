@@ -1,0 +1,136 @@
+"""The store: one DuckDB file plus FAISS index files in a directory.
+
+`Storage` knows nothing of models: it keeps the vectors and the model *record* (a dict) it is
+given. Writers take an exclusive lock (`lock`, holding the writer's PID); readers open DuckDB
+read-only and never take the lock. Every write is a DuckDB transaction; index files are
+written to a temporary file and renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from embedstore.errors import StoreBusy, StoreError
+from embedstore.store import schema
+from embedstore.store.images import ImageTables
+from embedstore.store.index import IndexFiles
+from embedstore.store.lock import WriteLock
+from embedstore.store.reads import SummaryReads
+from embedstore.store.runs import RunTables
+from embedstore.store.vectors import VectorTables
+from embedstore.store.versions import VersionTables
+
+DB_NAME = "embedstore.duckdb"
+DEFAULT_STORE = ".embedstore"
+
+
+def default_path(path: str | os.PathLike | None = None) -> Path:
+    """`path`, else $EMBEDSTORE_STORE, else ./.embedstore."""
+    return Path(path or os.environ.get("EMBEDSTORE_STORE") or DEFAULT_STORE)
+
+
+class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, SummaryReads):
+    """A store directory: `embedstore.duckdb`, `index/<version>.faiss`, `lock`. Internal: users
+    reach it through `embedstore.open()`'s `Store`; services receive this object.
+
+    `Storage(path=None)` resolves `path`, else $EMBEDSTORE_STORE, else ./.embedstore; the
+    directory and database are created on first write. Each table family's reads and writes
+    live in its own module (versions, images, vectors, index, runs); this class holds the
+    connection and the lock.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = default_path(path).expanduser().resolve()
+        self.db_path = self.path / DB_NAME
+        self.index_dir = self.path / "index"
+        self._lock = WriteLock(self.path / "lock")
+        self._con = None  # the open write connection, shared by nested `connect(write=True)`
+        self._layout_checked = False  # the file's layout is checked (and migrated) once per object
+
+    def __repr__(self) -> str:
+        return f"Storage({str(self.path)!r})"
+
+    # ---- connections -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def connect(self, write: bool = False) -> Iterator[Any]:
+        """A DuckDB connection. `write=True` takes the store lock (StoreBusy if held).
+
+        Readers open the file read-only and never block on the lock; while another process
+        holds the DuckDB file open for writing, DuckDB refuses readers and that becomes
+        the same StoreBusy message.
+        """
+        import duckdb
+
+        if write:
+            if self._con is not None:  # nested use inside one writer
+                yield self._con
+                return
+            self._lock.acquire()
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                con = self._open(duckdb, read_only=False)
+                try:
+                    if not self._layout_checked:
+                        schema.migrate(con, self.path)
+                        self._layout_checked = True
+                    self._ensure_labels_view(con)
+                    self._con = con
+                    yield con
+                finally:
+                    self._con = None
+                    con.close()
+            finally:
+                self._lock.release()
+            return
+        if self._con is not None:
+            yield self._con
+            return
+        if not self.db_path.exists() or not self._layout_checked and self._needs_migration(duckdb):
+            with self.connect(write=True):  # create the empty store once, or migrate an old one
+                pass
+        con = self._open(duckdb, read_only=True)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def _needs_migration(self, duckdb) -> bool:
+        con = self._open(duckdb, read_only=True)
+        try:
+            layout = schema.stored_version(con)
+        finally:
+            con.close()
+        schema.check_readable(layout, self.path)
+        self._layout_checked = layout == schema.SCHEMA_VERSION
+        return not self._layout_checked
+
+    def _open(self, duckdb, read_only: bool):
+        try:
+            return duckdb.connect(str(self.db_path), read_only=read_only)
+        except duckdb.IOException as err:
+            if "lock" in str(err).lower():
+                raise StoreBusy(
+                    f"store busy, held by PID {self._lock.holder()} ({self.path}); try again when it finishes"
+                ) from None
+            raise StoreError(f"cannot open {self.db_path}: {str(err).splitlines()[0]}") from None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A write connection inside BEGIN ... COMMIT (ROLLBACK on any error)."""
+        with self.connect(write=True) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def _df(self, sql: str, params: list | None = None):
+        """Run a read query and return a polars DataFrame."""
+        with self.connect() as con:
+            return con.sql(sql, params=params).pl()

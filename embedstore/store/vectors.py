@@ -1,0 +1,206 @@
+"""Image and text vectors of every version, and the prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embedstore.errors import StoreError
+from embedstore.store.keys import text_hash
+from embedstore.store.rows import first, ids_and_matrix, matrix
+
+
+class VectorTables:
+    """The `image_embeddings`, `text_embeddings` and `prompts` tables (a part of `Storage`)."""
+
+    # ---- vectors -----------------------------------------------------------------------
+
+    def encoded_hashes(self, version: str) -> dict[int, str]:
+        """id -> content hash of every image already encoded in `version`."""
+        with self.connect() as con:
+            return dict(con.sql("SELECT id, content_hash FROM image_embeddings WHERE version = ?", params=[version]).fetchall())
+
+    def add_image_vectors(self, version: str, ids: np.ndarray, hashes: list[str], X: np.ndarray,
+                          sizes: list[tuple[int, int]] | None = None, errors: list[dict] | None = None) -> int:
+        """Write one batch in ONE transaction: vectors (replacing any older vector of the same
+        id in this version), the images' content hash and size, and the batch's errors.
+        """
+        import polars as pl
+
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        ids = np.asarray(ids, dtype=np.int64)
+        if X.ndim != 2 or len(X) != len(ids) or len(hashes) != len(ids):
+            raise StoreError(f"add_image_vectors: {len(ids)} ids, {len(hashes)} hashes, vectors {X.shape}")
+        frame = pl.DataFrame({
+            "id": ids, "content_hash": pl.Series(hashes, dtype=pl.String),
+            "vector": pl.Series(list(X), dtype=pl.List(pl.Float32)) if len(X) else pl.Series([], dtype=pl.List(pl.Float32)),
+            "width": pl.Series([s[0] for s in sizes] if sizes else [None] * len(ids), dtype=pl.Int32),
+            "height": pl.Series([s[1] for s in sizes] if sizes else [None] * len(ids), dtype=pl.Int32),
+        })
+        with self.transaction() as con:
+            if len(ids):
+                con.register("batch", frame)
+                con.execute("DELETE FROM image_embeddings WHERE version = ? AND id IN (SELECT id FROM batch)", [version])
+                con.execute("INSERT INTO image_embeddings SELECT ?, id, content_hash, vector FROM batch", [version])
+                con.execute(
+                    """UPDATE images SET content_hash = b.content_hash, width = coalesce(b.width, images.width),
+                           height = coalesce(b.height, images.height) FROM batch b WHERE images.id = b.id"""
+                )
+                con.unregister("batch")
+            self.write_errors(version, errors or [], con=con)
+            con.execute(
+                "UPDATE versions SET count = (SELECT count(*) FROM image_embeddings WHERE version = ?) WHERE version = ?",
+                [version, version],
+            )
+        return len(ids)
+
+    def image_vectors(self, version: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 [n], X float32 [n, d]) of `version`, ordered by id."""
+        version = self.resolve_version(version)
+        with self.connect() as con:
+            dim = first(con.sql("SELECT dim FROM versions WHERE version = ?", params=[version]))[0]
+            table = con.sql(
+                "SELECT id, vector FROM image_embeddings WHERE version = ? ORDER BY id", params=[version]
+            ).pl()
+        return ids_and_matrix(table, dim)
+
+    def image_vectors_for(self, version: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Like `image_vectors` but only for the given ids (those encoded in `version`)."""
+        import polars as pl
+
+        want = pl.DataFrame({"id": np.asarray(ids, dtype=np.int64)})
+        with self.connect() as con:
+            dim = first(con.sql("SELECT dim FROM versions WHERE version = ?", params=[version]))[0]
+            con.register("ivf_want", want)
+            try:
+                table = con.sql(
+                    "SELECT e.id, e.vector FROM image_embeddings e JOIN ivf_want USING (id) WHERE e.version = ? ORDER BY e.id",
+                    params=[version],
+                ).pl()
+            finally:
+                con.unregister("ivf_want")
+        return ids_and_matrix(table, dim)
+
+    def add_text_vectors(self, version: str, df, M: np.ndarray) -> int:
+        """Store text embeddings (df has `text`; `text_hash` is computed when absent).
+
+        Rows whose (version, text_hash) already exist are replaced.
+        """
+        import polars as pl
+
+        M = np.ascontiguousarray(M, dtype=np.float32)
+        texts = df["text"].to_list()
+        hashes = df["text_hash"].to_list() if "text_hash" in df.columns else [text_hash(t) for t in texts]
+        frame = pl.DataFrame({
+            "text_hash": pl.Series(hashes, dtype=pl.String), "text": pl.Series(texts, dtype=pl.String),
+            "vector": pl.Series(list(M), dtype=pl.List(pl.Float32)),
+        }).unique("text_hash", keep="first")
+        with self.transaction() as con:
+            con.register("tb", frame)
+            con.execute("DELETE FROM text_embeddings WHERE version = ? AND text_hash IN (SELECT text_hash FROM tb)", [version])
+            con.execute("INSERT INTO text_embeddings SELECT ?, text_hash, text, vector FROM tb", [version])
+            con.unregister("tb")
+        return frame.height
+
+    def text_hashes(self, version: str) -> set[str]:
+        """The text keys the version has an embedding for."""
+        with self.connect() as con:
+            return {r[0] for r in con.sql("SELECT text_hash FROM text_embeddings WHERE version = ?",
+                                          params=[version]).fetchall()}
+
+    def texts_missing(self, source: str, version: str):
+        """text_hash, text of every text `source` has an embedding for and `version` has not."""
+        return self._df("""SELECT p.text_hash, p.text FROM text_embeddings p WHERE p.version = ?
+                             AND p.text_hash NOT IN (SELECT text_hash FROM text_embeddings WHERE version = ?)
+                           ORDER BY p.text_hash""", [source, version])
+
+    def upsert_prompts(self, df) -> None:
+        """Insert prompt rows (finding, polarity, template, text); duplicates are ignored."""
+        import polars as pl
+
+        frame = df.select("finding", "polarity", "template", "text").with_columns(
+            pl.col("text").map_elements(text_hash, return_dtype=pl.String).alias("text_hash")
+        )
+        with self.transaction() as con:
+            con.register("np_", frame)
+            con.execute("INSERT OR IGNORE INTO prompts SELECT finding, polarity, template, text, text_hash FROM np_")
+            con.unregister("np_")
+
+    def text_vectors(self, version: str | None = None):
+        """(DataFrame[text_hash, text, finding, polarity, template], M float32 [m, d]): the stored
+        prompts of `version` (prompts without an embedding in it are left out)."""
+        version = self.resolve_version(version)
+        with self.connect() as con:
+            dim = first(con.sql("SELECT dim FROM versions WHERE version = ?", params=[version]))[0]
+            table = con.sql(
+                """SELECT t.text_hash, p.text, p.finding, p.polarity, p.template, t.vector
+                   FROM text_embeddings t JOIN prompts p USING (text_hash)
+                   WHERE t.version = ? ORDER BY p.finding, p.polarity DESC, p.text""",
+                params=[version],
+            ).pl()
+        df = table.drop("vector")
+        M = matrix(table["vector"], dim)
+        return df, M
+
+    def stored_text_vector(self, version: str, text: str) -> np.ndarray | None:
+        """The stored embedding of exactly this text (case and spacing ignored), if any."""
+        with self.connect() as con:
+            row = first(con.sql(
+                "SELECT vector FROM text_embeddings WHERE version = ? AND text_hash = ?", params=[version, text_hash(text)]
+            ))
+        return None if row is None else np.asarray(row[0], dtype=np.float32)
+
+    # ---- what `query` reads ------------------------------------------------------------------
+    def finding_prompts(self, version: str, name: str):
+        """(texts, M) of the positive prompts of the finding called `name` (case, spaces and
+        underscores ignored), in `text_vectors` form; empty when no finding has that name."""
+        key = name.replace("_", " ").casefold().strip()
+        texts, M = self.text_vectors(version)
+        keep = [i for i, (f, p) in enumerate(zip(texts["finding"].to_list(), texts["polarity"].to_list()))
+                if p == "positive" and f.replace("_", " ").casefold() == key]
+        return texts[keep], M[keep]
+
+    def stored_image_vector(self, version: str, image_id: str) -> tuple[int, np.ndarray | None] | None:
+        """(id, vector in `version` or None) of a stored image; None when there is no such image."""
+        with self.connect() as con:
+            row = first(con.sql(
+                """SELECT i.id, e.vector FROM images i LEFT JOIN image_embeddings e
+                     ON e.id = i.id AND e.version = ? WHERE i.image_id = ?""", params=[version, image_id]))
+        if row is None:
+            return None
+        return int(row[0]), None if row[1] is None else np.asarray(row[1], dtype=np.float32)
+
+    def matching_ids(self, version: str, where: str | None) -> np.ndarray:
+        """Ids encoded in `version` whose images (and labels_wide columns) satisfy the predicate `where`."""
+        import duckdb
+
+        from embedstore.errors import InputError
+
+        sql = "SELECT e.id FROM image_embeddings e WHERE e.version = ?"
+        if where:
+            sql = ("SELECT e.id FROM image_embeddings e JOIN images i ON i.id = e.id "
+                   "LEFT JOIN (SELECT * EXCLUDE (image_id) FROM labels_wide) lw ON lw.id = e.id "
+                   f"WHERE e.version = ? AND ({where})")
+        with self.connect() as con:
+            try:
+                rows = con.sql(sql + " ORDER BY e.id", params=[version]).fetchnumpy()
+            except duckdb.Error as err:
+                raise InputError(f"--where {where!r}: {str(err).splitlines()[0]}") from None
+        return np.asarray(rows["id"], dtype=np.int64)
+
+    def describe_hits(self, ids: np.ndarray, scores: np.ndarray):
+        """rank, score, image_id, path, view, labels (positive findings), id of ranked hits."""
+        import polars as pl
+
+        hits = pl.DataFrame({"rank": np.arange(1, len(ids) + 1), "score": np.asarray(scores, np.float32),
+                             "id": np.asarray(ids, np.int64)})
+        with self.connect() as con:
+            con.register("hits", hits)
+            try:
+                return con.sql(
+                    """SELECT h.rank, h.score, i.image_id, i.path, i.view,
+                              coalesce(string_agg(l.finding, ', ' ORDER BY l.finding) FILTER (WHERE l.value = 1), '')
+                                  AS labels, h.id
+                       FROM hits h JOIN images i ON i.id = h.id LEFT JOIN labels l ON l.id = h.id
+                       GROUP BY h.rank, h.score, i.image_id, i.path, i.view, h.id ORDER BY h.rank""").pl()
+            finally:
+                con.unregister("hits")

@@ -1,0 +1,178 @@
+"""Versions: which model made which vectors, their lineage, and the images a fine-tune was fitted on."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedstore.errors import StoreError
+from embedstore.store.keys import stable_hash
+from embedstore.store.rows import first, now
+
+FIT_ROLES = ("train", "val")  # `fit_images.role`: the images a fine-tune trained and early-stopped on
+
+
+@dataclass(frozen=True)
+class Version:
+    """One embedding version, read once: which model made it, from which parent, and where its
+    index and (for a fine-tuned version) its weights are. `models.load_model(version)` loads its model."""
+
+    id: str
+    parent: str | None
+    kind: str  # "encode" | "finetune"
+    model_name: str
+    model_record: dict
+    dtype: str
+    dim: int | None
+    logit_scale: float | None
+    record_hash: str
+    index_file: Path
+    checkpoint: Path | None  # the fine-tuned weights (open_clip local-dir layout), else None
+    finetune: dict | None  # the fine-tune's settings and head (objective, head, head_init, findings, key, ...)
+    created: Any
+    code_version: str | None
+
+    @property
+    def pretrained(self) -> str | None:
+        """The weights tag an encoded version's model was built with."""
+        return self.model_record.get("pretrained")
+
+
+class VersionTables:
+    """The `versions`, `models` and `fit_images` tables (a part of `Storage`)."""
+
+    # ---- versions ----------------------------------------------------------------------
+
+    def versions(self):
+        """One row per version: lineage, model, dimension, counts, index file, creation time."""
+        return self._df(
+            """SELECT v.version, v.parent, v.kind, v.model_name, v.dim, v.dtype, v.logit_scale,
+                      (SELECT count(*) FROM image_embeddings e WHERE e.version = v.version) AS images,
+                      (SELECT count(*) FROM text_embeddings t WHERE t.version = v.version) AS texts,
+                      (SELECT count(*) FROM errors r WHERE r.version = v.version) AS errors,
+                      v.index_file, v.created, v.code_version
+               FROM versions v ORDER BY v.created, v.version"""
+        )
+
+    def _version_ids(self) -> list[str]:
+        with self.connect() as con:
+            rows = con.sql("SELECT version FROM versions ORDER BY created, version").fetchall()
+        return [r[0] for r in rows]
+
+    def resolve_version(self, version: str | None) -> str:
+        """`version` if it exists, the latest when None; StoreError listing the known ones."""
+        known = self._version_ids()
+        if version is None:
+            if not known:
+                raise StoreError(f"store {self.path} has no versions yet; run `embedstore encode SOURCE` first")
+            return known[-1]
+        if version not in known:
+            raise StoreError(f"unknown version {version!r} in {self.path}; known: {', '.join(known) or 'none'}")
+        return version
+
+    def version(self, version: str | None = None) -> Version:
+        """The `Version` of `version` (the latest when None); StoreError listing the known ones."""
+        version = self.resolve_version(version)
+        with self.connect() as con:
+            cur = con.sql("SELECT * FROM versions WHERE version = ?", params=[version])
+            row = dict(zip(cur.columns, first(cur)))
+        record = json.loads(row["model_record"]) if isinstance(row["model_record"], str) else (row["model_record"] or {})
+        finetune = record.get("finetune")
+        return Version(
+            id=version, parent=row["parent"], kind=row["kind"], model_name=row["model_name"], model_record=record,
+            dtype=row["dtype"], dim=row["dim"], logit_scale=row["logit_scale"], record_hash=row["record_hash"],
+            index_file=self.path / (row["index_file"] or f"index/{version}.faiss"),
+            checkpoint=self.path / row["checkpoint"] if row.get("checkpoint") else None,
+            finetune=finetune, created=row["created"], code_version=row["code_version"])
+
+    def next_version_id(self, con=None) -> str:
+        """The id the next `create_version` gives ("v1", "v2", ...): read under the store's lock."""
+        if con is None:
+            with self.connect() as c:
+                return self.next_version_id(c)
+        rows = con.sql("SELECT version FROM versions").fetchall()
+        nums = [int(m.group(1)) for (v,) in rows if (m := re.fullmatch(r"v(\d+)", v))]
+        return f"v{max(nums, default=0) + 1}"
+
+    def finetuned_with_key(self, key: str, run_kind: str) -> list[tuple[str, bool]]:
+        """(version, whether its `run_kind` run is written) of every fine-tuned version made with
+        `key`, newest first."""
+        with self.connect() as con:
+            return [(v, bool(done)) for v, done in con.sql(
+                """SELECT v.version, EXISTS (SELECT 1 FROM runs r WHERE r.version = v.version AND r.kind = ?)
+                   FROM versions v WHERE v.kind = 'finetune' AND v.finetune_key = ? ORDER BY v.created DESC""",
+                params=[run_kind, key]).fetchall()]
+
+    def find_version(self, model_record: dict, dtype: str, kind: str = "encode") -> str | None:
+        """The version made by exactly this model record and dtype, if any."""
+        h = stable_hash({"record": model_record, "dtype": dtype})
+        with self.connect() as con:
+            row = first(con.sql(
+                "SELECT version FROM versions WHERE record_hash = ? AND kind = ? ORDER BY created LIMIT 1",
+                params=[h, kind],
+            ))
+        return row[0] if row else None
+
+    def create_version(self, parent: str | None, model_record: dict, preprocess: Any, dtype: str, kind: str,
+                       fit_ids: dict[str, np.ndarray] | None = None, checkpoint: str | None = None) -> str:
+        """Register a new, empty version ("v1", "v2", ...) and return its id.
+
+        `fit_ids` (role "train" / "val" -> image ids) are the images a fine-tuned version's model was
+        trained and early-stopped on, written to `fit_images` with the version (`fitted_ids`);
+        `checkpoint` is its weights folder relative to the store."""
+        from embedstore.provenance import code_version
+
+        with self.transaction() as con:
+            version = self.next_version_id(con)
+            name = str(model_record.get("name", "unknown"))
+            con.execute(
+                "INSERT INTO models VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET record = excluded.record",
+                [name, json.dumps(model_record, default=str)],
+            )
+            con.execute(
+                """INSERT INTO versions (version, parent, model_name, model_record, record_hash, preprocess,
+                       dtype, normalized, dim, logit_scale, count, index_file, code_version, created, kind,
+                       checkpoint, finetune_key)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, TRUE, ?, ?, 0, ?, ?, ?, ?, ?, ?)""",
+                [
+                    version, parent, name, json.dumps(model_record, default=str),
+                    stable_hash({"record": model_record, "dtype": dtype}),
+                    json.dumps(preprocess, default=str), dtype,
+                    model_record.get("embed_dim"), model_record.get("logit_scale"),
+                    f"index/{version}.faiss", code_version(), now(), kind,
+                    checkpoint, (model_record.get("finetune") or {}).get("key"),
+                ],
+            )
+            self._write_fit_images(con, version, fit_ids or {})
+        return version
+
+    def _write_fit_images(self, con, version: str, fit_ids: dict[str, np.ndarray]) -> None:
+        import polars as pl
+
+        bad = sorted(set(fit_ids) - set(FIT_ROLES))
+        if bad:
+            raise StoreError(f"fit_images role {bad[0]!r}: use one of {', '.join(FIT_ROLES)}")
+        frame = pl.DataFrame(
+            [(int(i), role) for role, ids in fit_ids.items() for i in np.asarray(ids).tolist()],
+            schema={"id": pl.Int64, "role": pl.String}, orient="row")
+        con.register("fit_rows", frame)
+        con.execute("INSERT INTO fit_images SELECT ?, id, role FROM fit_rows", [version])
+        con.unregister("fit_rows")
+
+    def fitted_ids(self, version: str) -> dict[str, np.ndarray]:
+        """role ("train", "val") -> sorted int64 ids the version's model was fitted or early-stopped
+        on, its ancestors' included (`versions.parent`): a model tuned from a tuned parent has seen
+        the parent's images too."""
+        with self.connect() as con:
+            rows = con.sql(
+                """WITH RECURSIVE lineage(version) AS (
+                       SELECT ?::TEXT
+                       UNION SELECT v.parent FROM versions v JOIN lineage l USING (version) WHERE v.parent IS NOT NULL)
+                   SELECT DISTINCT role, id FROM fit_images WHERE version IN (SELECT version FROM lineage)
+                   ORDER BY role, id""", params=[version]).fetchall()
+        return {role: np.array([i for r, i in rows if r == role], dtype=np.int64) for role in FIT_ROLES}
