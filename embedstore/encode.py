@@ -192,7 +192,7 @@ def encode(
             summary.failed += len(missing)
             summary.errors += missing
         summary.seconds = time.perf_counter() - start
-        summary.index_rebuilt = refresh_index(st, ver, before, summary)
+        summary.index_rebuilt = st.refresh_index(ver, before, summary.encoded)
     return summary
 
 
@@ -299,39 +299,6 @@ def _run_batches(st, version, loaded, items, batch_size, workers, summary, progr
             summary.failed += len(batch["errors"])
             summary.errors += batch["errors"]
             bar.advance(batch["n"], summary.encoded / max(time.perf_counter() - t0, 1e-9))
-
-
-def refresh_index(st, version: str, before: dict, summary: EncodeResult) -> bool:
-    """Bring the version's index in line with DuckDB; return True if it was written.
-
-    When the index was current before the run and the run only appended, the new vectors are
-    added to it (HNSW builds are slow); otherwise it is rebuilt from DuckDB.
-    """
-    from embedstore.store import index as idx
-
-    if st.index_is_current(version):
-        return False
-    after = st.index_state(version)
-    appended = after["rows"] - (before["rows"] or 0)
-    if (
-        before["exists"] and before["index_count"] == before["rows"] and appended > 0
-        and appended == summary.encoded and before["checksum"] is not None
-        and idx.file_checksum(st.index_path(version)) == before["checksum"]
-    ):
-        index = idx.load(st.index_path(version))
-        have = set(idx.index_ids(index).tolist())
-        all_ids, _ = st.image_vectors(version)
-        new = np.array([i for i in all_ids.tolist() if i not in have], dtype=np.int64)
-        if len(new) == appended and idx.kind_of(index) == "hnsw":
-            nid, X = st.image_vectors_for(version, new)
-            index.add_with_ids(X, nid)
-            checksum = idx.write_atomic(index, st.index_path(version))
-            with st.transaction() as con:
-                con.execute("UPDATE versions SET index_checksum = ?, index_count = ? WHERE version = ?",
-                            [checksum, index.ntotal, version])
-            return True
-    st.rebuild_index(version)
-    return True
 
 
 class _Progress:

@@ -170,3 +170,31 @@ class IndexFiles:
             return None
         index = load(self.index_path(version))
         return index if index.ntotal == st["rows"] else None
+
+    def refresh_index(self, version: str, before: dict, encoded: int) -> bool:
+        """Bring the version's index in line with DuckDB after a run that encoded `encoded` images
+        (`before`: `index_state` when it started); True if the index was written.
+
+        When the index was current before the run and the run only appended, the new vectors are
+        added to it (HNSW builds are slow); otherwise it is rebuilt from DuckDB.
+        """
+        if self.index_is_current(version):
+            return False
+        after = self.index_state(version)
+        appended = after["rows"] - (before["rows"] or 0)
+        if (before["exists"] and before["index_count"] == before["rows"] and appended > 0 and appended == encoded
+                and before["checksum"] is not None and file_checksum(self.index_path(version)) == before["checksum"]):
+            index = load(self.index_path(version))
+            have = set(index_ids(index).tolist())
+            all_ids, _ = self.image_vectors(version)
+            new = np.array([i for i in all_ids.tolist() if i not in have], dtype=np.int64)
+            if len(new) == appended and kind_of(index) == "hnsw":
+                nid, X = self.image_vectors_for(version, new)
+                index.add_with_ids(X, nid)
+                checksum = write_atomic(index, self.index_path(version))
+                with self.transaction() as con:
+                    con.execute("UPDATE versions SET index_checksum = ?, index_count = ? WHERE version = ?",
+                                [checksum, index.ntotal, version])
+                return True
+        self.rebuild_index(version)
+        return True
