@@ -28,7 +28,7 @@ def first_failure(report) -> dict | None:
 def _checks(st, version: str):
     from embedstore.store import index as idx
 
-    info = st.version_info(version)
+    info = st.version_row(version)
     ids, X = st.image_vectors(version)
     path = st.index_path(version)
     yield "rows", info["count"] == len(ids), f"versions.count={info['count']}, image_embeddings rows={len(ids)}"

@@ -75,12 +75,16 @@ class VersionTables:
             raise StoreError(f"unknown version {version!r} in {self.path}; known: {', '.join(known) or 'none'}")
         return version
 
+    def version_row(self, version: str) -> dict:
+        """The raw `versions` row (counts and index bookkeeping too), for the store's own checks."""
+        with self.connect() as con:
+            cur = con.sql("SELECT * FROM versions WHERE version = ?", params=[version])
+            return dict(zip(cur.columns, first(cur)))
+
     def version(self, version: str | None = None) -> Version:
         """The `Version` of `version` (the latest when None); StoreError listing the known ones."""
         version = self.resolve_version(version)
-        with self.connect() as con:
-            cur = con.sql("SELECT * FROM versions WHERE version = ?", params=[version])
-            row = dict(zip(cur.columns, first(cur)))
+        row = self.version_row(version)
         record = json.loads(row["model_record"]) if isinstance(row["model_record"], str) else (row["model_record"] or {})
         finetune = record.get("finetune")
         return Version(
