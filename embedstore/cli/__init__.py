@@ -3,6 +3,8 @@
 
 Each command lives in a module of its name (options shared by many are in `options.py`), and
 heavy libraries load only inside the API call, so `embedstore --help` stays fast.
+
+May import: embedstore.api, errors (and typer, rich).
 """
 
 from __future__ import annotations

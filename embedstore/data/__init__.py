@@ -1,5 +1,8 @@
-"""Data sets, images, boxes and prompts: everything before the model.
+"""Data sets, images, boxes, prompts and splits: everything before the model.
 
 Readers turn a data set as it is distributed into canonical `ImageRecord`s
-(see `records.py`); `images.py` turns a file into the pixels a model sees.
+(see `records.py`); `images.py` turns a file into the pixels a model sees; `splits.py` draws
+and freezes the splits (the store calls it).
+
+May import: errors, files (never the store, models or a service).
 """

@@ -7,7 +7,9 @@
   val-fitted Dice against boxes, baselines, patient-bootstrap summaries.
 - `overlay.py`: the heatmap drawn on the original image with its boxes.
 - `cache.py`: model-frame heatmaps cached on disk (float16 .npz).
-- `commands.py`: `explain` and `agreement` wired to the store (what the CLI calls).
+- `service.py`: `explain` and `agreement` on a store (what the API calls); overlays for the report.
 
 Only `heatmaps.py` / `layers.py` / `targets.py` need torch, and only inside functions.
+
+May import: store, models, data, analyses' NumPy cores, files, errors.
 """

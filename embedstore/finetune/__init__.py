@@ -7,6 +7,10 @@
   gradient accumulation, mixed precision on GPU only, early stopping on validation macro AUROC,
   a checkpoint every epoch and resume from the last one.
 
+- `run.py`: `embedstore finetune`: prepare, train, export, register the new version, re-encode.
+
 Everything here imports torch; nothing the CLI imports at start-up may import this package at
 module top level.
+
+May import: store, models, data, encode, analyses' NumPy cores, files, errors.
 """

@@ -1,6 +1,9 @@
-"""Model registry: one name -> `LoadedModel(model, preprocess, tokenizer, record)`.
+"""Model registry: one name (or a store `Version`) -> `LoadedModel(model, preprocess, tokenizer,
+record)`; export; fine-tuned heads; the pos-neg zero-shot logit in torch.
 
 Nothing heavy is imported here; torch and open_clip load inside `load_model` / `export_model`.
+
+May import: data, errors, results (never the store, a trainer or another service).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Self-contained Altair HTML reports of a store (see `build.build_report`)."""
+"""Self-contained Altair HTML reports of a store (see `build.build_report`).
+
+May import: store (read methods), analyses (comparisons, run names, metrics), files, errors.
+"""
 
 from __future__ import annotations
 

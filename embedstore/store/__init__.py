@@ -2,6 +2,8 @@
 
 Internal to embedstore: users open a store with `embedstore.open(path)`; services receive the
 `Storage` object it holds.
+
+May import: data (splits), files, errors (never models, torch or a service).
 """
 
 from embedstore.store.keys import fingerprint, stable_hash, text_hash

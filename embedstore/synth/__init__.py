@@ -1,4 +1,7 @@
-"""Phantom chest radiographs with known findings and boxes, written in the Open-i layout."""
+"""Phantom chest radiographs with known findings and boxes, written in the Open-i layout.
+
+May import: data, results, errors.
+"""
 
 from embedstore.synth.generate import DEFAULT_SIZE, ImageRenderer, Study, SynthSummary, make_study, synth
 from embedstore.synth.labels import FINDINGS, StudyLabels, labels_from_automatic, sample_labels
