@@ -85,12 +85,13 @@ class Store:
 
         return query(self._storage, text=text, image=image, like=like, k=k, where=where, version=version)
 
-    def sql(self, statement: str | None = None, file: str | None = None, write: bool = False):
-        """`embedstore sql`: SQL over the store, read-only unless `write`; `file` names a query in
-        embedstore/sql/."""
+    def sql(self, statement: str | None = None, file: str | None = None, write: bool = False,
+            external: bool = False):
+        """`embedstore sql`: SQL over the store, read-only unless `write`; files, the network,
+        extensions and settings out of reach unless `external`; `file` names a query in embedstore/sql/."""
         from embedstore.store.sql import run_sql
 
-        return run_sql(self._storage, statement, file=file, write=write)
+        return run_sql(self._storage, statement, file=file, write=write, external=external)
 
     def versions(self):
         """`embedstore versions`: one row per version (lineage, model, dimension, counts, index)."""

@@ -154,12 +154,30 @@ class ImageTables:
     def images(self, where: str | None = None):
         """Image metadata (id, image_id, path, study_id, patient_id, view, projection, split, ...).
 
-        `where` is a SQL predicate over `images` columns, e.g. "view = 'frontal'".
+        `where` is a predicate over `images` columns, e.g. "view = 'frontal'" (`predicates.checked`).
         """
-        sql = "SELECT * FROM images"
-        if where:
-            sql += f" WHERE {where}"
-        return self._df(sql + " ORDER BY id")
+        import duckdb
+
+        with self.connect() as con:
+            sql = "SELECT * FROM images"
+            if where:
+                sql += f" WHERE {self.predicate(con, where, labels=False)}"
+            try:
+                return con.sql(sql + " ORDER BY id").pl()
+            except duckdb.Error as err:  # e.g. comparing a text column with a number
+                raise InputError(f"--where {where!r}: {str(err).splitlines()[0]}") from None
+
+    def predicate(self, con, where: str, labels: bool = True) -> str:
+        """`where` checked and re-printed by `predicates.checked`, over the `images` columns (and,
+        with `labels`, the findings' columns of `labels_wide`)."""
+        from embedstore.store.predicates import checked
+
+        columns = {r[0] for r in con.sql("SELECT column_name FROM information_schema.columns WHERE table_name = ?",
+                                         params=["labels_wide" if labels else "images"]).fetchall()}
+        if labels:
+            columns |= {r[0] for r in con.sql("SELECT column_name FROM information_schema.columns "
+                                              "WHERE table_name = 'images'").fetchall()}
+        return checked(con, where, columns)
 
     def image_groups(self):
         """id, split, group_id of every image: the frozen split's group (`splits`), else the

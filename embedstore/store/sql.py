@@ -13,11 +13,13 @@ def named_queries() -> dict[str, str]:
     return {p.stem: p.read_text() for p in sorted(folder.glob("*.sql"))}
 
 
-def run_sql(st, statement: str | None = None, file: str | None = None, write: bool = False):
+def run_sql(st, statement: str | None = None, file: str | None = None, write: bool = False,
+            external: bool = False):
     """Run `statement` (or the named query `file`) and return a polars DataFrame.
 
     Read-only unless `write`; a statement that writes without it raises InputError saying
-    to add --write. DuckDB's own message is passed on for bad SQL.
+    to add --write. Files, the network, extensions and settings are out of reach unless
+    `external` (DuckDB's external access). DuckDB's own message is passed on for bad SQL.
     """
     import duckdb
     import polars as pl
@@ -29,7 +31,7 @@ def run_sql(st, statement: str | None = None, file: str | None = None, write: bo
         if file not in queries:
             raise InputError(f"no named query {file!r}; known: {', '.join(sorted(queries))}")
         statement = queries[file]
-    with st.connect(write=write) as con:
+    with st.connect(write=write, external=external) as con:
         try:
             rel = con.sql(statement)
             return rel.pl() if rel is not None else pl.DataFrame()
@@ -37,4 +39,7 @@ def run_sql(st, statement: str | None = None, file: str | None = None, write: bo
             msg = str(err)
             if not write and ("read-only" in msg or "read only" in msg):
                 raise InputError("this statement writes to the store; add --write to allow it") from None
+            if not external and ("disabled by config" in msg or "configuration has been locked" in msg):
+                raise InputError("this statement reaches files, the network, extensions or settings outside the "
+                                 "store; add --external to allow it") from None
             raise InputError(msg.strip()) from None

@@ -56,15 +56,19 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
 
     # ---- connections -------------------------------------------------------------------
     @contextlib.contextmanager
-    def connect(self, write: bool = False) -> Iterator[Any]:
+    def connect(self, write: bool = False, external: bool = False) -> Iterator[Any]:
         """A DuckDB connection. `write=True` takes the store lock (StoreBusy if held).
 
         Readers open the file read-only and never block on the lock; while another process
         holds the DuckDB file open for writing, DuckDB refuses readers and that becomes
-        the same StoreBusy message.
+        the same StoreBusy message. Reading a store that does not exist is a StoreError that
+        creates nothing. Every connection has DuckDB's external access off and its configuration
+        locked (no file, network, extension or setting reachable from SQL) unless `external`.
         """
         import duckdb
 
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"--store {self.path} is a file, not a store directory; give a folder")
         if write:
             if self._con is not None:  # nested use inside one writer
                 yield self._con
@@ -72,7 +76,7 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
             self._lock.acquire()
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
-                con = self._open(duckdb, read_only=False)
+                con = self._open(duckdb, read_only=False, external=external)
                 try:
                     if not self._layout_checked:
                         schema.migrate(con, self.path)
@@ -89,10 +93,13 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         if self._con is not None:
             yield self._con
             return
-        if not self.db_path.exists() or not self._layout_checked and self._needs_migration(duckdb):
-            with self.connect(write=True):  # create the empty store once, or migrate an old one
+        if not self.db_path.exists():
+            raise StoreError(f"no store at {self.path}; encode a data set into it first "
+                             f"(`embedstore encode SOURCE --store {self.path}`) or check --store")
+        if not self._layout_checked and self._needs_migration(duckdb):
+            with self.connect(write=True):  # migrate a store written by an older embedstore
                 pass
-        con = self._open(duckdb, read_only=True)
+        con = self._open(duckdb, read_only=True, external=external)
         try:
             yield con
         finally:
@@ -108,9 +115,10 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         self._layout_checked = layout == schema.SCHEMA_VERSION
         return not self._layout_checked
 
-    def _open(self, duckdb, read_only: bool):
+    def _open(self, duckdb, read_only: bool, external: bool = False):
+        config = {} if external else {"enable_external_access": False, "lock_configuration": True}
         try:
-            return duckdb.connect(str(self.db_path), read_only=read_only)
+            return duckdb.connect(str(self.db_path), read_only=read_only, config=config)
         except duckdb.IOException as err:
             if "lock" in str(err).lower():
                 raise StoreBusy(

@@ -176,11 +176,11 @@ class VectorTables:
         from embedstore.errors import InputError
 
         sql = "SELECT e.id FROM image_embeddings e WHERE e.version = ?"
-        if where:
-            sql = ("SELECT e.id FROM image_embeddings e JOIN images i ON i.id = e.id "
-                   "LEFT JOIN (SELECT * EXCLUDE (image_id) FROM labels_wide) lw ON lw.id = e.id "
-                   f"WHERE e.version = ? AND ({where})")
         with self.connect() as con:
+            if where:
+                sql = ("SELECT e.id FROM image_embeddings e JOIN images i ON i.id = e.id "
+                       "LEFT JOIN (SELECT * EXCLUDE (image_id) FROM labels_wide) lw ON lw.id = e.id "
+                       f"WHERE e.version = ? AND ({self.predicate(con, where)})")
             try:
                 rows = con.sql(sql + " ORDER BY e.id", params=[version]).fetchnumpy()
             except duckdb.Error as err:
