@@ -93,8 +93,11 @@ class Store:
 
         return run_sql(self._storage, statement, file=file, write=write, external=external)
 
-    def versions(self):
-        """`embedstore versions`: one row per version (lineage, model, dimension, counts, index)."""
+    def versions(self, drop: str | None = None):
+        """`embedstore versions`: one row per version (status, lineage, model, dimension, counts,
+        index); `drop` removes that version first (refused while another was made from it)."""
+        if drop is not None:
+            self._storage.drop_version(drop)
         return self._storage.versions()
 
     def verify(self, version: str | None = None, strict: bool = False):

@@ -193,6 +193,7 @@ def encode(
             summary.errors += missing
         summary.seconds = time.perf_counter() - start
         summary.index_rebuilt = st.refresh_index(ver, before, summary.encoded)
+        st.complete_version(ver)  # a killed run leaves it `building`: never the default until run again
     return summary
 
 

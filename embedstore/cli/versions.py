@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from typing import Optional
 
+import typer
+
 
 from embedstore.cli import app
 from embedstore.cli.options import FORMAT, STORE, VERSION, open_store
 from embedstore.cli.output import Format, emit, emit_result
 
 # What the terminal shows of `versions`: the lineage at a glance; json/csv get every column.
-ON_SCREEN = ("version", "parent", "kind", "model_name", "dim", "images", "texts", "errors", "created")
+ON_SCREEN = ("version", "status", "parent", "kind", "model_name", "dim", "images", "texts", "errors", "created")
 
 
 @app.command()
-def versions(store: Optional[str] = STORE, fmt: Format = FORMAT) -> None:
-    """Every version: lineage (parent), model, dimension and counts."""
-    df = open_store(store).versions()
+def versions(
+    drop: Optional[str] = typer.Option(None, "--drop", help="Remove this version (e.g. one a killed run left being built)."),
+    store: Optional[str] = STORE,
+    fmt: Format = FORMAT,
+) -> None:
+    """Every version: status (building / complete), lineage (parent), model, dimension and counts."""
+    df = open_store(store).versions(drop=drop)
     if not emit_result(df, fmt):
         emit(df.select([c for c in ON_SCREEN if c in df.columns]), fmt)
 

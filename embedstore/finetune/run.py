@@ -417,6 +417,7 @@ def _write_version(st, version: str, data: TrainingData, result: FinetuneResult,
     st.rebuild_index(version)
     result.version, result.checkpoint = version, str(made.checkpoint)
     result.run_id = _write_run(st, version, data, result, head, model)
+    st.complete_version(version)
 
 
 def _encode_texts(st, parent: str, version: str, loaded, batch: int = 64) -> int:

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS versions (
     version TEXT PRIMARY KEY, parent TEXT, model_name TEXT, model_record JSON, record_hash TEXT,
     preprocess JSON, dtype TEXT, normalized BOOLEAN, dim INTEGER, logit_scale DOUBLE,
     count BIGINT DEFAULT 0, index_file TEXT, index_checksum TEXT, index_count BIGINT,
-    code_version TEXT, created TIMESTAMP, kind TEXT, checkpoint TEXT, finetune_key TEXT
+    code_version TEXT, created TIMESTAMP, kind TEXT, checkpoint TEXT, finetune_key TEXT,
+    status TEXT DEFAULT 'building'
 );
 CREATE TABLE IF NOT EXISTS image_embeddings (
     version TEXT NOT NULL, id BIGINT NOT NULL, content_hash TEXT, vector FLOAT[] NOT NULL,
@@ -125,9 +126,12 @@ def migrate(con, path) -> None:
 
 
 def _from_layout_1(con) -> None:
-    """Layout 1 -> 2: lineage columns on `versions`, read from the model record they were buried in."""
+    """Layout 1 -> 2: lineage columns on `versions`, read from the model record they were buried in,
+    and each version's status (layout 1 had none: its versions count as complete)."""
     con.execute("ALTER TABLE versions ADD COLUMN IF NOT EXISTS checkpoint TEXT")
     con.execute("ALTER TABLE versions ADD COLUMN IF NOT EXISTS finetune_key TEXT")
+    con.execute("ALTER TABLE versions ADD COLUMN IF NOT EXISTS status TEXT DEFAULT 'building'")
+    con.execute("UPDATE versions SET status = 'complete' WHERE status IS NULL OR status = 'building'")
     con.execute("""UPDATE versions SET checkpoint = json_extract_string(model_record, '$.finetune.checkpoint'),
                        finetune_key = json_extract_string(model_record, '$.finetune.key')
                    WHERE kind = 'finetune' AND checkpoint IS NULL""")

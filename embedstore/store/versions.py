@@ -49,31 +49,71 @@ class VersionTables:
     # ---- versions ----------------------------------------------------------------------
 
     def versions(self):
-        """One row per version: lineage, model, dimension, counts, index file, creation time."""
+        """One row per version: status, lineage, model, dimension, counts, index file, creation time.
+        A version still `building` shows its progress (`images` of `expected`, a fine-tune's parent's)."""
         return self._df(
-            """SELECT v.version, v.parent, v.kind, v.model_name, v.dim, v.dtype, v.logit_scale,
+            """SELECT v.version, v.status, v.parent, v.kind, v.model_name, v.dim, v.dtype, v.logit_scale,
                       (SELECT count(*) FROM image_embeddings e WHERE e.version = v.version) AS images,
+                      (SELECT count(*) FROM image_embeddings e WHERE e.version = v.parent) AS expected,
                       (SELECT count(*) FROM text_embeddings t WHERE t.version = v.version) AS texts,
                       (SELECT count(*) FROM errors r WHERE r.version = v.version) AS errors,
                       v.index_file, v.created, v.code_version
                FROM versions v ORDER BY v.created, v.version"""
         )
 
-    def _version_ids(self) -> list[str]:
+    def _version_status(self) -> dict[str, str]:
         with self.connect() as con:
-            rows = con.sql("SELECT version FROM versions ORDER BY created, version").fetchall()
-        return [r[0] for r in rows]
+            rows = con.sql("SELECT version, status FROM versions ORDER BY created, version").fetchall()
+        return dict(rows)
 
     def resolve_version(self, version: str | None) -> str:
-        """`version` if it exists, the latest when None; StoreError listing the known ones."""
-        known = self._version_ids()
+        """`version` if it exists, else the latest complete one; StoreError listing the known ones.
+
+        A version still being built (an encode or fine-tune that has not finished) is never the
+        default; asked for by name it is used, with a warning."""
+        import warnings
+
+        status = self._version_status()
         if version is None:
-            if not known:
-                raise StoreError(f"store {self.path} has no versions yet; run `embedstore encode SOURCE` first")
-            return known[-1]
-        if version not in known:
-            raise StoreError(f"unknown version {version!r} in {self.path}; known: {', '.join(known) or 'none'}")
+            complete = [v for v, s in status.items() if s == "complete"]
+            if complete:
+                return complete[-1]
+            if status:
+                building = next(iter(status))
+                raise StoreError(f"version {building} is still being built; finish it by running the same encode or "
+                                 f"finetune again, or remove it with `embedstore versions --drop {building}`")
+            raise StoreError(f"store {self.path} has no versions yet; run `embedstore encode SOURCE` first")
+        if version not in status:
+            raise StoreError(f"unknown version {version!r} in {self.path}; known: {', '.join(status) or 'none'}")
+        if status[version] != "complete":
+            warnings.warn(f"version {version} is still being built (a killed encode or finetune); its results cover "
+                          "what it holds so far", stacklevel=2)
         return version
+
+    def complete_version(self, version: str) -> None:
+        """Mark a version whole: its encode or fine-tune has finished."""
+        with self.transaction() as con:
+            con.execute("UPDATE versions SET status = 'complete' WHERE version = ?", [version])
+
+    def drop_version(self, version: str) -> None:
+        """Remove a version and everything of it (vectors, texts, runs, fit images, errors, index file,
+        checkpoint); StoreError while another version was made from it."""
+        import shutil
+
+        version = self.resolve_version(version)
+        row = self.version_row(version)
+        with self.transaction() as con:
+            children = [r[0] for r in con.sql("SELECT version FROM versions WHERE parent = ?", params=[version]).fetchall()]
+            if children:
+                raise StoreError(f"version {version} is the parent of {', '.join(children)}; drop those first")
+            runs = [r[0] for r in con.sql("SELECT run_id FROM runs WHERE version = ?", params=[version]).fetchall()]
+            for run_id in runs:
+                self.delete_run(run_id)
+            for table in ("image_embeddings", "text_embeddings", "fit_images", "errors", "versions"):
+                con.execute(f"DELETE FROM {table} WHERE version = ?", [version])
+        self.index_path(version).unlink(missing_ok=True)
+        if row.get("checkpoint"):
+            shutil.rmtree(self.path / row["checkpoint"], ignore_errors=True)
 
     def version_row(self, version: str) -> dict:
         """The raw `versions` row (counts and index bookkeeping too), for the store's own checks."""
