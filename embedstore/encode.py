@@ -12,6 +12,7 @@ failed or had no file; they are in the `errors` table); 2 bad input; 75 store bu
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -109,10 +110,25 @@ def _collate(items: list[dict]) -> dict:
     }
 
 
-def _worker_init(_worker_id: int) -> None:
+def _worker_init(lock_fd: int | None, _worker_id: int) -> None:
+    """A decoding worker: one thread, dies with its parent, and lets go of the store's lock."""
     import torch
 
     torch.set_num_threads(1)  # decoding workers must not compete with the forward pass
+    _die_with_parent()
+    if lock_fd is not None:  # a forked worker shares the writer's flock: closing its copy means a
+        os.close(lock_fd)    # killed writer's lock is released at once, whatever its workers do
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: DataLoader's own watchdog still ends orphaned workers
 
 
 def default_workers() -> int:
@@ -162,17 +178,20 @@ def encode(
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     from embedstore.data.records import Dataset
 
+    # Everything that can fail on bad input fails before the first write: the store stays as it was.
     ds = source if isinstance(source, Dataset) else _read_dataset(source, dataset=dataset, labels=labels, images=images)
-    box_df = _read_boxes(boxes, box_format, ds)  # bad box files fail before the store is touched
+    box_df = _read_boxes(boxes, box_format, ds)
+    from embedstore.models import load_model
+
+    loaded = load_model(model, pretrained=pretrained, device=resolve_device(device), precision=precision)
+    if version is not None:
+        _check_version(st, loaded, precision, version)
     with st.connect(write=True):  # the lock is held for the whole run
         hashed_before = st.images_placed_by("hash")
         ids = st.upsert_images(ds.records, _assignment(ds))
         split_by_hash = st.images_placed_by("hash") - hashed_before
         if box_df is not None:
             st.write_boxes(box_df)
-        from embedstore.models import load_model
-
-        loaded = load_model(model, pretrained=pretrained, device=resolve_device(device), precision=precision)
         ver = _choose_version(st, loaded, precision, version)
         summary = EncodeResult(version=ver, split_by_hash=split_by_hash)
         summary.texts = encode_prompts(st, ver, loaded, ds.findings)
@@ -204,19 +223,23 @@ def _assignment(ds):
     return Assignment(ds.split_method, ds.split_seed, ds.split_fractions)
 
 
+def _check_version(st, loaded, precision: str, version: str) -> None:
+    """--version names a version of the store made by this very model."""
+    from embedstore.store import stable_hash
+
+    if not st.db_path.exists():
+        raise InputError(f"--version {version}: store {st.path} has no versions yet; leave out --version")
+    made = st.version(version)
+    if made.record_hash != stable_hash({"record": _record_dict(loaded), "dtype": precision}):
+        raise InputError(f"version {version} was made by model {made.model_name!r} ({made.dtype}); "
+                         "leave out --version to encode into the version of this model")
+
+
 def _choose_version(st, loaded, precision: str, version: str | None) -> str:
     """Same model record and dtype -> the same version; a different model -> a new one."""
-    record = _record_dict(loaded)
     if version is not None:
-        from embedstore.store import stable_hash
-
-        made = st.version(version)
-        if made.record_hash != stable_hash({"record": record, "dtype": precision}):
-            raise InputError(
-                f"version {version} was made by model {made.model_name!r} ({made.dtype}); "
-                "leave out --version to encode into the version of this model"
-            )
         return version
+    record = _record_dict(loaded)
     found = st.find_version(record, precision)
     if found:
         return found
@@ -282,7 +305,7 @@ def _run_batches(st, version, loaded, items, batch_size, workers, summary, progr
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_collate,
-        worker_init_fn=_worker_init if workers else None,
+        worker_init_fn=functools.partial(_worker_init, st.lock_fd) if workers else None,
         prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers else None,
     )

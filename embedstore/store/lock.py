@@ -48,6 +48,10 @@ class WriteLock:
         os.close(self._fd)
         self._fd = None
 
+    @property
+    def fd(self) -> int | None:
+        return self._fd
+
     def holder(self) -> str:
         try:
             return self.path.read_text().strip() or "?"

@@ -54,6 +54,11 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
     def __repr__(self) -> str:
         return f"Storage({str(self.path)!r})"
 
+    @property
+    def lock_fd(self) -> int | None:
+        """The writer lock's file descriptor while this process holds it (forked children close it)."""
+        return self._lock.fd
+
     # ---- connections -------------------------------------------------------------------
     @contextlib.contextmanager
     def connect(self, write: bool = False, external: bool = False) -> Iterator[Any]:
