@@ -58,10 +58,11 @@ def text_vector(st, version: str, text: str) -> np.ndarray:
 
     loaded = load_version_model(st, version)
     vec = np.asarray(loaded.encode_texts([text]), dtype=np.float32)[0]
-    try:  # cache it; a busy store only costs the cache
-        st.add_text_vectors(version, pl.DataFrame({"text": [text]}), vec[None, :])
-    except StoreBusy:
-        pass
+    if st.writable():  # cache it for next time; a read-only or busy store only costs the cache
+        try:
+            st.add_text_vectors(version, pl.DataFrame({"text": [text]}), vec[None, :])
+        except StoreBusy:
+            pass
     return vec
 
 

@@ -54,6 +54,10 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
     def __repr__(self) -> str:
         return f"Storage({str(self.path)!r})"
 
+    def writable(self) -> bool:
+        """Whether this process may write the store's files (a read-only copy or mount is not)."""
+        return all(os.access(p, os.W_OK) for p in (self.path, self.db_path) if p.exists())
+
     @property
     def lock_fd(self) -> int | None:
         """The writer lock's file descriptor while this process holds it (forked children close it)."""
