@@ -21,11 +21,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+DEBUG = {"on": False}  # --debug: let tracebacks through
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show Python tracebacks instead of one-line errors."),
 ) -> None:
     """Encode chest radiographs and label prompts once; analyse, query and explain the embeddings."""
+    DEBUG["on"] = debug
     if version:
         from embedstore.provenance import code_version
 
@@ -55,17 +60,55 @@ from embedstore.cli import demo as _demo  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: user errors become one line and a non-zero exit code."""
+    """Console-script entry point, the CLI's one error boundary: every expected failure is one line,
+    `error: ...`, and an exit code (2 bad input, 3 partial success, 75 store busy; 1 anything
+    else); a Python traceback only with --debug."""
     from embedstore.errors import EmbedstoreError
 
+    _quiet_loggers()
+    import warnings
+
+    warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
     try:
         app(args=argv, prog_name="embedstore")  # standalone: usage errors exit by themselves
     except EmbedstoreError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
+        _fail(str(err), err.exit_code)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _fail("interrupted", 130)
+    except Exception as err:  # noqa: BLE001 - the boundary: one line, not a traceback
+        if DEBUG["on"]:
+            raise
+        _fail(_describe(err), 2 if isinstance(err, OSError) else 1)
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _describe(err: Exception) -> str:
+    """One line for an unexpected exception: what failed on which file, and what to do."""
+    import errno
+
+    if isinstance(err, OSError):
+        where = f" {err.filename}" if getattr(err, "filename", None) else ""
+        hint = {errno.ENOSPC: "free disk space and run the command again",
+                errno.EACCES: "check the permissions (or give another --store / --out)",
+                errno.EROFS: "the file system is read-only; give a writable --store / --out",
+                errno.EISDIR: "give a file, not a folder", errno.ENOTDIR: "give a folder, not a file",
+                errno.ENOENT: "check the path"}.get(err.errno, "check the path and try again")
+        return f"{err.strerror or type(err).__name__}:{where}; {hint}"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first} (run again with --debug for the traceback)"
+
+
+def _quiet_loggers() -> None:
+    """Libraries that log tracebacks of their own (pydicom on an unreadable file) stay quiet: our
+    error line says what happened."""
+    import logging
+
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+
 
 if __name__ == "__main__":
     main()
