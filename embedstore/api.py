@@ -68,14 +68,15 @@ class Store:
     def encode(self, source: str, dataset: str = "auto", model: str = "biomedclip", pretrained: str | None = None,
                labels: str | None = None, images: str | None = None, boxes: str | None = None,
                box_format: str = "auto", batch_size: int = 32, workers: int | None = None, device: str = "auto",
-               precision: str = "fp32", version: str | None = None, progress: bool = False):
+               precision: str = "fp32", version: str | None = None, strict: bool = False, progress: bool = False):
         """`embedstore encode`: every image and prompt of a data set once; an `EncodeResult`
-        (version, encoded, skipped, failed, texts, seconds, ...; `exit_code` 0 or 3)."""
+        (version, encoded, skipped, failed, texts, seconds, ...; `exit_code` 0 or 3). A report that
+        cannot be read is recorded in `errors` and the rest encoded, unless `strict`."""
         from embedstore.encode import encode
 
         return encode(self._storage, source, dataset=dataset, model=model, pretrained=pretrained, labels=labels,
                       images=images, boxes=boxes, box_format=box_format, batch_size=batch_size, workers=workers,
-                      device=device, precision=precision, version=version, progress=progress)
+                      device=device, precision=precision, version=version, strict=strict, progress=progress)
 
     def query(self, text: str | None = None, image: str | None = None, like: str | None = None, k: int = 10,
               where: str | None = None, version: str | None = None):

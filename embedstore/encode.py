@@ -160,6 +160,7 @@ def encode(
     precision: str = "fp32",
     version: str | None = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> EncodeResult:
     """Encode every image of a data set (and its label prompts) once into the store `st` (Storage).
 
@@ -168,6 +169,9 @@ def encode(
     Splits are the store's, frozen the first time an image is stored (`Store.upsert_images`): the
     reader's stratified (or given) splits count only for a store without splits yet; new groups
     of a store with splits are placed by a hash of their id (`EncodeResult.split_by_hash`).
+
+    A report that cannot be read is recorded in `errors` (stage read) and the rest is encoded
+    (exit 3, partial success), unless `strict`, which stops at the first.
 
     `boxes` is an annotation file loaded into the store's `boxes` table beside the images; when it
     is not given, a `boxes.csv` next to the data set (the layout `embedstore synth` writes) is used.
@@ -179,7 +183,8 @@ def encode(
     from embedstore.data.records import Dataset
 
     # Everything that can fail on bad input fails before the first write: the store stays as it was.
-    ds = source if isinstance(source, Dataset) else _read_dataset(source, dataset=dataset, labels=labels, images=images)
+    ds = source if isinstance(source, Dataset) else _read_dataset(source, dataset=dataset, labels=labels, images=images,
+                                                                  strict=strict)
     box_df = _read_boxes(boxes, box_format, ds)
     from embedstore.models import load_model
 
@@ -199,7 +204,7 @@ def encode(
         missing = [
             {"image_id": r.image_id, "path": r.path, "stage": "read", "reason": "no image file for this record"}
             for r in ds.records if not r.path
-        ]
+        ] + [{"image_id": None, "path": b["file"], "stage": "read", "reason": b["reason"]} for b in ds.bad_reports]
         known = st.encoded_hashes(ver)
         items = [(ids[r.image_id], r.image_id, r.path, known.get(ids[r.image_id])) for r in ds.records if r.path]
         start = time.perf_counter()

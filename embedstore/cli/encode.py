@@ -27,6 +27,7 @@ def encode(
     device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
     precision: str = typer.Option("fp32", "--precision", help="fp32|fp16|bf16"),
     version: Optional[str] = typer.Option(None, "--version", help="Append to this version (must be the same model)."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first report that cannot be read (default: record it in errors, go on)."),
     store: Optional[str] = STORE,
     fmt: Format = FORMAT,
 ) -> None:
@@ -38,7 +39,7 @@ def encode(
     result = open_store(store).encode(source, dataset=dataset, model=model, pretrained=pretrained, labels=labels,
                                       images=images, boxes=boxes, box_format=box_format, batch_size=batch_size,
                                       workers=workers, device=device, precision=precision, version=version,
-                                      progress=fmt is Format.table)
+                                      strict=strict, progress=fmt is Format.table)
     if not emit_result(result, fmt):
         emit(result.as_dict(), fmt, title="encode")
     if result.split_by_hash and fmt is Format.table:

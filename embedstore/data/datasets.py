@@ -25,9 +25,10 @@ SCHEMES = {"openi": ("automatic", "mesh"), "kaggle": ("mesh",), "nih": ("nih",),
 
 def read_dataset(source: str, dataset: str = "auto", labels: str | None = None, images: str | None = None,
                  uncertain: str = "ignore", top_k: int = DEFAULT_TOP_K, seed: int = 0,
-                 fractions=DEFAULT_FRACTIONS, require_images: bool = False) -> Dataset:
+                 fractions=DEFAULT_FRACTIONS, require_images: bool = False, strict: bool = False) -> Dataset:
     """Read a data set as it is distributed into one `ImageRecord` per image, with seeded splits.
 
+    `strict`: stop at the first report that cannot be read (else it is listed in `bad_reports`).
     `labels`: a scheme name (Open-i: `automatic` (default) or `mesh`; Kaggle: `mesh`) or the path
     of a labelled CSV (e.g. CheXpert-14 columns keyed by `image_id`, `study_id` or `uid`) whose
     labels replace the reader's own. `uncertain`: what -1 becomes (ignore keeps -1, negative,
@@ -48,7 +49,7 @@ def read_dataset(source: str, dataset: str = "auto", labels: str | None = None, 
                          + (" or a labelled CSV file" if kind in ("openi", "kaggle") else ""))
     if label_file and kind not in ("openi", "kaggle"):
         raise InputError(f"--labels {label_file}: a labelled CSV applies to IU-Xray (openi, kaggle); {kind} has its own labels")
-    ds = _read(kind, source, df, scheme, images, uncertain, top_k)
+    ds = _read(kind, source, df, scheme, images, uncertain, top_k, strict)
     if label_file:
         apply_label_table(ds, label_file, uncertain)
     ds.split_seed = seed
@@ -63,11 +64,11 @@ def read_dataset(source: str, dataset: str = "auto", labels: str | None = None, 
     return ds
 
 
-def _read(kind, source, df, scheme, images, uncertain, top_k) -> Dataset:
+def _read(kind, source, df, scheme, images, uncertain, top_k, strict=False) -> Dataset:
     from embedstore.data import openi, tabular_readers
 
     if kind == "openi":
-        return openi.read_openi(source, scheme or "automatic", images, top_k)
+        return openi.read_openi(source, scheme or "automatic", images, top_k, strict)
     if kind == "kaggle":
         return tabular_readers.read_kaggle(source, scheme or "mesh", images, top_k)
     _need_table(source, kind)

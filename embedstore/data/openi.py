@@ -97,17 +97,32 @@ def parse_report(data: bytes, where: str) -> Report:
     )
 
 
-def read_reports(source: str) -> list[Report]:
-    """Every report in a reports tarball, an XML folder (or its parent) or one XML file."""
+def read_reports(source: str, strict: bool = False, bad: list | None = None) -> list[Report]:
+    """Every report in a reports tarball, an XML folder (or its parent) or one XML file.
+
+    A report that cannot be read (malformed XML, no uId, a bad image id) is appended to `bad` as
+    {"file", "reason"} and skipped, unless `strict`: then the first one stops the read."""
+    bad = [] if bad is None else bad
+
+    def parse(data: bytes, where: str):
+        try:
+            return parse_report(data, where)
+        except InputError as err:
+            if strict:
+                raise
+            bad.append({"file": where, "reason": str(err)})
+            return None
+
     if os.path.isdir(source):
-        reports = _from_folder(source)
+        parsed = _from_folder(source, parse)
     elif tarfile.is_tarfile(source):
-        reports = _from_tar(source)
+        parsed = _from_tar(source, parse)
     elif source.lower().endswith(".xml"):
         with open(source, "rb") as fh:
-            reports = [parse_report(fh.read(), source)]
+            parsed = [parse_report(fh.read(), source)]
     else:
         raise InputError(f"{source}: not an Open-i reports archive (.tgz), XML folder or XML file")
+    reports = [r for r in parsed if r is not None]
     seen: dict[str, str] = {}
     for r in reports:
         if r.study_id in seen:
@@ -117,13 +132,13 @@ def read_reports(source: str) -> list[Report]:
     return reports
 
 
-def _from_tar(path: str) -> list[Report]:
+def _from_tar(path: str, parse) -> list[Report | None]:
     out = []
     try:
         with tarfile.open(path, "r:*") as tf:
             for m in tf:  # sequential: a gzip stream is slow to seek
                 if m.isfile() and m.name.endswith(".xml") and not os.path.basename(m.name).startswith("._"):
-                    out.append(parse_report(tf.extractfile(m).read(), f"{path}:{m.name}"))
+                    out.append(parse(tf.extractfile(m).read(), f"{path}:{m.name}"))
     except (tarfile.TarError, EOFError, OSError) as err:
         raise InputError(f"{path}: cannot read the archive ({err}); download it again") from None
     if not out:
@@ -131,7 +146,7 @@ def _from_tar(path: str) -> list[Report]:
     return out
 
 
-def _from_folder(folder: str) -> list[Report]:
+def _from_folder(folder: str, parse) -> list[Report | None]:
     xml_dir = os.path.join(folder, "ecgen-radiology")
     if not os.path.isdir(xml_dir):
         xml_dir = folder
@@ -142,7 +157,7 @@ def _from_folder(folder: str) -> list[Report]:
     for n in names:
         path = os.path.join(xml_dir, n)
         with open(path, "rb") as fh:
-            out.append(parse_report(fh.read(), path))
+            out.append(parse(fh.read(), path))
     return out
 
 
@@ -156,11 +171,14 @@ def image_folder(source: str, images: str | None) -> str | None:
     return None
 
 
-def read_openi(source: str, scheme: str = "automatic", images: str | None = None, top_k: int = 14) -> Dataset:
-    """Records for every image of every report; reports with no image are listed, not dropped."""
+def read_openi(source: str, scheme: str = "automatic", images: str | None = None, top_k: int = 14,
+               strict: bool = False) -> Dataset:
+    """Records for every image of every report; reports with no image are listed, not dropped;
+    reports that cannot be read are listed in `bad_reports` (or, `strict`, stop the read)."""
     if scheme not in SCHEMES:
         raise InputError(f"--labels {scheme!r}: Open-i label schemes are {', '.join(SCHEMES)} or a labelled CSV file")
-    reports = read_reports(source)
+    bad: list[dict] = []
+    reports = read_reports(source, strict, bad)
     if scheme == "automatic":
         findings = list(AUTOMATIC_FINDINGS)
         labels_of = lambda r: automatic_labels(r.automatic)  # noqa: E731
@@ -194,8 +212,10 @@ def read_openi(source: str, scheme: str = "automatic", images: str | None = None
             notes.append(f"{len(records) - found} of {len(records)} images have no file under {folder}")
     notes.append("view inferred only from a caption that names one view and is the image's own "
                  "(e.g. 'Frontal PA view', 'Lateral view'); otherwise unknown")
+    if bad:
+        notes.append(f"{len(bad)} report(s) could not be read and were left out (first: {bad[0]['reason']})")
     return Dataset(
         name="openi", source=source, scheme=scheme, findings=findings, records=records,
         n_reports=len(reports), reports_without_images=[r.study_id for r in reports if not r.images],
-        split_by="study", notes=notes,
+        split_by="study", notes=notes, bad_reports=bad,
     )

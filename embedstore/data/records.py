@@ -44,3 +44,4 @@ class Dataset:
     split_method: str = "given"  # "stratified" when `assign_splits` drew them, "given" when the data set did
     split_fractions: tuple[float, float, float] | None = None  # train, val, test of a stratified assignment
     notes: list[str] = field(default_factory=list)  # anything the user should know
+    bad_reports: list[dict] = field(default_factory=list)  # {"file", "reason"} of reports that could not be read
