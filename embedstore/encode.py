@@ -135,14 +135,6 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 # ---- the pipeline ------------------------------------------------------------------------
 def encode(
     st,
@@ -188,7 +180,7 @@ def encode(
     box_df = _read_boxes(boxes, box_format, ds)
     from embedstore.models import load_model
 
-    loaded = load_model(model, pretrained=pretrained, device=resolve_device(device), precision=precision)
+    loaded = load_model(model, pretrained=pretrained, device=device, precision=precision)
     if version is not None:
         _check_version(st, loaded, precision, version)
     with st.connect(write=True):  # the lock is held for the whole run

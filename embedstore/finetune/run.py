@@ -106,7 +106,7 @@ def finetune(
     Trains on the images whose split is "train", early-stops on "val". See the module docstring
     for resume and reuse.
     """
-    from embedstore.encode import resolve_device
+    from embedstore.models.registry import resolve_device
     from embedstore.store import stable_hash
     from embedstore.store.lock import WriteLock
 

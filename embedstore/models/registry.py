@@ -15,6 +15,8 @@ network for them; an HF text tower is pointed at the folder's own `config.json` 
 
 from __future__ import annotations
 
+import contextlib
+
 import difflib
 import functools
 import hashlib
@@ -155,11 +157,21 @@ def image_size_of(cfg: dict) -> int:
 
 
 # ---- loading -----------------------------------------------------------------------------
+def resolve_device(device: str) -> str:
+    """"auto" -> cuda when a GPU is there, else cpu; any other device as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load_model(name, pretrained: str | None = None, device: str = "cpu", precision: str = "fp32"):
     """Build the model a name stands for: `LoadedModel(model, preprocess, tokenizer, record)`.
 
     `name` may also be a store `Version`: its fine-tuned weights when it has them, else the
-    registry model its record names."""
+    registry model its record names. `device` "auto" is resolved only once the model is known to
+    be available (finding a GPU imports torch)."""
     if hasattr(name, "model_record"):  # a store Version (duck-typed: models imports no store)
         if name.checkpoint is not None:
             return load_model(f"local-dir:{name.checkpoint}", device=device)
@@ -203,6 +215,7 @@ def _weights_file(folder: Path) -> Path | None:
 
 
 def _load_local(spec: Spec, device: str, precision: str):
+    device = resolve_device(device)
     import open_clip
 
     folder = Path(spec.target)
@@ -232,15 +245,24 @@ def _load_local(spec: Spec, device: str, precision: str):
                    revision=meta.get("revision"))
 
 
+HUB_TIMEOUT_S = 3.0  # how long to wait for the Hugging Face Hub before saying it cannot be reached
+
+
 def _load_hub(spec: Spec, device: str, precision: str):
-    import open_clip
+    """A hub model: from the local cache when it is there (no network at all); else from the hub,
+    only when it answers within HUB_TIMEOUT_S and offline mode is not set; else one message."""
     from huggingface_hub import is_offline_mode, try_to_load_from_cache
 
-    if is_offline_mode() and not isinstance(try_to_load_from_cache(spec.target, CONFIG_NAME), str):
-        raise ModelUnavailable(offline_help(spec))
+    cached = isinstance(try_to_load_from_cache(spec.target, CONFIG_NAME), str)
+    if not cached and (is_offline_mode() or not _hub_reachable()):
+        raise ModelUnavailable(offline_help(spec))  # before torch and open_clip are even imported
+    import open_clip
+
+    device = resolve_device(device)
     try:
-        model = open_clip.create_model(f"hf-hub:{spec.target}", device=device, precision=precision)
-        tokenizer = open_clip.get_tokenizer(f"hf-hub:{spec.target}")
+        with _hub_offline(cached):
+            model = open_clip.create_model(f"hf-hub:{spec.target}", device=device, precision=precision)
+            tokenizer = open_clip.get_tokenizer(f"hf-hub:{spec.target}")
     except Exception as err:  # noqa: BLE001 - hub, network and transformers raise many kinds
         raise ModelUnavailable(f"{offline_help(spec)} (cause: {_first_line(err)})") from err
     cfg = json.loads(Path(try_to_load_from_cache(spec.target, CONFIG_NAME)).read_text())
@@ -248,6 +270,32 @@ def _load_hub(spec: Spec, device: str, precision: str):
     revision = weights.parent.name if weights and weights.parent.parent.name == "snapshots" else None
     return _finish(spec, model, tokenizer, cfg["model_cfg"], device,
                    weights_sha256=file_sha256(weights) if weights else None, revision=revision)
+
+
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face Hub answers at all, within HUB_TIMEOUT_S (no retries)."""
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    try:
+        urllib.request.urlopen(constants.ENDPOINT, timeout=HUB_TIMEOUT_S).close()
+        return True
+    except Exception:  # noqa: BLE001 - any failure to connect means "not reachable now"
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline(on: bool):
+    """Tell huggingface_hub to stay off the network (the model is in the local cache)."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or on
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def _cached_weights(repo: str) -> Path | None:
@@ -261,6 +309,7 @@ def _cached_weights(repo: str) -> Path | None:
 
 
 def _load_arch(spec: Spec, device: str, precision: str):
+    device = resolve_device(device)
     import open_clip
     import torch
 
