@@ -177,11 +177,12 @@ class Store:
         return seed_table(self._storage, version)
 
     def compare(self, v1: str | None = None, v2: str | None = None, methods: list[str] | None = None,
-                version: str | None = None, n_boot: int = 1000):
+                version: str | None = None, n_boot: int = 1000, no_run: bool = False):
         """`embedstore compare`: paired differences on the same test images, with group-bootstrap
         intervals, p-values (Holm across findings) and verdicts. `v1`, `v2`: every analysis run on
         both versions side by side; `methods` (e.g. ["zeroshot:pos-neg", "probe", "finetuned"]):
-        every pair of methods on `version`."""
+        every pair of methods on `version`. Versions: the analyses one of them lacks are first run on
+        it with the other's settings, unless `no_run` (then the error names the commands)."""
         from embedstore.analyses import compare as cmp
         from embedstore.errors import InputError
 
@@ -189,7 +190,7 @@ class Store:
             return cmp.compare_methods(self._storage, version, list(methods), n_boot=n_boot)
         if v1 is None or v2 is None:
             raise InputError("compare needs two versions (compare V1 V2) or --methods A,B on one version")
-        return cmp.compare(self._storage, v1, v2, n_boot=n_boot)
+        return cmp.compare(self._storage, v1, v2, n_boot=n_boot, run_missing=not no_run)
 
     # ---- models: fine-tune, Grad-CAM --------------------------------------------------------------
     def finetune(self, from_version: str | None = None, objective: str = "bce", train: str = "vision",

@@ -91,5 +91,6 @@ def to_store(syn: SyntheticStore, store, name: str = "synthetic") -> str:
     prompts = syn.texts.select("finding", "polarity", "template", "text")
     store.upsert_prompts(prompts)
     store.add_text_vectors(version, prompts.select("text"), syn.M)
+    store.complete_version(version)
     syn.ids = ids  # the store's ids for the same rows
     return version

@@ -269,13 +269,64 @@ COMPARE_COLUMNS = {"run": pl.String, "kind": pl.String, "finding": pl.String, "m
                    "verdict": pl.String, "same_data": pl.Boolean, "run_1": pl.String, "run_2": pl.String}
 
 
-def compare(store, v1: str, v2: str, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> pl.DataFrame:
+# How each analysis is run again from its stored config (keys the config holds -> the function's).
+RERUN_KEYS = {
+    "zeroshot": ("rule", "templates", "calibrate_on", "operating_point", "split", "uncertain", "blank", "where",
+                 "n_boot", "seed", "min_positives"),
+    "probe": ("classifier", "grid", "calibrate_on", "operating_point", "uncertain", "blank", "where", "n_boot", "seed",
+              "min_positives"),
+    "separability": ("k", "uncertain", "where", "tsne_max", "seed"),
+}
+
+
+def _rerun(store, kind: str, version: str, config: dict) -> None:
+    """Run an analysis on `version` with the settings a stored run of it used elsewhere."""
+    from embedstore.analyses import probe, separability, zeroshot
+
+    fn = {"zeroshot": zeroshot.zeroshot, "probe": probe.probe, "separability": separability.separability}[kind]
+    kwargs = {k: config[k] for k in RERUN_KEYS[kind] if k in config}
+    if "grid" in kwargs:
+        kwargs["grid"] = tuple(kwargs["grid"])
+    fn(store, version, **kwargs)
+
+
+def _command(kind: str, version: str, config: dict) -> str:
+    """The CLI command that makes the run `config` describes on `version`."""
+    flags = {"rule": "--rule", "templates": "--templates", "classifier": "--classifier", "k": "--k",
+             "calibrate_on": "--calibrate-on", "operating_point": "--operating-point", "uncertain": "--uncertain",
+             "blank": "--blank", "where": "--where", "n_boot": "--n-boot", "min_positives": "--min-positives"}
+    parts = [f"{flags[k]} {config[k] if config[k] is not None else 'none'}"
+             for k in RERUN_KEYS[kind] if k in flags and k in config and config[k] not in (None, "mask")]
+    return f"embedstore {kind} --version {version} " + " ".join(parts)
+
+
+def fill_missing(store, v1: str, v2: str, run: bool = True) -> list[str]:
+    """Run, on each version, the analyses the other has and it lacks (same settings); with
+    `run=False` raise InputError naming the commands instead. Returns what was run."""
+    a, b = _latest_runs(store, v1), _latest_runs(store, v2)
+    todo = [(v2, a[k]) for k in a if k not in b and a[k]["kind"] in RERUN_KEYS]
+    todo += [(v1, b[k]) for k in b if k not in a and b[k]["kind"] in RERUN_KEYS]
+    if not a and not b:  # nothing run yet: the headline analyses on both
+        todo = [(v, {"kind": kind, "config": {}}) for v in (v1, v2) for kind in ("zeroshot", "probe")]
+    if todo and not run:
+        commands = "; ".join(sorted({_command(r["kind"], v, r["config"]) for v, r in todo}))
+        raise InputError(f"run the missing analyses first: {commands} (or leave out --no-run)")
+    for version, r in todo:
+        _rerun(store, r["kind"], version, r["config"])
+    return [f"{r['kind']} on {v}" for v, r in todo]
+
+
+def compare(store, v1: str, v2: str, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
+            run_missing: bool = True) -> pl.DataFrame:
     """One row per (run, finding, metric) present on both versions (`value_1` is `v1`'s), with the
-    paired difference, its interval, p-values and verdict where the metric can be paired."""
+    paired difference, its interval, p-values and verdict where the metric can be paired. The
+    analyses one version lacks are first run on it with the other's settings (`fill_missing`),
+    unless `run_missing` is False."""
     v1, v2 = store.resolve_version(v1), store.resolve_version(v2)
     if v1 == v2:
         raise InputError(f"compare needs two different versions, got {v1} twice")
     require_same_test_set(store, v1, v2)
+    fill_missing(store, v1, v2, run=run_missing)
     a, b = _latest_runs(store, v1), _latest_runs(store, v2)
     shared = [k for k in a if k in b]
     if not shared:

@@ -25,6 +25,7 @@ def compare(
     version: Optional[str] = typer.Option(None, "--version", "-v", help="The version for --methods (default: the latest)."),
     all_rows: bool = typer.Option(False, "--all", help="Every metric on screen (default: summary metrics and per-finding AUROC)."),
     n_boot: int = N_BOOT,
+    no_run: bool = typer.Option(False, "--no-run", help="Do not run the analyses a version lacks; name the commands instead."),
     store: Optional[str] = STORE,
     fmt: Format = FORMAT,
 ) -> None:
@@ -37,7 +38,8 @@ def compare(
     import polars as pl
 
     st = open_store(store)
-    df = st.compare(v1, v2, methods=methods.split(",") if methods else None, version=version, n_boot=n_boot)
+    df = st.compare(v1, v2, methods=methods.split(",") if methods else None, version=version, n_boot=n_boot,
+                    no_run=no_run)
     if df.is_empty():
         print(f"no analysis run with the same settings on both {v1} and {v2}; run e.g. "
               f"`embedstore zeroshot --version {v1}` and `--version {v2}` (and probe) first", file=sys.stderr)

@@ -85,7 +85,9 @@ class VersionTables:
             raise StoreError(f"store {self.path} has no versions yet; run `embedstore encode SOURCE` first")
         if version not in status:
             raise StoreError(f"unknown version {version!r} in {self.path}; known: {', '.join(status) or 'none'}")
-        if status[version] != "complete" and self._con is None:  # the writer building it needs no warning
+        warned = self.__dict__.setdefault("_warned_building", set())
+        if status[version] != "complete" and self._con is None and version not in warned:  # once; not the writer's
+            warned.add(version)
             warnings.warn(f"version {version} is still being built (a killed encode or finetune); its results cover "
                           "what it holds so far", stacklevel=2)
         return version
