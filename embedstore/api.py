@@ -56,13 +56,13 @@ class Store:
         return preview(path, out=out, model=model, pretrained=pretrained, size=size)
 
     def synth(self, out: str, studies: int = 100, seed: int = 0, size: int = 256, dicom: bool = False,
-              labels_from: str | None = None, workers: int = 2, shift: str = "none"):
+              labels_from: str | None = None, workers: int = 2, shift: str = "none", progress: bool = False):
         """`embedstore synth`: phantom radiographs with known findings and boxes in the Open-i
         layout under `out`; a `SynthSummary`."""
         from embedstore.synth import synth
 
         return synth(out, studies=studies, seed=seed, size=size, dicom=dicom, labels_from=labels_from,
-                     workers=workers, shift=shift)
+                     workers=workers, shift=shift, progress=progress)
 
     # ---- the store ------------------------------------------------------------------------------
     def encode(self, source: str, dataset: str = "auto", model: str = "biomedclip", pretrained: str | None = None,
@@ -219,22 +219,22 @@ class Store:
     def agreement(self, boxes: str | None = None, box_format: str = "auto", target: str = "zeroshot",
                   version: str | None = None, method: str = "gradcam", layer: str | None = None,
                   threshold: str = "top:0.15", split: str = "test", batch_size: int = 16, n_boot: int = 1000,
-                  seed: int = 0, force: bool = False):
+                  seed: int = 0, force: bool = False, progress: bool = False):
         """`embedstore agreement`: heatmaps against annotated boxes of the `split` images beside
         baselines, stored as a run (with overlays for the report); an `AgreementResult`."""
         from embedstore.explain.service import agreement
 
         return agreement(self._storage, boxes, box_format=box_format, target=target, version=version,
                          method=method, layer=layer, threshold=threshold, split=split, batch_size=batch_size,
-                         n_boot=n_boot, seed=seed, force=force)
+                         n_boot=n_boot, seed=seed, force=force, progress=progress)
 
     # ---- output ---------------------------------------------------------------------------------
     def report(self, out: PathLike = "report.html", version: str | None = None,
-               compare: tuple[str, str] | None = None):
+               compare: tuple[str, str] | None = None, progress: bool = False):
         """`embedstore report`: one self-contained HTML file; a `BuiltReport`."""
         from embedstore.reports.build import build_report
 
-        return build_report(self._storage, version=version, compare=compare, out=out)
+        return build_report(self._storage, version=version, compare=compare, out=out, progress=progress)
 
     def demo(self, out: PathLike = "demo-out", studies: int = 1000, seed: int = 0, epochs: int = 3,
              model: str = "phantom-clip", shift: str = "site-b", echo=print):

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from embedstore.errors import InputError
+from embedstore.progress import Progress
 
 EXIT_OK = 0
 EXIT_PARTIAL = 3
@@ -306,8 +307,7 @@ def _run_batches(st, version, loaded, items, batch_size, workers, summary, progr
         prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers else None,
     )
-    bar = _Progress(len(items), enabled=progress)
-    t0 = time.perf_counter()
+    bar = Progress("encoding", len(items), enabled=progress)
     with bar, torch.inference_mode():
         for batch in loader:
             X = loaded.encode_images(batch["tensor"]) if batch["tensor"] is not None else np.zeros((0, 0), np.float32)
@@ -319,35 +319,7 @@ def _run_batches(st, version, loaded, items, batch_size, workers, summary, progr
             summary.skipped += batch["skipped"]
             summary.failed += len(batch["errors"])
             summary.errors += batch["errors"]
-            bar.advance(batch["n"], summary.encoded / max(time.perf_counter() - t0, 1e-9))
-
-
-class _Progress:
-    """A rich progress bar on stderr with images/s; silent when disabled."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self._p = total, enabled, None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._p = Progress(TextColumn("encoding"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-                               console=Console(stderr=True), transient=False)
-            self._p.__enter__()
-            self._task = self._p.add_task("encode", total=self.total, rate="")
-        return self
-
-    def advance(self, n: int, rate: float) -> None:
-        if self._p is not None:
-            self._p.update(self._task, advance=n, rate=f"{rate:.1f} images/s")
-
-    def __exit__(self, *exc):
-        if self._p is not None:
-            self._p.__exit__(*exc)
-        return False
+            bar.advance(batch["n"])
 
 
 def _read_boxes(boxes: str | None, box_format: str, ds):

@@ -38,7 +38,7 @@ def agreement(
     scored and left out."""
     result = open_store(store).agreement(boxes, box_format=box_format, target=target, version=version, method=method,
                                          layer=layer, threshold=threshold, split=split, batch_size=batch_size,
-                                         n_boot=n_boot, seed=seed, force=force)
+                                         n_boot=n_boot, seed=seed, force=force, progress=fmt is Format.table)
     if items_out and result.per_item is not None:
         result.per_item.write_csv(items_out)
     typer.echo(scored_line(result), err=True)

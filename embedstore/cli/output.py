@@ -40,7 +40,7 @@ def emit(data: Any, fmt: Format | str = Format.table, title: str | None = None, 
         _write(json.dumps(data, indent=2, default=str), out)
         return
     if isinstance(data, dict):
-        data = pl.DataFrame({"key": list(data), "value": [str(v) for v in data.values()]})
+        data = pl.DataFrame({"key": list(data), "value": [_cell(v) for v in data.values()]})
     if isinstance(data, list):
         data = pl.DataFrame(data)
     if fmt is Format.json:

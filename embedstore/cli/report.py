@@ -23,7 +23,7 @@ def report(
     """Write an HTML report (data set, metrics, comparisons, calibration, curves, projections, separability,
     Grad-CAM, provenance)."""
     compare = compare if compare and all(compare) else None  # an absent tuple option may arrive as (None, None)
-    built = open_store(store).report(out=out, version=version, compare=compare)
+    built = open_store(store).report(out=out, version=version, compare=compare, progress=fmt is Format.table)
     if emit_result(built, fmt):
         return
     print(f"report: {built.path} ({built.charts} charts, {built.size_bytes / 1e6:.1f} MB)")

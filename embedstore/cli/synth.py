@@ -27,7 +27,7 @@ def synth_command(
     from dataclasses import asdict
 
     summary = open_store(None).synth(out, studies=studies, seed=seed, size=size, dicom=dicom, labels_from=labels_from,
-                                     workers=workers, shift=shift)
+                                     workers=workers, shift=shift, progress=fmt is Format.table)
     if emit_result(summary, fmt):
         return
     row = asdict(summary)

@@ -11,5 +11,5 @@
 
 Only `heatmaps.py` / `layers.py` / `targets.py` need torch, and only inside functions.
 
-May import: store, models, data, analyses' NumPy cores, files, errors.
+May import: store, models, data, analyses' NumPy cores, files, progress, errors.
 """

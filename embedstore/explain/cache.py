@@ -77,9 +77,11 @@ def _safe(name: str) -> str:
 
 
 def cached_heatmaps(loaded, items: list[tuple[str, str]], target, cache: HeatmapCache | None, version: str,
-                    method: str = "gradcam", layer: str | None = None, batch_size: int = 16) -> dict:
+                    method: str = "gradcam", layer: str | None = None, batch_size: int = 16,
+                    on_batch=None) -> dict:
     """{image_id: Heatmap} for (image_id, path) items; cached ones are read, the rest computed
-    in batches and written. `layer` None means the architecture's default."""
+    in batches and written. `layer` None means the architecture's default. `on_batch(n)` hears
+    of the cache hits at once and of each computed batch."""
     from embedstore.explain.heatmaps import compute_heatmaps
     from embedstore.explain.layers import resolve_layer
 
@@ -94,8 +96,10 @@ def cached_heatmaps(loaded, items: list[tuple[str, str]], target, cache: Heatmap
             todo.append((iid, path))
         else:
             out[iid] = hit
+    if on_batch is not None and out:
+        on_batch(len(out))
     if todo:
-        maps = compute_heatmaps(loaded, [p for _, p in todo], target, method, layer_name, batch_size)
+        maps = compute_heatmaps(loaded, [p for _, p in todo], target, method, layer_name, batch_size, on_batch)
         for (iid, _), hm in zip(todo, maps):
             hm.model = hm.model.astype(np.float16).astype(np.float32)  # same values as a cache hit
             if cache is not None:

@@ -142,8 +142,9 @@ def model_heatmaps(loaded, tensors, target, method: str = "gradcam", layer: str 
 
 
 def compute_heatmaps(loaded, images: Sequence, target, method: str = "gradcam", layer: str | None = None,
-                     batch_size: int = 16) -> list[Heatmap]:
-    """Read and preprocess `images` (paths or PIL images) and explain them, batch by batch."""
+                     batch_size: int = 16, on_batch=None) -> list[Heatmap]:
+    """Read and preprocess `images` (paths or PIL images) and explain them, batch by batch;
+    `on_batch(n)` is told how many each finished batch held."""
     import torch
 
     check_preprocess(loaded.preprocess)
@@ -156,6 +157,8 @@ def compute_heatmaps(loaded, images: Sequence, target, method: str = "gradcam", 
         maps = model_heatmaps(loaded, tensors, target, method, layer, batch_size=step)
         size = tensors.shape[-1]
         results += [Heatmap(m, crop_geometry(im.width, im.height, size)) for m, im in zip(maps, pils)]
+        if on_batch is not None:
+            on_batch(len(pils))
     return results
 
 

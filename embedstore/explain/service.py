@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from embedstore.errors import InputError
+from embedstore.progress import Progress
 
 TARGETS = ("zeroshot", "probe", "finetuned")
 SPLITS = ("train", "val", "test", "all")
@@ -208,7 +209,8 @@ class AgreementResult:
 def agreement(st, boxes: str | None = None, box_format: str = "auto", target: str = "zeroshot",
               version: str | None = None, method: str = "gradcam", layer: str | None = None,
               threshold: str = "top:0.15", split: str = "test", batch_size: int = 16, n_boot: int = 1000,
-              seed: int = 0, force: bool = False, gallery: int = 12, loaded=None) -> AgreementResult:
+              seed: int = 0, force: bool = False, gallery: int = 12, loaded=None,
+              progress: bool = False) -> AgreementResult:
     """Heatmap-box agreement for every annotated (image, finding) of `split` (train | val | test
     | all); stored as an `agreement` run whose config records the split and the left-out counts.
 
@@ -216,7 +218,8 @@ def agreement(st, boxes: str | None = None, box_format: str = "auto", target: st
     boxed items are computed too (and cached): they fit the `dice@val_threshold` cut, and are
     scored only when `split` is val or all (their val-fitted Dice is then in-sample).
     Intervals resample patient groups (`Storage.image_groups()`). `gallery` overlay PNGs are
-    written where the report finds them (`write_gallery`, from the cached heatmaps).
+    written where the report finds them (`write_gallery`, from the cached heatmaps). `progress`
+    shows a bar over the heatmaps.
     """
     import polars as pl
 
@@ -258,11 +261,12 @@ def agreement(st, boxes: str | None = None, box_format: str = "auto", target: st
     def compute():
         cache = HeatmapCache(st.path / "heatmaps")
         maps = {}
-        for f in findings:
-            ids = sorted(set(needed.filter(pl.col("finding") == f)["image_id"].to_list()))
-            got = cached_heatmaps(loaded, [(i, paths[i]) for i in ids], tgts[f], cache, version, method,
-                                  layer_name, batch_size)
-            maps.update({(i, f): got[i] for i in ids})
+        with Progress("heatmaps", needed.height, unit="heatmaps", enabled=progress) as bar:
+            for f in findings:
+                ids = sorted(set(needed.filter(pl.col("finding") == f)["image_id"].to_list()))
+                got = cached_heatmaps(loaded, [(i, paths[i]) for i in ids], tgts[f], cache, version, method,
+                                      layer_name, batch_size, on_batch=bar.advance)
+                maps.update({(i, f): got[i] for i in ids})
         per_item, summary = agr.agreement(_LazyOriginal(maps), scored, thr, n_boot=n_boot, seed=seed, groups=groups,
                                           val_boxes=val if val.height else None)
         result["per_item"] = per_item

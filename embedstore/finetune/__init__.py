@@ -12,5 +12,5 @@
 Everything here imports torch; nothing the CLI imports at start-up may import this package at
 module top level.
 
-May import: store, models, data, encode, analyses' NumPy cores, files, errors.
+May import: store, models, data, encode, analyses' NumPy cores, files, progress, errors.
 """

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from embedstore.errors import InputError
+from embedstore.progress import Progress
 
 log = logging.getLogger("embedstore.finetune")
 
@@ -227,12 +228,13 @@ def train(
     config: TrainConfig,
     out_dir: str | Path,
     on_epoch: Callable[[dict], None] | None = None,
+    progress: bool = False,
 ) -> TrainResult:
     """Train `objective.module` on `train_data`, early-stopping on `val_data`'s macro AUROC.
 
     `train_data` / `val_data` are `PairDataset`s. Resumes from `out_dir` when it holds a run
     with the same settings (only epochs, patience, threads and device may differ).
-    `on_epoch` is called with each finished epoch's history row.
+    `on_epoch` is called with each finished epoch's history row; `progress` shows a bar per epoch.
     """
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -273,7 +275,7 @@ def train(
     for epoch in range(start, config.epochs + 1):
         if stopped:
             break
-        loss = _train_epoch(objective, train_data, config, epoch, optimizer, scheduler, amp, scaler, device)
+        loss = _train_epoch(objective, train_data, config, epoch, optimizer, scheduler, amp, scaler, device, progress)
         auroc = _validate(objective, val_data, config, device)
         row = {"epoch": epoch, "loss": loss, "val_auroc": auroc, "lr": optimizer.param_groups[0]["lr"]}
         history.append(row)
@@ -301,7 +303,7 @@ def train(
     return TrainResult(best_epoch, best_auroc, ran, resumed_from, stopped, history)
 
 
-def _train_epoch(objective, data, config, epoch, optimizer, scheduler, amp, scaler, device) -> float:
+def _train_epoch(objective, data, config, epoch, optimizer, scheduler, amp, scaler, device, progress=False) -> float:
     """One pass over the training data; returns the mean loss."""
     module = objective.module
     module.train()
@@ -313,24 +315,31 @@ def _train_epoch(objective, data, config, epoch, optimizer, scheduler, amp, scal
     total, count = 0.0, 0
     optimizer.zero_grad(set_to_none=True)
     n = len(loader)
-    for i, batch in enumerate(loader):
-        with amp:
-            loss = objective.loss(batch, device)
-        scaled = loss / config.accumulate
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        total, count = total + float(loss.detach()), count + 1
-        if (i + 1) % config.accumulate == 0 or i + 1 == n:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+    with Progress(f"epoch {epoch}", n, unit="batches", enabled=progress) as bar:
+        for i, batch in enumerate(loader):
+            with amp:
+                loss = objective.loss(batch, device)
+            scaled = loss / config.accumulate
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            total, count = total + float(loss.detach()), count + 1
+            if (i + 1) % config.accumulate == 0 or i + 1 == n:
+                _step(params, optimizer, scheduler, scaler, config.max_grad_norm)
+            bar.advance()
     return total / max(1, count)
+
+
+def _step(params, optimizer, scheduler, scaler, max_grad_norm: float) -> None:
+    """One optimiser step on the accumulated gradients (unscaled first under fp16)."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
 
 
 def _validate(objective, data, config, device) -> float:

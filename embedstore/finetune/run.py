@@ -145,7 +145,8 @@ def finetune(
             from embedstore.models import load_model
 
             loaded = load_model(parent_version, device=config.device)
-            trained, head = _train(loaded, data, config, objective, head_init, work / "train", result, on_epoch)
+            trained, head = _train(loaded, data, config, objective, head_init, work / "train", result, on_epoch,
+                                   progress)
             folder = _export(trained, loaded, head, data, work / "export", settings, result, parent, key)
         result.seconds = time.perf_counter() - started  # recorded as the run's duration (training)
         with st.connect(write=True):
@@ -251,7 +252,7 @@ class TrainingData:
 
 # ---- training and export --------------------------------------------------------------------------
 def _train(loaded, data: TrainingData, config, objective: str, head_init: str, out_dir: Path,
-           result: FinetuneResult, on_epoch):
+           result: FinetuneResult, on_epoch, progress: bool = False):
     """Train in `out_dir` (resuming there); fills `result`; returns (model with best weights, head or None)."""
     from embedstore.finetune.loop import seed_everything
     from embedstore.finetune.loop import train as run_training
@@ -271,7 +272,7 @@ def _train(loaded, data: TrainingData, config, objective: str, head_init: str, o
                            pos_weight_from_labels(train_ds.labels.numpy()), normalize=unit, init=init)
     else:
         obj = ContrastiveObjective(model, loaded.tokenizer, data.prompts())
-    res = run_training(obj, train_ds, val_ds, config, out_dir, on_epoch=on_epoch)
+    res = run_training(obj, train_ds, val_ds, config, out_dir, on_epoch=on_epoch, progress=progress)
     result.trained_now, result.best_epoch, result.best_val_auroc = res.epochs_run, res.best_epoch, res.best_auroc
     result.epochs_run = len(res.history)
     result.resumed_from, result.stopped_early, result.history = res.resumed_from, res.stopped_early, res.history

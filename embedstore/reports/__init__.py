@@ -1,6 +1,6 @@
 """Self-contained Altair HTML reports of a store (see `build.build_report`).
 
-May import: store (read methods), analyses (comparisons, run names, metrics), files, errors.
+May import: store (read methods), analyses (comparisons, run names, metrics), files, progress, errors.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from embedstore.errors import InputError, StoreError
+from embedstore.progress import Progress
 from embedstore.reports import charts
 from embedstore.reports.data import MACRO, OTHER_KINDS, PAIRED_METRICS, POOLED, ReportData, parse_config
 from embedstore.reports.html import Chart, Gallery, Note, Report, Section, Table, chart_spec, render, thumbnail
@@ -374,24 +375,29 @@ def _short_config(config) -> str:
                       default=str)
 
 
-def _sections(data: ReportData) -> list[Section]:
+def _sections(data: ReportData, progress: bool = False) -> list[Section]:
     runs = data.classifier_runs()
     evaluability = data.run_findings(runs) if not runs.is_empty() else pl.DataFrame()
     labels = finding_labels(evaluability) if not evaluability.is_empty() else {}
     dataset, order = _dataset_section(data, evaluability)
     scored = data.scored_labels(runs) if not runs.is_empty() else pl.DataFrame()
-    return [
-        dataset,
-        _per_finding_section(data, runs, order, labels),
-        _paired_section(data, order, labels),
-        _calibration_section(data, runs, order, labels),
-        _overprediction_section(data, runs, scored, labels),
-        _curves_section(scored, runs, order, labels),
-        _projection_section(data, order),
-        _separability_section(data),
-        _agreement_section(data, order),
-        _provenance_section(data),
+    builders = [
+        lambda: _per_finding_section(data, runs, order, labels),
+        lambda: _paired_section(data, order, labels),
+        lambda: _calibration_section(data, runs, order, labels),
+        lambda: _overprediction_section(data, runs, scored, labels),
+        lambda: _curves_section(scored, runs, order, labels),
+        lambda: _projection_section(data, order),
+        lambda: _separability_section(data),
+        lambda: _agreement_section(data, order),
+        lambda: _provenance_section(data),
     ]
+    sections = [dataset]
+    with Progress("report", len(builders), unit="sections", enabled=progress) as bar:
+        for build in builders:
+            sections.append(build())
+            bar.advance()
+    return sections
 
 
 def _write_with_umask(out: Path, text: str) -> None:
@@ -404,7 +410,8 @@ def _write_with_umask(out: Path, text: str) -> None:
 
 
 def build_report(store, version: str | None = None, compare: tuple[str, str] | list[str] | None = None,
-                 out: str | os.PathLike = "report.html", title: str = "embedstore report") -> BuiltReport:
+                 out: str | os.PathLike = "report.html", title: str = "embedstore report",
+                 progress: bool = False) -> BuiltReport:
     """Write one self-contained HTML report of the store (`Storage`) to `out`.
 
     `version`: report only that version; `compare`: two versions side by side; neither: the
@@ -421,7 +428,7 @@ def build_report(store, version: str | None = None, compare: tuple[str, str] | l
     if data.all_versions.is_empty() and store.image_count() == 0:
         raise StoreError("the store is empty: run `embedstore encode SOURCE` first")
 
-    sections = _sections(data)
+    sections = _sections(data, progress)
     what = f"versions {' vs '.join(data.versions)}" if data.compare else f"version {', '.join(data.versions) or '(none)'}"
     report = Report(title, subtitle=f"{what} · generated {time.strftime('%Y-%m-%d %H:%M')}", sections=sections)
     _write_with_umask(out, render(report))

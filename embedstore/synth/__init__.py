@@ -1,6 +1,6 @@
 """Phantom chest radiographs with known findings and boxes, written in the Open-i layout.
 
-May import: data, results, errors.
+May import: data, results, progress, errors.
 """
 
 from embedstore.synth.generate import DEFAULT_SIZE, ImageRenderer, Study, SynthSummary, make_study, synth

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embedstore.errors import InputError
+from embedstore.progress import Progress
 from embedstore.synth import anatomy as an
 from embedstore.synth.devices import device_layer, sample_devices
 from embedstore.synth.findings import KIND_ORDER, KINDS, kinds_for
@@ -297,7 +298,8 @@ def _real_labels(real: dict) -> StudyLabels:
 
 
 def synth(out: str, studies: int = 100, seed: int = 0, size: int = DEFAULT_SIZE, dicom: bool = False,
-          labels_from: str | None = None, workers: int = 2, shift: str = "none") -> SynthSummary:
+          labels_from: str | None = None, workers: int = 2, shift: str = "none",
+          progress: bool = False) -> SynthSummary:
     """Write `studies` phantom studies (or one per real report with `labels_from`) to `out`.
 
     `shift` renders them as another site would (SHIFTS); labels, reports and boxes are the same.
@@ -320,7 +322,8 @@ def synth(out: str, studies: int = 100, seed: int = 0, size: int = DEFAULT_SIZE,
     jobs = ([(seed, r["n"], size, tmp, dicom, r, shift) for r in reals] if reals
             else [(seed, n, size, tmp, dicom, None, shift) for n in range(1, studies + 1)])
     try:
-        results = _run(jobs, workers)
+        with Progress("synthesising", len(jobs), unit="studies", enabled=progress) as bar:
+            results = _run(jobs, workers, bar)
         box_rows = [b for r in results for b in r[0]]
         label_rows = [lab for r in results for lab in r[1]]
         _write_csv(os.path.join(tmp, "boxes.csv"), BOX_COLUMNS, box_rows)
@@ -336,15 +339,20 @@ def synth(out: str, studies: int = 100, seed: int = 0, size: int = DEFAULT_SIZE,
                         round(time.perf_counter() - t0, 2), workers, shift, counts)
 
 
-def _run(jobs: list, workers: int) -> list:
+def _run(jobs: list, workers: int, bar: Progress) -> list:
     if workers <= 1 or len(jobs) < 8:
-        return [_job(j) for j in jobs]
+        return [_advanced(bar, _job(j)) for j in jobs]
     import multiprocessing as mp
 
     # Threads inside numpy/scipy would fight the pool for the same 2 cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with mp.get_context("fork").Pool(workers) as pool:
-        return list(pool.imap(_job, jobs, chunksize=4))
+        return [_advanced(bar, r) for r in pool.imap(_job, jobs, chunksize=4)]
+
+
+def _advanced(bar: Progress, result):
+    bar.advance()
+    return result
 
 
 def _write_csv(path: str, columns: list[str], rows: list[dict]) -> None:
