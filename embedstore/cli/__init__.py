@@ -70,7 +70,13 @@ def main(argv: list[str] | None = None) -> None:
 
     warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
     try:
-        app(args=argv, prog_name="embedstore")  # standalone: usage errors exit by themselves
+        code = app(args=argv, prog_name="embedstore", standalone_mode=False)
+    except typer.Abort:
+        _fail("interrupted", 130)
+    except typer.TyperException as err:  # a bad option or argument: one line, and where the help is
+        ctx = getattr(err, "ctx", None)
+        where = ctx.command_path if ctx is not None else "embedstore"
+        _fail(f"{err.format_message()} (see `{where} --help`)", getattr(err, "exit_code", 2))
     except EmbedstoreError as err:
         _fail(str(err), err.exit_code)
     except KeyboardInterrupt:
@@ -79,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         if DEBUG["on"]:
             raise
         _fail(_describe(err), 2 if isinstance(err, OSError) else 1)
+    if isinstance(code, int) and code:  # typer.Exit(code) from a command, e.g. 3 for partial success
+        sys.exit(code)
 
 
 def _fail(message: str, code: int) -> None:

@@ -14,7 +14,7 @@ from embedstore.cli.output import Format, emit, emit_result
 
 @app.command()
 def finetune(
-    from_version: Optional[str] = typer.Option(None, "--from-version", help="Parent version (default: the latest)."),
+    from_version: Optional[str] = typer.Option(None, "--from-version", help="Parent version (default: the latest complete one)."),
     objective: str = typer.Option("bce", "--objective", help="bce (image tower + linear head) | contrastive (CLIP loss)."),
     train: str = typer.Option("vision", "--train", help="vision | all | last-N-blocks (e.g. last-2-blocks)."),
     epochs: int = typer.Option(10, "--epochs", min=1),

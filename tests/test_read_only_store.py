@@ -1,0 +1,80 @@
+"""A store on a read-only file system (or without write permission) still answers every reading
+command; `query` with text it has never seen encodes it and answers without caching it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    import embedstore
+
+    root = tmp_path_factory.mktemp("read-only")
+    embedstore.open(root / "unused").synth(str(root / "data"), studies=8, seed=2, size=64, workers=1)
+    embedstore.open(root / "st").encode(str(root / "data"), model="phantom-clip", workers=0)
+    return root / "st"
+
+
+def _run_read_only(store: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """`embedstore ARGS --store STORE` with the store read-only: without write permission for an
+    ordinary user; for root (whom permissions do not stop) on a read-only bind mount."""
+    cmd = [sys.executable, "-m", "embedstore", *args, "--store", str(store), "--format", "csv"]
+    if os.geteuid() != 0:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if shutil.which("unshare") is None:
+        pytest.skip("running as root without unshare(1): no way to make a read-only file system here")
+    script = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    done = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(store), *cmd],
+                          capture_output=True, text=True, timeout=300)
+    if "mount:" in done.stderr or "unshare:" in done.stderr:
+        pytest.skip(f"root without mount namespaces here: {done.stderr.strip().splitlines()[0]}")
+    return done
+
+
+@pytest.fixture
+def read_only(store):
+    """Take write permission away (it matters for non-root runs), and give it back afterwards."""
+    files = [store, *store.rglob("*")]
+    modes = {p: p.stat().st_mode for p in files}
+    for p in files:
+        p.chmod(modes[p] & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    yield store
+    for p in reversed(files):
+        p.chmod(modes[p])
+
+
+def _fingerprint(folder: Path) -> dict:
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_query_with_new_text_answers_on_a_read_only_store_and_caches_nothing(read_only):
+    before = _fingerprint(read_only)
+    text = "a never seen before phrase about the heart"
+    done = _run_read_only(read_only, ["query", text, "-k", "3"])
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    rows = done.stdout.strip().splitlines()
+    assert len(rows) == 4 and "score" in rows[0]  # a header and k = 3 hits
+    assert _fingerprint(read_only) == before
+    import embedstore
+
+    cached = embedstore.open(read_only).sql(f"SELECT count(*) AS n FROM text_embeddings WHERE text = '{text}'")
+    assert cached["n"][0] == 0
+
+
+@pytest.mark.parametrize("args", [["versions"], ["verify"], ["sql", "SELECT count(*) FROM images"],
+                                  ["query", "Cardiomegaly", "-k", "2"]])
+def test_reading_commands_work_on_a_read_only_store(read_only, args):
+    done = _run_read_only(read_only, args)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
