@@ -45,8 +45,3 @@ def prompt_table(findings: list[str]):
 
     rows = [row for f in findings for row in prompts_for(f)]
     return pl.DataFrame(rows, schema={"finding": pl.String, "polarity": pl.String, "template": pl.String, "text": pl.String})
-
-
-def known_findings() -> list[str]:
-    """Every finding with its own entry in prompts.toml."""
-    return list(_config().get("findings", {}))

@@ -156,13 +156,6 @@ class IndexFiles:
             )
         return {"version": version, "count": len(ids), "kind": kind_of(index), "checksum": checksum}
 
-    def ensure_index(self, version: str) -> bool:
-        """Rebuild the index if it disagrees with DuckDB; return True when it was rebuilt."""
-        if self.index_is_current(version):
-            return False
-        self.rebuild_index(version)
-        return True
-
     def load_index(self, version: str):
         """The version's FAISS index, or None when it is missing or stale (count differs)."""
         st = self.index_state(version)

@@ -32,10 +32,6 @@ class Kind:
     layer: Callable | None = None  # (layers, params) -> additive attenuation
 
 
-def side_name(side: int) -> str:
-    return {-1: "right", 1: "left", 0: "bilateral"}[side]
-
-
 def lung_point(rng: np.random.Generator, g: Geometry, zones=ZONES, side: int | None = None,
                lateral_frac=(0.2, 0.85), margin: float = 0.03):
     """A point inside a lung: (side, zone, u, v, z)."""
