@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune_helpers import kill_after_first_epoch, parent_snapshot, torch_threads  # noqa: E402

@@ -7,13 +7,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
 from embedstore.data.images import content_hash, model_input, preview, read_image
 from embedstore.errors import InputError
-
-pydicom = pytest.importorskip("pydicom")
 
 
 def _rg1() -> str:
@@ -173,8 +172,9 @@ def test_content_hash_is_sha256_of_the_bytes(tmp_path):
 
 
 def test_preview_is_exactly_what_open_clip_feeds_the_model(tmp_path):
-    torch = pytest.importorskip("torch")
-    open_clip = pytest.importorskip("open_clip")
+    import open_clip
+    import torch
+
     src = tmp_path / "wide.png"
     rng = np.random.default_rng(2)
     Image.fromarray(rng.integers(0, 256, (50, 90), dtype=np.uint8), "L").save(src)

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("open_clip")
-
-from embedstore.models.train_phantom_clip import IMAGE_SIZE, SYNTH_SIZE, TEST_SEED, TRAIN_SEED  # noqa: E402
+from embedstore.models.train_phantom_clip import IMAGE_SIZE, SYNTH_SIZE, TEST_SEED, TRAIN_SEED
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "embedstore" / "models" / "phantom_clip"
 STUDIES = 150  # about 290 images: enough positives for 6-8 findings, so the mean is stable
