@@ -1,8 +1,17 @@
-"""Session fixtures shared by test modules: the report tests' phantom study, built once (report_store.py)."""
+"""Session fixtures shared by test modules, and the skip policy (skip_policy.py).
+
+The report tests' phantom study is built once (report_store.py).
+"""
 
 from __future__ import annotations
 
 import pytest
+
+
+def pytest_configure(config):
+    from skip_policy import SkipPolicy
+
+    config.pluginmanager.register(SkipPolicy(), "embedstore-skip-policy")
 
 
 @pytest.fixture(scope="session")
