@@ -15,6 +15,15 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """Registry name (`local-dir:...`) of a tiny open_clip CLIP (store_helpers.TINY_CFG, seed 0),
+    exported once per session: the second model wherever a test needs two, and the fine-tune tests' model."""
+    from store_helpers import export_tiny_model
+
+    return export_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
 def phantom_store(tmp_path_factory):
     """A phantom study through the real pipeline: v1, its fine-tuned child v2, every analysis, agreement."""
     from finetune_helpers import torch_threads

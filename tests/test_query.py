@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from store_helpers import FastLoaded, build_store  # noqa: E402
+from store_helpers import build_store  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _brute(st, q, k, keep):
 @pytest.mark.parametrize("k", [3, 10, 100])
 def test_where_equals_brute_force(built, where, keep, k):
     st, _ = built
-    q = FastLoaded().encode_texts(["some query"])[0]
+    q = st.text_vectors("v1")[1][0]  # a stored prompt's vector
     from embedstore.query import search
 
     ids, scores = search(st, "v1", q, k, where=where)
@@ -77,8 +77,8 @@ def test_new_text_loads_the_model_once_then_is_cached(built, monkeypatch):
     st, _ = built
     import embedstore.query as Q
 
-    calls = []
-    monkeypatch.setattr(Q, "load_version_model", lambda s, v: calls.append(v) or FastLoaded())
+    calls, load = [], Q.load_version_model  # the registry's loader, counted
+    monkeypatch.setattr(Q, "load_version_model", lambda s, v: calls.append(v) or load(s, v))
     first = st.query("a brand new sentence about hearts", k=4)
     monkeypatch.setattr(Q, "load_version_model", lambda s, v: pytest.fail("model loaded for a cached text"))
     again = st.query("A brand new   sentence about hearts", k=4)
@@ -139,7 +139,7 @@ def test_stale_index_is_rebuilt_before_search(tmp_path):
     from embedstore.data.records import ImageRecord
 
     new = st.upsert_images([ImageRecord("late", None, "s", None, "frontal", None, None, {})])["late"]
-    q = FastLoaded().encode_texts(["x"])[0]
+    q = st.text_vectors("v1")[1][0]
     st.add_image_vectors("v1", np.array([new]), ["h"], q[None, :])  # DuckDB ahead of the index
     out = st.query(like="IM000", k=20)
     assert "late" in out["image_id"].to_list() and out.height == 8
