@@ -10,6 +10,9 @@ them: `phantom-clip` (shipped in the package) by default, and a tiny open_clip C
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +85,26 @@ def build_store(root: Path, n: int = 40, seed: int = 0, model: str = MODEL):
     st = Store(root / "store")
     st.encode(ds, model=model, batch_size=16, workers=0, device="cpu")
     return st, ds
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from embedstore.store.store import WriteLock
+WriteLock(Path(sys.argv[1]) / "lock").acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@contextmanager
+def locked_by_another_process(store: Path):
+    """Another process holds `store`'s write lock (the flock every writer takes) inside the
+    block, as a running writer would; yields its PID."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(store)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,93 @@
+"""Exit code 75 (store busy) for every command that writes, while another process holds the
+store's write lock; the store is left as it was, and readers keep working meanwhile.
+
+Each command runs through the real CLI (`embedstore.cli.main`) in this process on a copy of one
+phantom store (16 studies, phantom-clip), against a lock held by a separate process.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from store_helpers import locked_by_another_process
+
+import embedstore
+from embedstore.cli import main
+
+STUDIES = 16
+WRITERS = {
+    "encode": ["encode", "{phantoms}", "--model", "phantom-clip", "--device", "cpu", "--workers", "0"],
+    "zeroshot": ["zeroshot", "--n-boot", "20", "--min-positives", "1"],
+    "probe": ["probe", "--n-boot", "20", "--min-positives", "1"],
+    "separability": ["separability"],
+    "finetune": ["finetune", "--epochs", "1", "--device", "cpu", "--workers", "0"],
+    "agreement": ["agreement", "--split", "all", "--n-boot", "20"],
+    "sql --write": ["sql", "DELETE FROM image_embeddings", "--write"],
+}
+READERS = {
+    "sql": ["sql", "SELECT count(*) AS n FROM images"],
+    "versions": ["versions"],
+    "query": ["query", "cardiomegaly", "-k", "3"],
+    "runs": ["runs"],
+}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """Phantoms and their store (v1, phantom-clip, no analysis run yet)."""
+    from embedstore.synth import synth
+
+    root = tmp_path_factory.mktemp("busy")
+    synth(str(root / "phantoms"), studies=STUDIES, seed=4, size=64, workers=1)
+    embedstore.open(root / "store").encode(str(root / "phantoms"), model="phantom-clip", workers=0, device="cpu")
+    return root
+
+
+def contents(store: Path) -> tuple:
+    """What a writer would change: rows of the tables the commands write, and the files."""
+    counts = embedstore.open(store).sql(
+        "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM versions), "
+        "(SELECT count(*) FROM image_embeddings), (SELECT count(*) FROM text_embeddings), "
+        "(SELECT count(*) FROM images), (SELECT count(*) FROM errors)").rows()[0]
+    return counts, sorted(p.name for p in (store / "index").iterdir())
+
+
+def cli(capsys, args: list[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("command", WRITERS)
+def test_a_writer_exits_75_while_another_process_holds_the_store(base, tmp_path, capsys, command):
+    store = tmp_path / "store"
+    shutil.copytree(base / "store", store)
+    before = contents(store)
+    args = [a.format(phantoms=base / "phantoms") for a in WRITERS[command]] + ["--store", str(store)]
+    with locked_by_another_process(store) as holder:
+        code, _, err = cli(capsys, args)
+    assert code == 75, (code, err[-2000:])
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: store busy, held by PID {holder} ({store}); try again when it finishes"]
+    assert "Traceback" not in err
+    assert contents(store) == before  # nothing half-written
+
+
+def test_the_same_command_succeeds_once_the_holder_is_gone(base, tmp_path, capsys):
+    store = tmp_path / "store"
+    shutil.copytree(base / "store", store)
+    args = WRITERS["sql --write"] + ["--store", str(store)]
+    with locked_by_another_process(store):
+        assert cli(capsys, args)[0] == 75
+    assert cli(capsys, args)[0] == 0
+    assert contents(store)[0][2] == 0  # the statement ran this time
+
+
+@pytest.mark.parametrize("command", READERS)
+def test_readers_keep_working_while_a_writer_holds_the_store(base, capsys, command):
+    with locked_by_another_process(base / "store"):
+        code, out, err = cli(capsys, READERS[command] + ["--store", str(base / "store")])
+    assert code == 0 and out.strip(), err
