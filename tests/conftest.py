@@ -24,6 +24,19 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def small_phantoms(tmp_path_factory):
+    """16 phantom studies (`phantoms/`, 64 px, with boxes) and their store (`store/`: v1 by
+    phantom-clip, no analysis run): the CLI tests' data. Read-only: copy the store to write."""
+    import embedstore
+    from embedstore.synth import synth
+
+    root = tmp_path_factory.mktemp("small-phantoms")
+    synth(str(root / "phantoms"), studies=16, seed=4, size=64, workers=1)
+    embedstore.open(root / "store").encode(str(root / "phantoms"), model="phantom-clip", workers=0, device="cpu")
+    return root
+
+
+@pytest.fixture(scope="session")
 def phantom_store(tmp_path_factory):
     """A phantom study through the real pipeline: v1, its fine-tuned child v2, every analysis, agreement."""
     from finetune_helpers import torch_threads

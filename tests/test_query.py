@@ -86,24 +86,13 @@ def test_new_text_loads_the_model_once_then_is_cached(built, monkeypatch):
 
 
 def test_stored_text_query_imports_no_torch(built):
+    from cli_process import run_in_fresh_process
+
     st, _ = built
-    code = (
-        "import sys, io, contextlib\n"
-        "from embedstore.cli import main\n"
-        "buf = io.StringIO()\n"
-        "with contextlib.redirect_stdout(buf):\n"
-        "    try:\n"
-        f"        main(['query', 'Cardiomegaly', '-k', '3', '--format', 'json', '--store', {str(st.path)!r}])\n"
-        "    except SystemExit as e:\n"
-        "        assert not e.code, e.code\n"
-        "heavy = [m for m in ('torch', 'open_clip', 'transformers', 'sklearn', 'pandas') if m in sys.modules]\n"
-        "print(buf.getvalue()); print('HEAVY', heavy)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    text, heavy_line = out.stdout.rsplit("HEAVY", 1)
-    assert heavy_line.strip() == "[]"
-    hits = json.loads(text)
+    (result,) = run_in_fresh_process([["query", "Cardiomegaly", "-k", "3", "--format", "json", "--store", str(st.path)]],
+                                     heavy=("torch", "open_clip", "transformers", "sklearn", "pandas"))
+    assert result["code"] == 0 and result["loaded"] == [], result["err"]
+    hits = json.loads(result["out"])
     assert len(hits) == 3 and {"score", "image_id", "path", "view", "labels"} <= set(hits[0])
 
 

@@ -1,8 +1,6 @@
 """Runs against the real Store: reuse, --force, listing, SQL reach, CLI, and no torch import."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -77,26 +75,13 @@ def test_bad_split_is_a_one_line_error(store):
 
 
 def test_cli_commands_and_no_torch(store):
-    code = (
-        "import sys, json, contextlib, io\n"
-        "from embedstore.cli import main\n"
-        "out = io.StringIO()\n"
-        "for cmd in (['zeroshot', '--n-boot', '20'], ['probe', '--n-boot', '20', '--cooccurrence'],\n"
-        "            ['separability'], ['runs'], ['probe', '--n-boot', '20', '--format', 'json']):\n"
-        "    with contextlib.redirect_stdout(out):\n"
-        "        try:\n"
-        "            main(cmd + ['--store', sys.argv[1]])\n"
-        "        except SystemExit as e:\n"
-        "            assert not e.code, (cmd, e.code)\n"
-        "print(json.dumps({'torch': 'torch' in sys.modules, 'open_clip': 'open_clip' in sys.modules,\n"
-        "                  'out': out.getvalue()}))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code, str(store.path)], capture_output=True, text=True,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not res["torch"] and not res["open_clip"]
-    assert "pos-neg" in res["out"] and "separability" in res["out"]
-    payload = res["out"][res["out"].index("[\n"):]
-    rows = json.loads(payload)
+    from cli_process import run_in_fresh_process
+
+    commands = [["zeroshot", "--n-boot", "20"], ["probe", "--n-boot", "20", "--cooccurrence"], ["separability"],
+                ["runs"], ["probe", "--n-boot", "20", "--format", "json"]]
+    results = run_in_fresh_process([cmd + ["--store", str(store.path)] for cmd in commands])
+    assert [r["code"] for r in results] == [0] * len(commands), [r["err"][-500:] for r in results]
+    assert all(r["loaded"] == [] for r in results)  # neither torch nor open_clip
+    assert "pos-neg" in results[0]["out"] and "separability" in results[2]["out"]
+    rows = json.loads(results[-1]["out"][results[-1]["out"].index("[\n"):])
     assert {"run_id", "finding", "metric", "value", "lo", "hi"} <= set(rows[0])

@@ -1,8 +1,9 @@
 """Exit code 75 (store busy) for every command that writes, while another process holds the
 store's write lock; the store is left as it was, and readers keep working meanwhile.
 
-Each command runs through the real CLI (`embedstore.cli.main`) in this process on a copy of one
-phantom store (16 studies, phantom-clip), against a lock held by a separate process.
+Each command runs through the real CLI (`embedstore.cli.main`) in this process on a copy of the
+session's small phantom store (conftest.py: 16 studies, phantom-clip), against a lock held by a
+separate process.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from store_helpers import locked_by_another_process
 import embedstore
 from embedstore.cli import main
 
-STUDIES = 16
 WRITERS = {
     "encode": ["encode", "{phantoms}", "--model", "phantom-clip", "--device", "cpu", "--workers", "0"],
     "zeroshot": ["zeroshot", "--n-boot", "20", "--min-positives", "1"],
@@ -32,17 +32,6 @@ READERS = {
     "query": ["query", "cardiomegaly", "-k", "3"],
     "runs": ["runs"],
 }
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """Phantoms and their store (v1, phantom-clip, no analysis run yet)."""
-    from embedstore.synth import synth
-
-    root = tmp_path_factory.mktemp("busy")
-    synth(str(root / "phantoms"), studies=STUDIES, seed=4, size=64, workers=1)
-    embedstore.open(root / "store").encode(str(root / "phantoms"), model="phantom-clip", workers=0, device="cpu")
-    return root
 
 
 def contents(store: Path) -> tuple:
@@ -62,11 +51,11 @@ def cli(capsys, args: list[str]) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("command", WRITERS)
-def test_a_writer_exits_75_while_another_process_holds_the_store(base, tmp_path, capsys, command):
+def test_a_writer_exits_75_while_another_process_holds_the_store(small_phantoms, tmp_path, capsys, command):
     store = tmp_path / "store"
-    shutil.copytree(base / "store", store)
+    shutil.copytree(small_phantoms / "store", store)
     before = contents(store)
-    args = [a.format(phantoms=base / "phantoms") for a in WRITERS[command]] + ["--store", str(store)]
+    args = [a.format(phantoms=small_phantoms / "phantoms") for a in WRITERS[command]] + ["--store", str(store)]
     with locked_by_another_process(store) as holder:
         code, _, err = cli(capsys, args)
     assert code == 75, (code, err[-2000:])
@@ -76,9 +65,9 @@ def test_a_writer_exits_75_while_another_process_holds_the_store(base, tmp_path,
     assert contents(store) == before  # nothing half-written
 
 
-def test_the_same_command_succeeds_once_the_holder_is_gone(base, tmp_path, capsys):
+def test_the_same_command_succeeds_once_the_holder_is_gone(small_phantoms, tmp_path, capsys):
     store = tmp_path / "store"
-    shutil.copytree(base / "store", store)
+    shutil.copytree(small_phantoms / "store", store)
     args = WRITERS["sql --write"] + ["--store", str(store)]
     with locked_by_another_process(store):
         assert cli(capsys, args)[0] == 75
@@ -87,7 +76,7 @@ def test_the_same_command_succeeds_once_the_holder_is_gone(base, tmp_path, capsy
 
 
 @pytest.mark.parametrize("command", READERS)
-def test_readers_keep_working_while_a_writer_holds_the_store(base, capsys, command):
-    with locked_by_another_process(base / "store"):
-        code, out, err = cli(capsys, READERS[command] + ["--store", str(base / "store")])
+def test_readers_keep_working_while_a_writer_holds_the_store(small_phantoms, capsys, command):
+    with locked_by_another_process(small_phantoms / "store"):
+        code, out, err = cli(capsys, READERS[command] + ["--store", str(small_phantoms / "store")])
     assert code == 0 and out.strip(), err
