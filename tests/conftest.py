@@ -37,6 +37,24 @@ def small_phantoms(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def small_two_versions(small_phantoms, tiny_model, tmp_path_factory):
+    """A copy of `small_phantoms`' store with a second model's version (v2: the tiny open_clip) and
+    the pos-neg zero-shot and probe runs on both, which `compare v1 v2` pairs. Read-only."""
+    import shutil
+
+    import embedstore
+
+    path = tmp_path_factory.mktemp("small-two-versions") / "store"
+    shutil.copytree(small_phantoms / "store", path)
+    st = embedstore.open(path)
+    st.encode(str(small_phantoms / "phantoms"), model=tiny_model, workers=0, device="cpu")
+    for version in ("v1", "v2"):
+        st.zeroshot(version, rule="pos-neg", n_boot=10, min_positives=1)
+        st.probe(version, n_boot=10, min_positives=1)
+    return st
+
+
+@pytest.fixture(scope="session")
 def phantom_store(tmp_path_factory):
     """A phantom study through the real pipeline: v1, its fine-tuned child v2, every analysis, agreement."""
     from finetune_helpers import torch_threads

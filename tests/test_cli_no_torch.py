@@ -3,9 +3,9 @@
 `query` with a stored text, `zeroshot`, `probe`, `separability`, `runs`, `splits`, `seed-table`.
 
 They run one after another in one fresh process (cli_process.py) on a copy of the session's small
-phantom store, to which this process has added a second model's version (v2) and the runs that
-`compare v1 v2` pairs; the analyses in the fresh process compute new runs (other settings), so
-their computing paths are the ones checked, not a stored run's reuse.
+phantom store with a second model's version (v2) and the runs that `compare v1 v2` pairs
+(conftest.py's `small_two_versions`); the analyses in the fresh process compute new runs (other
+settings), so their computing paths are the ones checked, not a stored run's reuse.
 """
 
 from __future__ import annotations
@@ -20,15 +20,10 @@ import embedstore
 BOOT = ["--n-boot", "20", "--min-positives", "1"]
 
 
-@pytest.fixture(scope="module")
-def store(small_phantoms, tiny_model, tmp_path_factory):
-    path = tmp_path_factory.mktemp("no-torch") / "store"
-    shutil.copytree(small_phantoms / "store", path)
-    st = embedstore.open(path)
-    st.encode(str(small_phantoms / "phantoms"), model=tiny_model, workers=0, device="cpu")
-    for version in ("v1", "v2"):
-        st.zeroshot(version, rule="pos-neg", n_boot=10, min_positives=1)
-        st.probe(version, n_boot=10, min_positives=1)
+@pytest.fixture
+def store(small_two_versions, tmp_path):
+    path = tmp_path / "store"
+    shutil.copytree(small_two_versions.path, path)
     return path
 
 

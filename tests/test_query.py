@@ -156,3 +156,35 @@ def test_verify_catches_tampered_index_and_deleted_row(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode != 0 and "error: verify failed: version v1: rows" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_cli_image_file_query_ranks_by_the_files_vector(built, tmp_path, capsys):
+    """`query --image PATH`: a stored image's own file comes first, at cosine 1, followed by what
+    `--like` finds for it; a file the store has never seen is encoded by the version's model."""
+    from PIL import Image
+
+    from embedstore.cli import main
+    from embedstore.data.images import model_input
+    from embedstore.models import load_model
+
+    st, ds = built
+
+    def image_query(path) -> list[dict]:
+        with pytest.raises(SystemExit) as exc:
+            main(["query", "--image", str(path), "-k", "5", "--format", "json", "--store", str(st.path)])
+        assert exc.value.code == 0
+        return json.loads(capsys.readouterr().out)
+
+    hits = image_query(ds.records[5].path)
+    assert hits[0]["image_id"] == "IM005" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert [h["image_id"] for h in hits[1:]] == st.query(like="IM005", k=4)["image_id"].to_list()
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.random.default_rng(9).integers(0, 256, (30, 26), dtype=np.uint8), "L").save(outside)
+    loaded = load_model(st.version_info("v1")["model_name"])
+    v = loaded.encode_images(model_input(outside, loaded.preprocess)[None])[0]
+    ids, X = st.image_vectors("v1")
+    by_id = dict(zip(st.images()["id"].to_list(), st.images()["image_id"].to_list()))
+    want = np.argsort(-(X @ v))[:5]
+    hits = image_query(outside)
+    assert [h["image_id"] for h in hits] == [by_id[int(i)] for i in ids[want]]
+    np.testing.assert_allclose([h["score"] for h in hits], (X @ v)[want], atol=1e-4)

@@ -85,3 +85,55 @@ def test_cli_commands_and_no_torch(store):
     assert "pos-neg" in results[0]["out"] and "separability" in results[2]["out"]
     rows = json.loads(results[-1]["out"][results[-1]["out"].index("[\n"):])
     assert {"run_id", "finding", "metric", "value", "lo", "hi"} <= set(rows[0])
+
+
+# ---- the analyses' --where and --uncertain through the CLI ---------------------------------------
+def _cli_rows(capsys, args: list[str]) -> list[dict]:
+    """`embedstore ARGS --format json` in this process: the printed rows (metrics with run_id)."""
+    from embedstore.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--format", "json"])
+    assert exc.value.code == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _scored_ids(store, run_id: str) -> set[int]:
+    """The images a run scored: its per-image scores, or its projections (separability)."""
+    rows = store.sql(f"SELECT id FROM image_scores WHERE run_id = '{run_id}' "
+                     f"UNION SELECT id FROM projections WHERE run_id = '{run_id}'")
+    return set(rows["id"].to_list())
+
+
+@pytest.mark.parametrize("command", [["zeroshot", "--rule", "pos-neg"], ["probe"], ["separability"]],
+                         ids=["zeroshot", "probe", "separability"])
+def test_where_limits_the_images_an_analysis_scores(store, capsys, command):
+    args = [*command, "--store", str(store.path)] + (["--n-boot", "20"] if command[0] != "separability" else [])
+    everything = _cli_rows(capsys, args)[0]["run_id"]
+    frontal = _cli_rows(capsys, [*args, "--where", "view = 'frontal'"])[0]["run_id"]
+    test_ids = set(store.images("split = 'test'")["id"].to_list())
+    frontal_ids = set(store.images("split = 'test' AND view = 'frontal'")["id"].to_list())
+    assert 0 < len(frontal_ids) < len(test_ids)
+    assert _scored_ids(store, everything) == test_ids
+    assert _scored_ids(store, frontal) == frontal_ids
+
+
+@pytest.mark.parametrize("command", [["zeroshot", "--rule", "pos-neg"], ["probe"]], ids=["zeroshot", "probe"])
+def test_uncertain_decides_what_an_uncertain_label_counts_as(store, capsys, command):
+    """Per finding on the test split: `n` labelled images and `support` positives, against the
+    stored labels counted here (1, 0, -1 = uncertain; a missing label has no row)."""
+    labels = store.sql("SELECT finding, value, count(*) AS images FROM labels JOIN images USING (id) "
+                       "WHERE split = 'test' GROUP BY ALL")
+    count = {(f, v): n for f, v, n in labels.iter_rows()}
+    findings = sorted({f for f, _ in count})
+    assert sum(count.get((f, -1), 0) for f in findings) > 0  # the store has uncertain test labels
+
+    def counts(policy: str) -> dict[str, tuple[int, int]]:
+        rows = _cli_rows(capsys, [*command, "--uncertain", policy, "--n-boot", "20", "--store", str(store.path)])
+        per = {(r["finding"], r["metric"]): r["value"] for r in rows if r["finding"] is not None}
+        return {f: (int(per[(f, "n")]), int(per[(f, "support")])) for f in findings}
+
+    pos, neg, unc = ({f: count.get((f, v), 0) for f in findings} for v in (1, 0, -1))
+    assert counts("mask") == {f: (pos[f] + neg[f], pos[f]) for f in findings}
+    assert counts("negative") == {f: (pos[f] + neg[f] + unc[f], pos[f]) for f in findings}
+    assert counts("positive") == {f: (pos[f] + neg[f] + unc[f], pos[f] + unc[f]) for f in findings}
