@@ -1,6 +1,8 @@
 """Session fixtures shared by test modules, and the skip policy (skip_policy.py).
 
-The report tests' phantom study is built once (report_store.py).
+Stores that take seconds to build are built once per session, here, and are read-only: a test
+that writes copies one first (store_helpers.copy_store). Their recipes are in report_store.py
+(the site-B phantom study, its fine-tune and the report's analyses) and store_helpers.py.
 """
 
 from __future__ import annotations
@@ -55,13 +57,42 @@ def small_two_versions(small_phantoms, tiny_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def phantom_store(tmp_path_factory):
-    """A phantom study through the real pipeline: v1, its fine-tuned child v2, every analysis, agreement."""
+def site_b_study(tmp_path_factory):
+    """300 site-B phantom studies (`phantoms/`) and their store (`store/`: v1 by phantom-clip),
+    report_store.py's `site_b_study`. Read-only: copy the store to write."""
     from finetune_helpers import torch_threads
-    from report_store import phantom_study
+    from report_store import site_b_study
 
     with torch_threads(2):
-        return phantom_study(tmp_path_factory.mktemp("report-phantoms"))
+        return site_b_study(tmp_path_factory.mktemp("site-b"))
+
+
+@pytest.fixture(scope="session")
+def site_b_tuned(site_b_study, tmp_path_factory):
+    """A copy of `site_b_study`'s store with v1 fine-tuned into v2 (report_store.FINETUNE_ARGS, 2
+    torch threads): (Store, snapshot of v1 taken before the fine-tune, FinetuneResult). Read-only."""
+    from finetune_helpers import parent_snapshot, torch_threads
+    from report_store import finetune
+    from store_helpers import copy_store
+
+    st = copy_store(site_b_study / "store", tmp_path_factory.mktemp("site-b-tuned") / "store")
+    before = parent_snapshot(st)
+    with torch_threads(2):
+        return st, before, finetune(st)
+
+
+@pytest.fixture(scope="session")
+def phantom_store(site_b_study, site_b_tuned, tmp_path_factory):
+    """The report tests' phantom study: a copy of `site_b_tuned`'s store (v1 and its fine-tuned
+    child v2) with every analysis on both versions and Grad-CAM agreement (report_store.py)."""
+    from finetune_helpers import torch_threads
+    from report_store import report_study
+    from store_helpers import copy_store
+
+    root = tmp_path_factory.mktemp("report-phantoms")
+    st = copy_store(site_b_tuned[0].path, root / "store")
+    with torch_threads(2):
+        return report_study(st, site_b_study / "phantoms", root)
 
 
 @pytest.fixture(scope="session")

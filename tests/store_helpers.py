@@ -76,6 +76,16 @@ def make_dataset(paths: list, extra_missing: int = 0):
     return Dataset(name="manifest", source="test", scheme="test", findings=FINDINGS, records=recs)
 
 
+def copy_store(store: Path, dest: Path):
+    """A copy of the store folder `store` at `dest`, opened: how a test writes to a shared store."""
+    import shutil
+
+    from embedstore.api import Store
+
+    shutil.copytree(store, dest)
+    return Store(dest)
+
+
 def build_store(root: Path, n: int = 40, seed: int = 0, model: str = MODEL):
     """A store of n PNGs encoded with `model` (a registry name) as v1: (Store, Dataset)."""
     from embedstore.api import Store
