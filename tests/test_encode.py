@@ -126,32 +126,37 @@ def test_unreadable_images_are_recorded_and_the_rest_encoded(tiny, tmp_path):
     assert st.sql("SELECT count(*) AS n FROM errors WHERE image_id LIKE 'IM%'")["n"][0] == 0
 
 
-KILLED = textwrap.dedent("""
+# A fork server: one process imports torch, open_clip and embedstore once (seconds), then forks a
+# fresh encoder per request: "MODE IMGDIR STORE LOG" on stdin -> the encoder's PID, then its exit
+# status (negative: killed by that signal). Each encoder is a separate process, started with
+# nothing run yet (no torch thread pool to inherit), that SIGKILLs itself at MODE's moment.
+FORK_SERVER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
     sys.path.insert(0, {tests!r})
+    import faiss, open_clip, torch
     from store_helpers import MODEL, make_dataset
-    mode, imgdir, store = sys.argv[1:]
-    from embedstore.store.store import Store
+    from embedstore.encode import encode
     from embedstore.store import index as idx
-    count = [0]
-    orig_add = Store.add_image_vectors
-    def add(self, *a, **k):
-        r = orig_add(self, *a, **k)
-        count[0] += 1
-        print(f"batch {{count[0]}}", flush=True)
-        if mode == f"after{{count[0]}}":
-            os.kill(os.getpid(), signal.SIGKILL)
-        return r
-    Store.add_image_vectors = add
-    orig_err = Store.write_errors
-    def werr(self, version, rows, con=None):
-        if mode == "in-transaction" and con is not None and count[0] == 1:
-            os.kill(os.getpid(), signal.SIGKILL)  # second batch inserted, not committed
-        return orig_err(self, version, rows, con=con)
-    Store.write_errors = werr
-    if mode in ("index-write", "index-rename"):
-        import faiss
+    from embedstore.store.store import Store
+
+    def run_encoder(mode, imgdir, store):
+        count = [0]
+        orig_add = Store.add_image_vectors
+        def add(self, *a, **k):
+            r = orig_add(self, *a, **k)
+            count[0] += 1
+            print(f"batch {{count[0]}}", flush=True)
+            if mode == f"after{{count[0]}}":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return r
+        Store.add_image_vectors = add
+        orig_err = Store.write_errors
+        def werr(self, version, rows, con=None):
+            if mode == "in-transaction" and con is not None and count[0] == 1:
+                os.kill(os.getpid(), signal.SIGKILL)  # second batch inserted, not committed
+            return orig_err(self, version, rows, con=con)
+        Store.write_errors = werr
         orig_write, orig_replace = faiss.write_index, os.replace
         def write(index, path):
             orig_write(index, path)
@@ -163,41 +168,72 @@ KILLED = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)  # renamed, DuckDB not updated
         faiss.write_index = write
         idx.os.replace = replace
-    from embedstore.encode import encode
-    paths = sorted(Path(imgdir).glob("*.png"))
-    encode(make_dataset(paths), store=store, model=MODEL, batch_size=4, workers=1, device="cpu", progress=False)
-    print("done", flush=True)
+        paths = sorted(Path(imgdir).glob("*.png"))
+        encode(make_dataset(paths), store=store, model=MODEL, batch_size=4, workers=1, device="cpu", progress=False)
+        print("done", flush=True)
+
+    print("ready", flush=True)
+    for line in sys.stdin:
+        mode, imgdir, store, log = line.split()
+        pid = os.fork()
+        if pid == 0:
+            os.setsid()  # a process group of its own: its decoding worker is killed with it
+            out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            try:
+                run_encoder(mode, imgdir, store)
+            finally:
+                sys.stdout.flush()
+                os._exit(0)
+        print(pid, flush=True)
+        _, status = os.waitpid(pid, 0)
+        print(-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status), flush=True)
 """).format(tests=str(TESTS))
 
 
 @pytest.fixture(scope="module")
+def fork_server(tmp_path_factory):
+    """The running fork server (see FORK_SERVER); stopped at the end of the module."""
+    script = tmp_path_factory.mktemp("kill") / "fork_server.py"
+    script.write_text(FORK_SERVER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env)
+    assert proc.stdout.readline().strip() == "ready"
+    yield proc
+    proc.stdin.close()
+    proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
 def killed_setup(tmp_path_factory):
-    """The images, the killed encoder's script, and reference vectors from the registry's model."""
+    """The images and reference vectors from the registry's model, one image at a time."""
     from embedstore.models import load_model
 
-    root = tmp_path_factory.mktemp("kill")
+    root = tmp_path_factory.mktemp("kill-images")
     paths = write_pngs(root / "img", N_IMAGES)
-    script = root / "killed.py"
-    script.write_text(KILLED)
-    return root, paths, script, _reference(load_model(MODEL), paths)
+    return root, paths, _reference(load_model(MODEL), paths)
 
 
-def _run_killed(script, mode, imgdir, store, log: Path, kill_on_line=None):
-    """`encode` in a subprocess that SIGKILLs itself at `mode`'s moment (or is SIGKILLed from
-    here once it prints `kill_on_line`); returns (return code, printed lines) once the store's
-    lock is free again."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(script), mode, str(imgdir), str(store)], stdout=out,
-                                stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+def _run_killed(server, mode, imgdir, store, log: Path, kill_on_line=None):
+    """An encoder forked by the server that SIGKILLs itself at `mode`'s moment (or is SIGKILLed
+    from here once it prints `kill_on_line`); returns (exit status, printed lines) once the
+    store's lock is free again."""
+    server.stdin.write(f"{mode} {imgdir} {store} {log}\n")
+    server.stdin.flush()
+    pid = int(server.stdout.readline())
     try:
-        while proc.poll() is None:
-            if kill_on_line and kill_on_line in log.read_text().splitlines():
-                proc.kill()  # a real external SIGKILL while encode runs
-            time.sleep(0.02)
+        if kill_on_line:
+            deadline = time.monotonic() + 120
+            while not (log.exists() and kill_on_line in log.read_text().splitlines()):
+                assert time.monotonic() < deadline, log.read_text() if log.exists() else "no output"
+                time.sleep(0.02)
+            os.kill(pid, signal.SIGKILL)  # a real external SIGKILL while encode runs
+        status = int(server.stdout.readline())
     finally:
-        _release_group(proc.pid, store)
-    return proc.returncode, log.read_text().splitlines()
+        _release_group(pid, store)
+    return status, log.read_text().splitlines()
 
 
 def _release_group(pgid: int, store: Path) -> None:
@@ -224,14 +260,14 @@ def _release_group(pgid: int, store: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["after1", "after3", "in-transaction", "index-write", "index-rename", "external"])
-def test_exactly_once_after_sigkill(killed_setup, tmp_path, mode):
+def test_exactly_once_after_sigkill(fork_server, killed_setup, tmp_path, mode):
     """A process killed at `mode`'s moment, then encode run again on its store (here, in this
     process): every image is stored exactly once, with the model's vectors, and verify passes."""
     from embedstore.api import Store
 
-    root, paths, script, ref = killed_setup
+    root, paths, ref = killed_setup
     store = tmp_path / "store"
-    rc, lines = _run_killed(script, mode if mode != "external" else "none", root / "img", store,
+    rc, lines = _run_killed(fork_server, mode if mode != "external" else "none", root / "img", store,
                             tmp_path / "killed.log", kill_on_line="batch 2" if mode == "external" else None)
     assert rc == -9, (rc, lines[-30:])
     committed = len(_table(store))
