@@ -10,10 +10,23 @@ from __future__ import annotations
 import pytest
 
 
+# Session fixtures that take more than ~5 s to build on a quiet 2-core machine: a test that needs
+# one is `slow` (left out by `pytest -m "not slow"`, run by `make test`). Tests slow by themselves
+# carry the mark by hand.
+SLOW_FIXTURES = {"site_b_study", "site_b_tuned", "phantom_store", "phantom_report"}
+
+
 def pytest_configure(config):
     from skip_policy import SkipPolicy
 
     config.pluginmanager.register(SkipPolicy(), "embedstore-skip-policy")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,8 @@ from pathlib import Path
 
 STUDIES = 300
 SEED = 3
-FINETUNE_ARGS = dict(objective="bce", train="vision", epochs=4, lr=3e-4, batch_size=32, patience=4, seed=0,
+# 3 epochs: val macro AUROC 0.850 against the parent's best linear read-out's 0.796 (4 epochs: 0.868)
+FINETUNE_ARGS = dict(objective="bce", train="vision", epochs=3, lr=3e-4, batch_size=32, patience=4, seed=0,
                      device="cpu", workers=0)
 MIN_POSITIVES = 3
 N_BOOT = 200

@@ -62,9 +62,11 @@ def one_line_error(code: int, err: str, *fragments: str) -> bool:
 
 # ---- exit codes ------------------------------------------------------------------------------------
 def test_exit_0_when_every_image_is_encoded_or_already_stored(phantoms, tmp_path, capsys):
+    """Also: without --boxes, the boxes.csv beside the source is stored."""
     store = str(tmp_path / "store")
     code, out, _ = encode(capsys, str(phantoms), *MODEL, "--store", store, "--format", "json")
     assert code == 0 and json.loads(out)["encoded"] == len(images_of(phantoms))
+    assert embedstore.open(store).boxes().height == pl.read_csv(phantoms / "boxes.csv").height
     code, out, _ = encode(capsys, str(phantoms), *MODEL, "--store", store, "--format", "json")
     assert code == 0 and (json.loads(out)["encoded"], json.loads(out)["skipped"]) == (0, len(images_of(phantoms)))
 
@@ -152,11 +154,6 @@ def test_boxes_and_box_format_options_store_the_given_file(phantoms, tmp_path, c
     code, _, err = encode(capsys, str(phantoms), *MODEL, "--boxes", str(nih), "--box-format", "vindr",
                           "--store", str(tmp_path / "t"))
     assert one_line_error(code, err, str(nih)), err
-
-
-def test_without_boxes_option_the_boxes_beside_the_source_are_stored(phantoms, tmp_path, capsys):
-    code, _, _ = encode(capsys, str(phantoms), *MODEL, "--store", str(tmp_path / "s"))
-    assert code == 0 and embedstore.open(tmp_path / "s").boxes().height == pl.read_csv(phantoms / "boxes.csv").height
 
 
 def test_batch_size_option_sets_the_images_per_committed_batch(manifest, tmp_path, capsys, monkeypatch):

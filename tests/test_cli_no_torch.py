@@ -27,6 +27,7 @@ def store(small_two_versions, tmp_path):
     return path
 
 
+@pytest.mark.slow  # 15 commands and a second version: ~7 s
 def test_fast_commands_never_import_torch_or_open_clip(store, small_phantoms, tmp_path):
     s = ["--store", str(store)]
     commands = {

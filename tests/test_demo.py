@@ -13,6 +13,7 @@ STAGES = ["synth", "encode", "zeroshot", "probe", "separability", "finetune", "a
           "agreement", "report"]
 
 
+@pytest.mark.slow  # the whole study twice: ~20 s
 def test_demo_runs_every_stage_and_writes_a_rendering_report(tmp_path):
     lines: list[str] = []
     first = demo(out=tmp_path / "d", studies=40, epochs=1, echo=lines.append)

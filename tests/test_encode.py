@@ -259,6 +259,7 @@ def _release_group(pgid: int, store: Path) -> None:
             return
 
 
+@pytest.mark.slow  # the fork server's start (~4 s) and six encoders, killed and resumed: ~15 s together
 @pytest.mark.parametrize("mode", ["after1", "after3", "in-transaction", "index-write", "index-rename", "external"])
 def test_exactly_once_after_sigkill(fork_server, killed_setup, tmp_path, mode):
     """A process killed at `mode`'s moment, then encode run again on its store (here, in this

@@ -231,6 +231,7 @@ def test_same_arguments_reuse_the_finished_version(tuned):
     assert st.versions().height == 2
 
 
+@pytest.mark.slow  # a fine-tune in a subprocess, then resumed: ~6 s
 def test_a_run_killed_after_its_first_epoch_resumes_there(base, tuned, tmp_path):
     st = copy_store(base, tmp_path / "store")
     state = kill_after_first_epoch(st.path, ARGS)

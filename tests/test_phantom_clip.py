@@ -62,6 +62,7 @@ def _labels(root: Path):
     return [r["image_id"] for r in rows], findings, y
 
 
+@pytest.mark.slow  # 150 studies encoded twice: ~6 s
 def test_held_out_zero_shot_auroc_is_real_but_not_perfect(model, held_out):
     from PIL import Image
     from sklearn.metrics import roc_auc_score

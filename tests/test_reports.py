@@ -297,6 +297,7 @@ def iu_report(tmp_path_factory):
     return store, built, built.path.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow  # IU-Xray's size: ~8 s
 def test_iu_sized_report_is_complete_and_bounded(iu_report):
     store, built, text = iu_report
     assert built.size_bytes < 20e6
@@ -320,6 +321,7 @@ def test_iu_sized_report_is_complete_and_bounded(iu_report):
     assert len(rows(dots)) == stored
 
 
+@pytest.mark.slow  # IU-Xray's size: ~8 s
 def test_report_is_self_contained(iu_report):
     _, _, text = iu_report
     # The JS bundle is inlined exactly once, whatever the number of charts.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import polars as pl
 import pytest
 from store_helpers import locked_by_another_process
 
@@ -23,7 +24,7 @@ WRITERS = {
     "probe": ["probe", "--n-boot", "20", "--min-positives", "1"],
     "separability": ["separability"],
     "finetune": ["finetune", "--epochs", "1", "--device", "cpu", "--workers", "0"],
-    "agreement": ["agreement", "--split", "all", "--n-boot", "20"],
+    "agreement": ["agreement", "--boxes", "{one_box}", "--box-format", "canonical", "--split", "all", "--n-boot", "20"],
     "sql --write": ["sql", "DELETE FROM image_embeddings", "--write"],
 }
 READERS = {
@@ -55,7 +56,10 @@ def test_a_writer_exits_75_while_another_process_holds_the_store(small_phantoms,
     store = tmp_path / "store"
     shutil.copytree(small_phantoms / "store", store)
     before = contents(store)
-    args = [a.format(phantoms=small_phantoms / "phantoms") for a in WRITERS[command]] + ["--store", str(store)]
+    one_box = tmp_path / "one-box.csv"  # agreement computes its heatmaps before it writes: one is enough
+    pl.read_csv(small_phantoms / "phantoms" / "boxes.csv").head(1).write_csv(one_box)
+    args = [a.format(phantoms=small_phantoms / "phantoms", one_box=one_box) for a in WRITERS[command]]
+    args += ["--store", str(store)]
     with locked_by_another_process(store) as holder:
         code, _, err = cli(capsys, args)
     assert code == 75, (code, err[-2000:])
