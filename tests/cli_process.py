@@ -16,7 +16,8 @@ import sys
 HEAVY = ("torch", "open_clip")
 
 RUNNER = """
-import contextlib, io, json, sys
+import contextlib, faulthandler, io, json, sys
+faulthandler.enable()  # a crash leaves its traceback on stderr
 from embedstore.cli import main
 heavy, commands = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 results = []
@@ -39,5 +40,5 @@ def run_in_fresh_process(commands: list[list[str]], heavy=HEAVY, timeout: float 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     proc = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(list(heavy)), json.dumps(commands)],
                           capture_output=True, text=True, env=env, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:], proc.stdout[-1000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
