@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.embedstore-installed
 
-.PHONY: test demo install clean bench
+.PHONY: test test-fast demo install clean bench
 
 install: $(STAMP)
 
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	sh scripts/install-chromium.sh
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 demo: $(STAMP)
 	$(VENV)/bin/embedstore demo --out demo-out
