@@ -82,3 +82,46 @@ def test_fitted_parts_see_train_rows_only(syn, monkeypatch, tmp_path):
     synthetic.to_store(syn, st)
     seen = spy_on_fitted_parts(monkeypatch)
     assert_fitted_on_train_scored_on_test(st, seen, sp.separability(st, tsne_max=60))
+
+
+def test_per_finding_figures_on_a_hand_worked_example():
+    """Unit vectors in the plane from 3-4-5 triangles, so every cosine is a short decimal and each
+    figure is worked out by hand below (no call to the module's helpers).
+
+    Train, finding A: positives (.8, +-.6), negatives (.6, +-.8), (1, 0) masked. Both classes are
+    symmetric about the x axis, so their covariances are diagonal and mu1 - mu0 = (.2, 0): the
+    shrunk LDA direction is the x axis and a test image projects onto its x coordinate.
+    Test, A: positives a = (1, 0), b = (.8, .6), c = (.6, .8); negatives d = (0, 1), e = (.6, -.8);
+    (.8, -.6) masked. Finding B has one train positive (no LDA) and no test positive."""
+    Xtr = np.array([[.8, .6], [.8, -.6], [.6, .8], [.6, -.8], [1, 0]])
+    Ytr = np.array([[1, 1], [1, 0], [0, 0], [0, 0], [0, 0]])
+    known_tr = np.array([[1, 1], [1, 1], [1, 1], [1, 1], [0, 0]], bool)
+    Xte = np.array([[1, 0], [.8, .6], [.6, .8], [0, 1], [.6, -.8], [.8, -.6]])
+    Yte = np.array([[1, 0], [1, 0], [1, 0], [0, 0], [0, 0], [0, 0]])
+    known_te = np.array([[1, 1], [1, 1], [1, 1], [1, 1], [1, 1], [0, 1]], bool)
+    rows = sp.per_finding(Xtr, Ytr, known_tr, Xte, Yte, known_te, ["A", "B"], k=3)
+    got = {(r["finding"], r["metric"]): r["value"] for r in rows}
+
+    # fisher: x of the positives 1, .8, .6 (mean .8, variance .08 / 3); negatives 0, .6 (mean .3,
+    # variance .09): (.8 - .3)^2 / (.08 / 3 + .09) = 15 / 7
+    assert got[("A", "fisher_ratio")] == pytest.approx(15 / 7, rel=1e-6)
+    # kNN, k = 3 by angle: a's neighbours are (1, 0) (masked, not counted) and (.8, +-.6), both
+    # positive: 1. b: (.8, .6) +, (.6, .8) -, (1, 0) masked: 1/2. c: (.6, .8) -, (.8, .6) +: 1/2.
+    # d: (.6, .8) -, (.8, .6) +: 1/2. e: (.6, -.8) -, (.8, -.6) +: 1/2.
+    assert got[("A", "knn_agreement_pos")] == pytest.approx((1 + 1 / 2 + 1 / 2) / 3)
+    assert got[("A", "knn_agreement")] == pytest.approx((1 + 4 * (1 / 2)) / 5)
+    # silhouette, cosine distance 1 - x.y: ab .2, ac .4, bc .04, ad 1, ae .4, bd .4, be 1, cd .2,
+    # ce 1.28, de 1.8. s = (b - a) / max(a, b) with a the mean distance to its own class, b to the other:
+    # a: (.7 - .3) / .7; b: (.7 - .12) / .7; c: (.74 - .22) / .74; d: (1.6 / 3 - 1.8) / 1.8; e: (2.68 / 3 - 1.8) / 1.8
+    assert got[("A", "silhouette")] == pytest.approx((4 / 7 + 29 / 35 + 26 / 37 - 19 / 27 - 68 / 135) / 5)
+    # centroids (2.4, 1.4) / 3 and (.3, .1) point along (12, 7) and (3, 1): cosine 43 / sqrt(193 * 10)
+    assert got[("A", "centroid_distance")] == pytest.approx(1 - 43 / np.sqrt(1930))
+    assert got[("A", "support")] == 3 and got[("A", "n")] == 5
+
+    # B: one train positive gives no LDA direction; no test positive, no positive-side figure.
+    for metric in ("fisher_ratio", "knn_agreement_pos", "silhouette", "centroid_distance"):
+        assert np.isnan(got[("B", metric)]), metric
+    # the B labels of the neighbours, (.8, .6) being the one positive: a, b, c, d agree with one of
+    # two counted; e = (.6, -.8) and (.8, -.6) with both of theirs
+    assert got[("B", "knn_agreement")] == pytest.approx((4 * (1 / 2) + 2) / 6)
+    assert got[("B", "support")] == 0 and got[("B", "n")] == 6
