@@ -1,0 +1,178 @@
+"""Every metric a zero-shot or probe run stores equals scikit-learn's, recomputed in the test from
+the store's own tables (`image_scores`, `labels`, `images`, read with `Store.sql`): per finding and
+macro, at the fitted operating point and `@default`. The numbers a report shows are then what
+scikit-learn says about the stored scores, whatever the code's helpers do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import expit
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
+
+from embedstore.analyses import synthetic
+
+MIN_POSITIVES = 10  # the README's evaluable-finding bar (patients), the runs' default
+# Stored metrics fitted on val (the probe's C path): not recomputable from the scored split's tables.
+FITTED_ON_VAL = {"C", "C_at_edge", "val_ap", "n_C_at_edge"}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A synthetic store, two images per patient, whose last finding has a few positive patients
+    only (not evaluable on test): every zero-shot rule and the logistic probe run on it."""
+    from embedstore.analyses.probe import probe
+    from embedstore.analyses.zeroshot import zeroshot
+    from embedstore.api import Store
+
+    syn = synthetic.make(n=1600, n_findings=5, d=16, seed=7, images_per_patient=2)
+    rare = syn.Y[:, 4]
+    rare[np.isfinite(rare)] = 0
+    rare[np.arange(len(rare)) % 100 < 2] = 1  # one patient in fifty: about 4 on test
+    st = Store(tmp_path_factory.mktemp("stored-metrics") / "store")
+    synthetic.to_store(syn, st)
+    runs = {f"zeroshot:{r.config['rule']}": r.run_id for r in zeroshot(st, n_boot=20)}
+    runs["probe"] = probe(st, n_boot=20).run_id
+    return st, runs
+
+
+def _scored(st, run_id: str) -> dict:
+    """The run's scored images as wide arrays from SQL: score, pred, label (NaN = not 1 / 0), patient."""
+    long = st.sql(f"""SELECT s.id, s.finding, s.score, s.pred, l.value AS label, i.patient_id
+                      FROM image_scores s JOIN images i USING (id)
+                      LEFT JOIN labels l ON l.id = s.id AND l.finding = s.finding
+                      WHERE s.run_id = '{run_id}' ORDER BY s.id, s.finding""")
+    findings = sorted(set(long["finding"].to_list()))
+    F = len(findings)
+    wide = lambda col: long[col].to_numpy().astype(np.float64).reshape(-1, F)  # noqa: E731
+    label = wide("label")
+    label[(label != 0) & (label != 1)] = np.nan  # uncertain (-1) and blank are masked by default
+    patient = np.asarray(long["patient_id"].to_list()).reshape(-1, F)[:, 0]
+    return {"findings": findings, "score": wide("score"), "pred": wide("pred"), "label": label, "patient": patient}
+
+
+def _stored_metrics(st, run_id: str) -> dict:
+    rows = st.sql(f"SELECT finding, metric, value FROM metrics WHERE run_id = '{run_id}'")
+    return {(r["finding"], r["metric"]): r["value"] for r in rows.iter_rows(named=True)}
+
+
+def _default_decisions(method: str, S: np.ndarray) -> np.ndarray:
+    """Each method's documented default cut, applied to its stored scores (README, analyses/zeroshot.py)."""
+    if method == "zeroshot:raw-dot":
+        return (S > 0).astype(int)
+    if method == "zeroshot:softmax":  # the top-1 finding of each image
+        return (S == S.max(axis=1, keepdims=True)).astype(int)
+    if method == "probe":  # the stored score is the probability
+        return (S >= 0.5).astype(int)
+    return (S >= 0).astype(int)  # cosine and pos-neg: probability >= 0.5, i.e. logit >= 0
+
+
+def _probabilities(method: str, S: np.ndarray) -> np.ndarray:
+    if method == "zeroshot:softmax":
+        return np.exp(S)  # stored as log-probabilities
+    return S if method == "probe" else expit(S)
+
+
+def _ece(y: np.ndarray, p: np.ndarray) -> float:
+    """Count-weighted |observed - predicted| over scikit-learn's 10 uniform calibration bins."""
+    observed, predicted = calibration_curve(y, p, n_bins=10)
+    counts = np.bincount(np.searchsorted(np.linspace(0, 1, 11)[1:-1], p), minlength=10)
+    return float((counts[counts > 0] * np.abs(observed - predicted)).sum() / len(y))
+
+
+def _expected(method: str, d: dict) -> tuple[dict, list[int]]:
+    """((finding, metric) -> scikit-learn's value on the stored scores and labels, the evaluable
+    findings' columns: at least MIN_POSITIVES positive and as many negative patients)."""
+    S, Y, patient = d["score"], d["label"], d["patient"]
+    decisions = {"": d["pred"].astype(int), "@default": _default_decisions(method, S)}
+    prob = _probabilities(method, S)
+    out, evaluable = {}, []
+    for j, f in enumerate(d["findings"]):
+        k = np.isfinite(Y[:, j])
+        y, s = Y[k, j].astype(int), S[k, j]
+        pos_patients, neg_patients = len(set(patient[k][y == 1])), len(set(patient[k][y == 0]))
+        if min(pos_patients, neg_patients) >= MIN_POSITIVES:
+            evaluable.append(j)
+        out[(f, "n")], out[(f, "support")], out[(f, "positive_groups")] = k.sum(), y.sum(), pos_patients
+        out[(f, "auroc")] = skm.roc_auc_score(y, s) if 0 < y.sum() < y.size else np.nan
+        out[(f, "ap")] = skm.average_precision_score(y, s) if y.sum() else np.nan
+        out[(f, "brier")] = skm.brier_score_loss(y, prob[k, j])
+        out[(f, "ece")] = _ece(y, prob[k, j])
+        for suffix, P in decisions.items():
+            p = P[k, j]
+            out[(f, "prevalence" + suffix)], out[(f, "pred_rate" + suffix)] = y.mean(), p.mean()
+            out[(f, "bias" + suffix)] = p.mean() / y.mean() if y.sum() else np.nan
+            out[(f, "precision" + suffix)] = skm.precision_score(y, p, zero_division=0)
+            out[(f, "recall" + suffix)] = skm.recall_score(y, p, zero_division=0)
+            out[(f, "f1" + suffix)] = skm.f1_score(y, p, zero_division=0)
+    for name in ("auroc", "ap", "f1", "f1@default", "brier", "ece"):
+        out[(None, "macro_" + name)] = np.mean([out[(d["findings"][j], name)] for j in evaluable])
+    out[(None, "n_findings")], out[(None, "n_macro_findings")] = len(d["findings"]), len(evaluable)
+    complete = np.isfinite(Y).all(axis=1)
+    y, s = Y[complete].astype(int), S[complete]
+    ranked = y.any(axis=1)
+    out[(None, "n_complete")], out[(None, "n_ranked")] = complete.sum(), ranked.sum()
+    for suffix, P in decisions.items():
+        out[(None, "micro_f1" + suffix)] = skm.f1_score(y, P[complete], average="micro")
+        out[(None, "exact_match" + suffix)] = skm.accuracy_score(y, P[complete])
+        out[(None, "hamming_loss" + suffix)] = skm.hamming_loss(y, P[complete])
+    out[(None, "lrap")] = skm.label_ranking_average_precision_score(y, s)
+    out[(None, "coverage_error")] = skm.coverage_error(y, s)
+    out[(None, "ranking_loss")] = skm.label_ranking_loss(y, s)
+    out[(None, "lrap_positive_rows")] = skm.label_ranking_average_precision_score(y[ranked], s[ranked])
+    out[(None, "coverage_error_positive_rows")] = skm.coverage_error(y[ranked], s[ranked])
+    return out, evaluable
+
+
+@pytest.mark.parametrize("method", ["zeroshot:raw-dot", "zeroshot:cosine", "zeroshot:softmax", "zeroshot:pos-neg",
+                                    "probe"])
+def test_every_stored_metric_equals_sklearn_on_the_stored_scores_and_labels(store, method):
+    st, runs = store
+    d = _scored(st, runs[method])
+    stored = _stored_metrics(st, runs[method])
+    expected, evaluable = _expected(method, d)
+    assert 0 < len(evaluable) < len(d["findings"])  # the rare finding is left out of the macro
+    for key, value in expected.items():
+        got = stored[key]
+        # zero-shot probabilities are float32, the precision of the scores: Brier and ECE to 1e-6
+        rel = 1e-6 if "brier" in key[1] or "ece" in key[1] else 1e-9
+        assert (np.isnan(got) and np.isnan(value)) or got == pytest.approx(value, rel=rel, abs=1e-12), (key, got, value)
+    # nothing stored goes unchecked but the threshold (below) and the probe's choice of C on val
+    unchecked = {m for (_, m) in stored} - {m for (_, m) in expected} - FITTED_ON_VAL
+    assert unchecked == {"threshold"}
+
+
+@pytest.mark.parametrize("method", ["zeroshot:softmax", "zeroshot:pos-neg", "probe"])
+def test_stored_decisions_are_the_val_threshold_else_the_default_cut(store, method):
+    """`pred` in image_scores is score >= the stored per-finding threshold where one was fitted,
+    else the method's default cut: the decisions the operating-point metrics above are made of."""
+    st, runs = store
+    d = _scored(st, runs[method])
+    stored = _stored_metrics(st, runs[method])
+    default = _default_decisions(method, d["score"])
+    fitted = 0
+    for j, f in enumerate(d["findings"]):
+        t = stored[(f, "threshold")]
+        want = (d["score"][:, j] >= t).astype(int) if np.isfinite(t) else default[:, j]
+        np.testing.assert_array_equal(d["pred"][:, j], want)
+        fitted += np.isfinite(t)
+    assert fitted >= 3
+
+
+def test_run_findings_name_the_evaluable_findings(store):
+    st, runs = store
+    for method, run_id in runs.items():
+        d = _scored(st, run_id)
+        _, evaluable = _expected(method, d)
+        table = st.sql(f"SELECT finding, evaluable FROM run_findings WHERE run_id = '{run_id}' ORDER BY finding")
+        assert table["evaluable"].to_list() == [j in evaluable for j in range(len(d["findings"]))], method
+        assert table["finding"].to_list() == d["findings"]
+
+
+def test_image_scores_cover_exactly_the_test_split(store):
+    st, runs = store
+    test_ids = set(st.sql("SELECT id FROM images WHERE split = 'test'")["id"].to_list())
+    for run_id in runs.values():
+        scored = st.sql(f"SELECT DISTINCT id FROM image_scores WHERE run_id = '{run_id}'")
+        assert set(scored["id"].to_list()) == test_ids
