@@ -152,7 +152,8 @@ def test_bootstrap_weights_move_a_group_together():
 
 def test_nominal_95_interval_covers_the_truth_90_to_99_percent_of_the_time():
     """Simulate 300 data sets from a known population (binormal scores: the true AUROC is
-    Phi(d / sqrt(2))), one bootstrap interval each; count how often it covers the truth."""
+    Phi(d / sqrt(2))), one bootstrap interval each; count how often it covers the truth. Through
+    `evaluate_run` at its defaults, as every stored run (`scoring.score_method`) calls it."""
     from scipy.stats import norm
 
     reps, n, prev, d = 300, 400, 0.25, 1.0
@@ -162,7 +163,8 @@ def test_nominal_95_interval_covers_the_truth_90_to_99_percent_of_the_time():
     for r in range(reps):
         y = (rng.random(n) < prev).astype(np.float32)
         s = rng.normal(size=n) + d * y
-        t = mt.evaluate(y[:, None], s[:, None], (s > 0.5)[:, None], ["a"], n_boot=300, seed=r, min_positives=1)
+        t = mt.evaluate_run(y[:, None], s[:, None], ["a"], {"": (s > 0.5)[:, None]}, n_boot=300, seed=r,
+                            min_positives=1).metrics
         row = t.filter((t["finding"] == "a") & (t["metric"] == "auroc"))
         covered.append(row["lo"][0] <= true_auc <= row["hi"][0])
     rate = float(np.mean(covered))
@@ -170,6 +172,7 @@ def test_nominal_95_interval_covers_the_truth_90_to_99_percent_of_the_time():
 
 
 def test_macro_interval_covers_the_true_macro_auroc():
+    """As above for the macro AUROC of three findings, through `evaluate` at its defaults."""
     from scipy.stats import norm
 
     reps, n = 200, 400
