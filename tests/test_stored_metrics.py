@@ -6,6 +6,7 @@ scikit-learn says about the stored scores, whatever the code's helpers do."""
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 from scipy.special import expit
 from sklearn import metrics as skm
@@ -21,7 +22,12 @@ FITTED_ON_VAL = {"C", "C_at_edge", "val_ap", "n_C_at_edge"}
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A synthetic store, two images per patient, whose last finding has a few positive patients
-    only (not evaluable on test): every zero-shot rule and the logistic probe run on it."""
+    only (not evaluable on test, none on val: no fitted threshold): every zero-shot rule and the
+    logistic probe run on it.
+
+    Each finding's three prompts per polarity are renamed: prompts.toml's first template (the one
+    raw-dot's `single` must take), a sentence of the finding's own (template "") that sorts before
+    it in the store, and the toml's second template."""
     from embedstore.analyses.probe import probe
     from embedstore.analyses.zeroshot import zeroshot
     from embedstore.api import Store
@@ -29,12 +35,28 @@ def store(tmp_path_factory):
     syn = synthetic.make(n=1600, n_findings=5, d=16, seed=7, images_per_patient=2)
     rare = syn.Y[:, 4]
     rare[np.isfinite(rare)] = 0
-    rare[np.arange(len(rare)) % 100 < 2] = 1  # one patient in fifty: about 4 on test
+    rare[(np.arange(len(rare)) % 100 < 2) & (syn.split != "val")] = 1  # one patient in fifty, none on val
+    toml = _toml_templates()
+    renamed = []
+    for k, r in enumerate(syn.texts.iter_rows(named=True)):
+        first, second, word = toml[r["polarity"]][0], toml[r["polarity"]][1], r["polarity"][:3]
+        template = [first, "", second][k % 3]
+        text = template.format(term=r["finding"]) if template else f"a big {word} {r['finding']}"
+        renamed.append({**r, "template": template, "text": text})
+    syn.texts = pl.DataFrame(renamed)
     st = Store(tmp_path_factory.mktemp("stored-metrics") / "store")
     synthetic.to_store(syn, st)
-    runs = {f"zeroshot:{r.config['rule']}": r.run_id for r in zeroshot(st, n_boot=20)}
-    runs["probe"] = probe(st, n_boot=20).run_id
+    runs = {f"zeroshot:{r.config['rule']}": r for r in zeroshot(st, n_boot=20)}
+    runs["probe"] = probe(st, n_boot=20)
     return st, runs
+
+
+def _toml_templates() -> dict[str, list[str]]:
+    """The generic templates of each polarity, read from prompts.toml itself."""
+    import tomllib
+    from importlib import resources
+
+    return tomllib.loads(resources.files("embedstore.data").joinpath("prompts.toml").read_text())["templates"]
 
 
 def _scored(st, run_id: str) -> dict:
@@ -125,54 +147,141 @@ def _expected(method: str, d: dict) -> tuple[dict, list[int]]:
     return out, evaluable
 
 
-@pytest.mark.parametrize("method", ["zeroshot:raw-dot", "zeroshot:cosine", "zeroshot:softmax", "zeroshot:pos-neg",
-                                    "probe"])
-def test_every_stored_metric_equals_sklearn_on_the_stored_scores_and_labels(store, method):
+METHODS = ("zeroshot:raw-dot", "zeroshot:cosine", "zeroshot:softmax", "zeroshot:pos-neg", "probe")
+
+
+def test_stored_runs_equal_an_independent_recomputation_from_the_store_tables(store):
+    """One test over the module's store on purpose: the store is built once (module fixture), and
+    a mutation tool attributes the fixture's calls to the first test that uses it, so every check
+    of the stored runs lives in the test that builds them. Each check says which part failed."""
     st, runs = store
-    d = _scored(st, runs[method])
-    stored = _stored_metrics(st, runs[method])
+    ids = {m: r.run_id for m, r in runs.items()}
+    for method in METHODS:
+        _check_every_metric(st, ids[method], method)
+        _check_decisions(st, ids[method], method)
+        _check_evaluable(st, ids[method], method)
+    _check_scores(st, ids)
+    _check_scored_split(st, ids)
+    _check_configs_and_reuse(st, runs)
+
+
+def _check_every_metric(st, run_id: str, method: str) -> None:
+    """Every stored metric, per finding and macro, at the operating point and @default, equals
+    scikit-learn's on the stored scores and labels."""
+    d = _scored(st, run_id)
+    stored = _stored_metrics(st, run_id)
     expected, evaluable = _expected(method, d)
-    assert 0 < len(evaluable) < len(d["findings"])  # the rare finding is left out of the macro
+    assert 0 < len(evaluable) < len(d["findings"]), method  # the rare finding is left out of the macro
     for key, value in expected.items():
         got = stored[key]
         # zero-shot probabilities are float32, the precision of the scores: Brier and ECE to 1e-6
         rel = 1e-6 if "brier" in key[1] or "ece" in key[1] else 1e-9
-        assert (np.isnan(got) and np.isnan(value)) or got == pytest.approx(value, rel=rel, abs=1e-12), (key, got, value)
+        assert (np.isnan(got) and np.isnan(value)) or got == pytest.approx(value, rel=rel, abs=1e-12), \
+            (method, key, got, value)
     # nothing stored goes unchecked but the threshold (below) and the probe's choice of C on val
     unchecked = {m for (_, m) in stored} - {m for (_, m) in expected} - FITTED_ON_VAL
-    assert unchecked == {"threshold"}
+    assert unchecked == {"threshold"}, method
 
 
-@pytest.mark.parametrize("method", ["zeroshot:softmax", "zeroshot:pos-neg", "probe"])
-def test_stored_decisions_are_the_val_threshold_else_the_default_cut(store, method):
+def _check_decisions(st, run_id: str, method: str) -> None:
     """`pred` in image_scores is score >= the stored per-finding threshold where one was fitted,
-    else the method's default cut: the decisions the operating-point metrics above are made of."""
-    st, runs = store
-    d = _scored(st, runs[method])
-    stored = _stored_metrics(st, runs[method])
+    else the method's default cut: the decisions the operating-point metrics are made of."""
+    d = _scored(st, run_id)
+    stored = _stored_metrics(st, run_id)
     default = _default_decisions(method, d["score"])
     fitted = 0
     for j, f in enumerate(d["findings"]):
         t = stored[(f, "threshold")]
         want = (d["score"][:, j] >= t).astype(int) if np.isfinite(t) else default[:, j]
-        np.testing.assert_array_equal(d["pred"][:, j], want)
+        np.testing.assert_array_equal(d["pred"][:, j], want, err_msg=f"{method} {f}")
         fitted += np.isfinite(t)
-    assert fitted >= 3
+    assert 3 <= fitted < len(d["findings"]), method  # the rare finding keeps the default cut
 
 
-def test_run_findings_name_the_evaluable_findings(store):
-    st, runs = store
-    for method, run_id in runs.items():
-        d = _scored(st, run_id)
-        _, evaluable = _expected(method, d)
-        table = st.sql(f"SELECT finding, evaluable FROM run_findings WHERE run_id = '{run_id}' ORDER BY finding")
-        assert table["evaluable"].to_list() == [j in evaluable for j in range(len(d["findings"]))], method
-        assert table["finding"].to_list() == d["findings"]
+def _check_evaluable(st, run_id: str, method: str) -> None:
+    """run_findings marks exactly the findings with enough positive and negative patients."""
+    d = _scored(st, run_id)
+    _, evaluable = _expected(method, d)
+    table = st.sql(f"SELECT finding, evaluable FROM run_findings WHERE run_id = '{run_id}' ORDER BY finding")
+    assert table["finding"].to_list() == d["findings"], method
+    assert table["evaluable"].to_list() == [j in evaluable for j in range(len(d["findings"]))], method
 
 
-def test_image_scores_cover_exactly_the_test_split(store):
-    st, runs = store
+def _vectors(st, sql: str) -> np.ndarray:
+    return np.asarray(st.sql(sql)["vector"].to_list(), dtype=np.float64)
+
+
+def _check_scores(st, ids: dict) -> None:
+    """The stored scores are each rule's formula (README, analyses/zeroshot.py) on the stored
+    vectors: raw-dot s * x.t with prompts.toml's first template of each polarity, the others with
+    the renormalised mean of a finding's prompt vectors; the probe's the logistic of its stored
+    weights."""
+    X = _vectors(st, "SELECT vector FROM image_embeddings WHERE id IN (SELECT id FROM images WHERE split = 'test') "
+                     "ORDER BY id")
+    scale = st.sql("SELECT logit_scale FROM versions")["logit_scale"][0]
+    prompts = st.sql("SELECT p.finding, p.polarity, p.template, t.vector FROM prompts p "
+                     "JOIN text_embeddings t USING (text_hash) ORDER BY p.finding")
+    findings = sorted(set(prompts["finding"].to_list()))
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    first = _toml_templates()
+
+    def prompt(finding, polarity, single=False):
+        rows = prompts.filter((pl.col("finding") == finding) & (pl.col("polarity") == polarity))
+        if single:
+            rows = rows.filter(pl.col("template") == first[polarity][0])
+            assert rows.height == 1
+        return unit(unit(np.asarray(rows["vector"].to_list(), dtype=np.float64)).mean(axis=0))
+
+    pos = np.stack([prompt(f, "positive") for f in findings])
+    neg = np.stack([prompt(f, "negative") for f in findings])
+    single = np.stack([prompt(f, "positive", single=True) for f in findings])
+    z = scale * X @ pos.T
+    want = {"zeroshot:raw-dot": scale * X @ single.T, "zeroshot:cosine": z,
+            "zeroshot:softmax": z - np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True))
+            - z.max(axis=1, keepdims=True),
+            "zeroshot:pos-neg": scale * X @ (pos - neg).T}
+    weights = st.sql(f"SELECT finding, intercept, coef FROM probe_weights WHERE run_id = '{ids['probe']}' ORDER BY finding")
+    coef = np.asarray(weights["coef"].to_list(), dtype=np.float64)
+    want["probe"] = expit(X @ coef.T + weights["intercept"].to_numpy())
+    for method, S in want.items():
+        got = _scored(st, ids[method])["score"]
+        np.testing.assert_allclose(got, S, rtol=1e-4, atol=1e-3 if method.startswith("zeroshot") else 1e-5,
+                                   err_msg=method)
+
+
+def _check_scored_split(st, ids: dict) -> None:
+    """image_scores hold exactly the test split's images, every finding of each."""
     test_ids = set(st.sql("SELECT id FROM images WHERE split = 'test'")["id"].to_list())
-    for run_id in runs.values():
-        scored = st.sql(f"SELECT DISTINCT id FROM image_scores WHERE run_id = '{run_id}'")
-        assert set(scored["id"].to_list()) == test_ids
+    for method, run_id in ids.items():
+        scored = st.sql(f"SELECT id, count(*) AS n FROM image_scores WHERE run_id = '{run_id}' GROUP BY id")
+        assert set(scored["id"].to_list()) == test_ids and set(scored["n"].to_list()) == {5}, method
+
+
+def _check_configs_and_reuse(st, runs: dict) -> None:
+    """A run's config holds every parameter and a fingerprint of its data and prompts, is stored
+    under its kind, and the same call again reuses the stored run."""
+    from embedstore.analyses.probe import probe
+    from embedstore.analyses.zeroshot import zeroshot
+
+    stored = st.sql("SELECT run_id, kind, config FROM runs")
+    kinds = dict(zip(stored["run_id"].to_list(), stored["kind"].to_list()))
+    hashes = sorted(st.sql("SELECT text_hash FROM prompts")["text_hash"].to_list())
+    findings = sorted(set(st.sql("SELECT finding FROM labels")["finding"].to_list()))
+    scoring = {"split": "test", "calibrate_on": "val", "operating_point": "max-f1", "uncertain": "mask",
+               "blank": "mask", "n_boot": 20, "seed": 0, "min_positives": 10, "min_calibration_positives": 5,
+               "where": None, "findings": findings}
+    for method, run in runs.items():
+        kind, _, rule = method.partition(":")
+        assert kinds[run.run_id] == kind, method
+        assert {k: run.config[k] for k in scoring} == scoring, method
+        assert isinstance(run.config["data"], str) and len(run.config["data"]) == 16, method
+        if kind == "zeroshot":
+            assert run.config["rule"] == rule and run.config["prompts"] == hashes, method
+            assert run.config["templates"] == ("single" if rule == "raw-dot" else "ensemble"), method
+        else:
+            assert run.config["classifier"] == "logreg" and run.config["class_weight"] == "balanced"
+    again = {f"zeroshot:{r.config['rule']}": r for r in zeroshot(st, n_boot=20)}
+    again["probe"] = probe(st, n_boot=20)
+    for method, run in again.items():
+        assert run.reused and run.run_id == runs[method].run_id, method
+        assert {"metrics", "run_findings"} <= set(run.tables), method
