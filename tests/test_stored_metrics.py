@@ -5,6 +5,8 @@ scikit-learn says about the stored scores, whatever the code's helpers do."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import polars as pl
 import pytest
@@ -45,10 +47,12 @@ def store(tmp_path_factory):
         renamed.append({**r, "template": template, "text": text})
     syn.texts = pl.DataFrame(renamed)
     st = Store(tmp_path_factory.mktemp("stored-metrics") / "store")
-    synthetic.to_store(syn, st)
-    runs = {f"zeroshot:{r.config['rule']}": r for r in zeroshot(st, n_boot=20)}
-    runs["probe"] = probe(st, n_boot=20)
-    return st, runs
+    version = synthetic.to_store(syn, st)
+    # a later version with other vectors: the runs below name theirs and must read it, not the latest
+    synthetic.to_store(replace(syn, X=np.roll(syn.X, 1, axis=0), M=np.roll(syn.M, 1, axis=0)), st, name="later")
+    runs = {f"zeroshot:{r.config['rule']}": r for r in zeroshot(st, version, n_boot=20)}
+    runs["probe"] = probe(st, version, n_boot=20)
+    return st, version, runs
 
 
 def _toml_templates() -> dict[str, list[str]]:
@@ -154,15 +158,17 @@ def test_stored_runs_equal_an_independent_recomputation_from_the_store_tables(st
     """One test over the module's store on purpose: the store is built once (module fixture), and
     a mutation tool attributes the fixture's calls to the first test that uses it, so every check
     of the stored runs lives in the test that builds them. Each check says which part failed."""
-    st, runs = store
+    st, version, runs = store
     ids = {m: r.run_id for m, r in runs.items()}
     for method in METHODS:
+        assert runs[method].version == version, method
         _check_every_metric(st, ids[method], method)
         _check_decisions(st, ids[method], method)
         _check_evaluable(st, ids[method], method)
-    _check_scores(st, ids)
+    _check_scores(st, version, ids)
     _check_scored_split(st, ids)
-    _check_configs_and_reuse(st, runs)
+    _check_configs_and_reuse(st, version, runs)
+    _check_other_settings(st, version)
 
 
 def _check_every_metric(st, run_id: str, method: str) -> None:
@@ -207,20 +213,20 @@ def _check_evaluable(st, run_id: str, method: str) -> None:
     assert table["evaluable"].to_list() == [j in evaluable for j in range(len(d["findings"]))], method
 
 
-def _vectors(st, sql: str) -> np.ndarray:
-    return np.asarray(st.sql(sql)["vector"].to_list(), dtype=np.float64)
+def _vectors(frame: pl.DataFrame, column: str = "vector") -> np.ndarray:
+    return np.asarray(frame[column].to_list(), dtype=np.float64)
 
 
-def _check_scores(st, ids: dict) -> None:
+def _check_scores(st, version: str, ids: dict) -> None:
     """The stored scores are each rule's formula (README, analyses/zeroshot.py) on the stored
     vectors: raw-dot s * x.t with prompts.toml's first template of each polarity, the others with
     the renormalised mean of a finding's prompt vectors; the probe's the logistic of its stored
     weights."""
-    X = _vectors(st, "SELECT vector FROM image_embeddings WHERE id IN (SELECT id FROM images WHERE split = 'test') "
-                     "ORDER BY id")
-    scale = st.sql("SELECT logit_scale FROM versions")["logit_scale"][0]
+    X = _vectors(st.sql(f"SELECT vector FROM image_embeddings WHERE version = '{version}' "
+                     "AND id IN (SELECT id FROM images WHERE split = 'test') ORDER BY id"))
+    scale = st.sql(f"SELECT logit_scale FROM versions WHERE version = '{version}'")["logit_scale"][0]
     prompts = st.sql("SELECT p.finding, p.polarity, p.template, t.vector FROM prompts p "
-                     "JOIN text_embeddings t USING (text_hash) ORDER BY p.finding")
+                     f"JOIN text_embeddings t USING (text_hash) WHERE t.version = '{version}' ORDER BY p.finding")
     findings = sorted(set(prompts["finding"].to_list()))
     unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
     first = _toml_templates()
@@ -230,7 +236,7 @@ def _check_scores(st, ids: dict) -> None:
         if single:
             rows = rows.filter(pl.col("template") == first[polarity][0])
             assert rows.height == 1
-        return unit(unit(np.asarray(rows["vector"].to_list(), dtype=np.float64)).mean(axis=0))
+        return unit(unit(_vectors(rows)).mean(axis=0))
 
     pos = np.stack([prompt(f, "positive") for f in findings])
     neg = np.stack([prompt(f, "negative") for f in findings])
@@ -241,7 +247,7 @@ def _check_scores(st, ids: dict) -> None:
             - z.max(axis=1, keepdims=True),
             "zeroshot:pos-neg": scale * X @ (pos - neg).T}
     weights = st.sql(f"SELECT finding, intercept, coef FROM probe_weights WHERE run_id = '{ids['probe']}' ORDER BY finding")
-    coef = np.asarray(weights["coef"].to_list(), dtype=np.float64)
+    coef = _vectors(weights, "coef")
     want["probe"] = expit(X @ coef.T + weights["intercept"].to_numpy())
     for method, S in want.items():
         got = _scored(st, ids[method])["score"]
@@ -257,7 +263,7 @@ def _check_scored_split(st, ids: dict) -> None:
         assert set(scored["id"].to_list()) == test_ids and set(scored["n"].to_list()) == {5}, method
 
 
-def _check_configs_and_reuse(st, runs: dict) -> None:
+def _check_configs_and_reuse(st, version: str, runs: dict) -> None:
     """A run's config holds every parameter and a fingerprint of its data and prompts, is stored
     under its kind, and the same call again reuses the stored run."""
     from embedstore.analyses.probe import probe
@@ -280,8 +286,32 @@ def _check_configs_and_reuse(st, runs: dict) -> None:
             assert run.config["templates"] == ("single" if rule == "raw-dot" else "ensemble"), method
         else:
             assert run.config["classifier"] == "logreg" and run.config["class_weight"] == "balanced"
-    again = {f"zeroshot:{r.config['rule']}": r for r in zeroshot(st, n_boot=20)}
-    again["probe"] = probe(st, n_boot=20)
+    again = {f"zeroshot:{r.config['rule']}": r for r in zeroshot(st, version, n_boot=20)}
+    again["probe"] = probe(st, version, n_boot=20)
     for method, run in again.items():
         assert run.reused and run.run_id == runs[method].run_id, method
         assert {"metrics", "run_findings"} <= set(run.tables), method
+    forced = zeroshot(st, version, rule="pos-neg", n_boot=20, force=True)[0]
+    assert not forced.reused and forced.run_id != runs["zeroshot:pos-neg"].run_id
+    runs["zeroshot:pos-neg"] = forced
+
+
+def _check_other_settings(st, version: str) -> None:
+    """The parameters reach the run: at the defaults (1,000 replicates, seed 0) a run records
+    them; without calibration only the default cut is scored, no threshold and no @default
+    metric; a lower evaluable bar takes in the rare finding; a template choice is kept."""
+    from embedstore.analyses.zeroshot import zeroshot
+
+    default = zeroshot(st, version, rule="cosine")[0]
+    assert (default.config["n_boot"], default.config["seed"]) == (1000, 0)
+    assert zeroshot(st, version, rule="cosine")[0].reused
+    plain = zeroshot(st, version, rule="pos-neg", calibrate_on=None, n_boot=20)[0]
+    names = {m for _, m in _stored_metrics(st, plain.run_id)}
+    assert "threshold" not in names and not any(n.endswith("@default") for n in names)
+    d = _scored(st, plain.run_id)
+    np.testing.assert_array_equal(d["pred"], _default_decisions("zeroshot:pos-neg", d["score"]))
+    low = zeroshot(st, version, rule="pos-neg", n_boot=20, min_positives=1)[0]
+    assert low.config["min_positives"] == 1
+    assert st.sql(f"SELECT bool_and(evaluable) AS e FROM run_findings WHERE run_id = '{low.run_id}'")["e"][0]
+    single = zeroshot(st, version, rule="cosine", templates="single", n_boot=20)[0]
+    assert single.config["templates"] == "single"
