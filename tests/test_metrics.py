@@ -268,3 +268,29 @@ def test_finding_without_positives_gives_nan_not_crash():
     assert mt.metric_value(t, "support", "b") == 0
     assert np.isfinite(mt.metric_value(t, "auroc", "a"))
     assert mt.metric_value(t, "macro_auroc") == pytest.approx(mt.metric_value(t, "auroc", "a"))
+
+
+def test_intervals_are_the_2_5_and_97_5_percentiles_of_the_patient_bootstrap_replicates():
+    """Each replicate is scikit-learn's metric with the replicate's patient counts as sample
+    weights; a per-finding interval is the 2.5th and 97.5th percentile of its replicates, the macro
+    interval that of the replicates' mean over the findings, `mean_interval` that of weighted means."""
+    rng = np.random.default_rng(9)
+    groups = np.repeat(np.arange(80), 2)
+    Y = np.repeat(rng.random((80, 2)) < [0.4, 0.3], 2, axis=0).astype(np.float32)
+    S = rng.normal(size=Y.shape) + Y
+    P = (S > 0.5).astype(np.int8)
+    t = mt.evaluate_run(Y, S, ["a", "b"], {"": P}, groups=groups, n_boot=200, seed=3, min_positives=1).metrics
+    W = mt.bootstrap_weights(groups, 200, seed=3)
+    q = lambda reps: np.quantile(reps, [0.025, 0.975])  # noqa: E731
+    row = lambda f, m: t.filter((t["finding"].is_null() if f is None else t["finding"] == f) & (t["metric"] == m))  # noqa: E731
+    aurocs = []
+    for j, f in enumerate("ab"):
+        reps = np.array([skm.roc_auc_score(Y[:, j], S[:, j], sample_weight=w) for w in W])
+        aurocs.append(reps)
+        assert row(f, "auroc").select("lo", "hi").row(0) == pytest.approx(tuple(q(reps)))
+        f1 = [skm.f1_score(Y[:, j], P[:, j], sample_weight=w) for w in W]
+        assert row(f, "f1").select("lo", "hi").row(0) == pytest.approx(tuple(q(f1)))
+    assert row(None, "macro_auroc").select("lo", "hi").row(0) == pytest.approx(tuple(q(np.mean(aurocs, axis=0))))
+    v = rng.random(160)
+    iv = mt.mean_interval(v, groups, n_boot=200, seed=3)
+    assert (iv.value, iv.lo, iv.hi) == pytest.approx((v.mean(), *q(W @ v / W.sum(axis=1))))
