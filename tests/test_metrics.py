@@ -294,3 +294,53 @@ def test_intervals_are_the_2_5_and_97_5_percentiles_of_the_patient_bootstrap_rep
     v = rng.random(160)
     iv = mt.mean_interval(v, groups, n_boot=200, seed=3)
     assert (iv.value, iv.lo, iv.hi) == pytest.approx((v.mean(), *q(W @ v / W.sum(axis=1))))
+
+
+def test_weighted_counts_equal_sklearn_with_sample_weights():
+    """The paired comparisons' F1 replicates (`compare`): one row of rates per weight row."""
+    rng = np.random.default_rng(10)
+    y = rng.random(300) < 0.3
+    p = rng.random(300) < 0.4
+    W = np.vstack([np.ones(300), mt.bootstrap_weights(300, 5, seed=1)]).astype(np.float32)
+    got = mt.weighted_counts(y, p, W)
+    for b, w in enumerate(W):
+        assert got["f1"][b] == pytest.approx(skm.f1_score(y, p, sample_weight=w))
+        assert got["precision"][b] == pytest.approx(skm.precision_score(y, p, sample_weight=w))
+        assert got["recall"][b] == pytest.approx(skm.recall_score(y, p, sample_weight=w))
+        assert got["prevalence"][b] == pytest.approx(np.average(y, weights=w))
+        assert got["pred_rate"][b] == pytest.approx(np.average(p, weights=w))
+
+
+def test_evaluate_passes_every_setting_and_defaults_to_1000_replicates_seed_0():
+    Y, S, P = _data(n=300, F=2)
+    base = mt.evaluate(Y, S, P, ["a", "b"], n_boot=100, seed=1)
+    lo = lambda t: t.filter((t["finding"] == "a") & (t["metric"] == "auroc"))["lo"][0]  # noqa: E731
+    assert lo(mt.evaluate(Y, S, P, ["a", "b"], n_boot=100, seed=2)) != lo(base)  # the seed reaches the bootstrap
+    assert lo(mt.evaluate(Y, S, P, ["a", "b"], n_boot=100, seed=1, alpha=0.5)) > lo(base)  # so does alpha
+    assert lo(mt.evaluate(Y, S, P, ["a", "b"], n_boot=0)) is None  # and n_boot: no replicate, no interval
+    assert mt.evaluate(Y, S, P, ["a", "b"]).equals(mt.evaluate(Y, S, P, ["a", "b"], n_boot=1000, seed=0))
+    few = mt.evaluate(Y, S, P, ["a", "b"], n_boot=0, min_positives=200)
+    assert mt.metric_value(few, "n_macro_findings") == 0 and np.isnan(mt.metric_value(few, "macro_auroc"))
+
+
+def test_mean_interval_of_one_value_and_of_none():
+    one = mt.mean_interval([0.3], ["g"], n_boot=50)
+    assert (one.value, one.lo, one.hi) == pytest.approx((0.3, 0.3, 0.3))
+    none = mt.mean_interval([], [], n_boot=50)
+    assert np.isnan([none.value, none.lo, none.hi]).all()
+    v = np.arange(10.0)
+    assert vars(mt.mean_interval(v, np.arange(10))) == vars(mt.mean_interval(v, np.arange(10), n_boot=1000, seed=0))
+
+
+def test_expected_calibration_error_by_hand():
+    # one item: |observed - predicted| = |1 - 0.8|
+    assert mt.expected_calibration_error(np.array([1]), np.array([0.8])) == pytest.approx(0.2)
+    # two bins of [0, .5) and [.5, 1]: (.1, .2 | y 0, 1) -> |.5 - .15|; (.7, .9 | y 1, 1) -> |1 - .8|
+    y, p = np.array([0, 1, 1, 1]), np.array([0.1, 0.2, 0.7, 0.9])
+    assert mt.expected_calibration_error(y, p, bins=2) == pytest.approx((2 * 0.35 + 2 * 0.2) / 4)
+
+
+def test_metric_value_of_an_absent_metric_is_nan():
+    t = mt.evaluate(*_data(n=200, F=1), ["a"], n_boot=0)
+    assert np.isnan(mt.metric_value(t, "no_such_metric")) and np.isnan(mt.metric_value(t, "auroc", "zz"))
+    assert mt.metric_value(t, "n_findings") == 1.0
