@@ -162,22 +162,21 @@ def test_stored_runs_equal_an_independent_recomputation_from_the_store_tables(st
     ids = {m: r.run_id for m, r in runs.items()}
     for method in METHODS:
         assert runs[method].version == version, method
-        _check_every_metric(st, ids[method], method)
-        _check_decisions(st, ids[method], method)
-        _check_evaluable(st, ids[method], method)
+        d, stored = _scored(st, ids[method]), _stored_metrics(st, ids[method])
+        expected, evaluable = _expected(method, d)
+        _check_every_metric(method, stored, expected, evaluable, len(d["findings"]))
+        _check_decisions(method, d, stored)
+        _check_evaluable(st, ids[method], method, d["findings"], evaluable)
     _check_scores(st, version, ids)
     _check_scored_split(st, ids)
     _check_configs_and_reuse(st, version, runs)
     _check_other_settings(st, version)
 
 
-def _check_every_metric(st, run_id: str, method: str) -> None:
+def _check_every_metric(method: str, stored: dict, expected: dict, evaluable: list[int], n_findings: int) -> None:
     """Every stored metric, per finding and macro, at the operating point and @default, equals
     scikit-learn's on the stored scores and labels."""
-    d = _scored(st, run_id)
-    stored = _stored_metrics(st, run_id)
-    expected, evaluable = _expected(method, d)
-    assert 0 < len(evaluable) < len(d["findings"]), method  # the rare finding is left out of the macro
+    assert 0 < len(evaluable) < n_findings, method  # the rare finding is left out of the macro
     for key, value in expected.items():
         got = stored[key]
         # zero-shot probabilities are float32, the precision of the scores: Brier and ECE to 1e-6
@@ -189,11 +188,9 @@ def _check_every_metric(st, run_id: str, method: str) -> None:
     assert unchecked == {"threshold"}, method
 
 
-def _check_decisions(st, run_id: str, method: str) -> None:
+def _check_decisions(method: str, d: dict, stored: dict) -> None:
     """`pred` in image_scores is score >= the stored per-finding threshold where one was fitted,
     else the method's default cut: the decisions the operating-point metrics are made of."""
-    d = _scored(st, run_id)
-    stored = _stored_metrics(st, run_id)
     default = _default_decisions(method, d["score"])
     fitted = 0
     for j, f in enumerate(d["findings"]):
@@ -204,13 +201,11 @@ def _check_decisions(st, run_id: str, method: str) -> None:
     assert 3 <= fitted < len(d["findings"]), method  # the rare finding keeps the default cut
 
 
-def _check_evaluable(st, run_id: str, method: str) -> None:
+def _check_evaluable(st, run_id: str, method: str, findings: list[str], evaluable: list[int]) -> None:
     """run_findings marks exactly the findings with enough positive and negative patients."""
-    d = _scored(st, run_id)
-    _, evaluable = _expected(method, d)
     table = st.sql(f"SELECT finding, evaluable FROM run_findings WHERE run_id = '{run_id}' ORDER BY finding")
-    assert table["finding"].to_list() == d["findings"], method
-    assert table["evaluable"].to_list() == [j in evaluable for j in range(len(d["findings"]))], method
+    assert table["finding"].to_list() == findings, method
+    assert table["evaluable"].to_list() == [j in evaluable for j in range(len(findings))], method
 
 
 def _vectors(frame: pl.DataFrame, column: str = "vector") -> np.ndarray:
