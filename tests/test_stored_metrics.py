@@ -171,6 +171,7 @@ def test_stored_runs_equal_an_independent_recomputation_from_the_store_tables(st
     _check_scored_split(st, ids)
     _check_configs_and_reuse(st, version, runs)
     _check_other_settings(st, version)
+    _check_probe_tables(st, version, runs["probe"].run_id)
 
 
 def _check_every_metric(method: str, stored: dict, expected: dict, evaluable: list[int], n_findings: int) -> None:
@@ -280,7 +281,10 @@ def _check_configs_and_reuse(st, version: str, runs: dict) -> None:
             assert run.config["rule"] == rule and run.config["prompts"] == hashes, method
             assert run.config["templates"] == ("single" if rule == "raw-dot" else "ensemble"), method
         else:
+            from embedstore.analyses.probe import C_GRID, PATIENCE
+
             assert run.config["classifier"] == "logreg" and run.config["class_weight"] == "balanced"
+            assert run.config["grid"] == list(C_GRID) and run.config["patience"] == PATIENCE == 2
     again = {f"zeroshot:{r.config['rule']}": r for r in zeroshot(st, version, n_boot=20)}
     again["probe"] = probe(st, version, n_boot=20)
     for method, run in again.items():
@@ -310,3 +314,29 @@ def _check_other_settings(st, version: str) -> None:
     assert st.sql(f"SELECT bool_and(evaluable) AS e FROM run_findings WHERE run_id = '{low.run_id}'")["e"][0]
     single = zeroshot(st, version, rule="cosine", templates="single", n_boot=20)[0]
     assert single.config["templates"] == "single"
+
+
+def _check_probe_tables(st, version: str, run_id: str) -> None:
+    """The probe's co-occurrence table is what its stored decisions say on test images with one
+    positive finding; its stored weights, loaded back, give its stored scores; a kNN probe keeps
+    no weights and records its k."""
+    from embedstore.analyses.probe import K_GRID, load_probe, probe
+
+    d = _scored(st, run_id)
+    Y, P = d["label"], d["pred"]
+    single = np.isfinite(Y).all(axis=1) & (np.nan_to_num(Y).sum(axis=1) == 1)
+    co = st.sql(f"SELECT predicted, present, rate, n FROM cooccurrence WHERE run_id = '{run_id}'")
+    assert co.height == len(d["findings"]) ** 2
+    for r in co.iter_rows(named=True):
+        rows = single & (Y[:, d["findings"].index(r["present"])] == 1)
+        assert r["n"] == rows.sum()
+        want = P[rows, d["findings"].index(r["predicted"])].mean() if rows.any() else np.nan
+        assert (np.isnan(r["rate"]) and np.isnan(want)) or r["rate"] == pytest.approx(want), r
+    X = _vectors(st.sql(f"SELECT vector FROM image_embeddings WHERE version = '{version}' "
+                        "AND id IN (SELECT id FROM images WHERE split = 'test') ORDER BY id"))
+    np.testing.assert_allclose(load_probe(st, run_id).predict_proba(X), d["score"], rtol=1e-4, atol=1e-6)
+    knn = probe(st, version, classifier="knn", n_boot=20)
+    assert knn.config["grid"] == list(K_GRID) and knn.config["class_weight"] is None and "patience" not in knn.config
+    assert st.sql(f"SELECT count(*) AS n FROM probe_weights WHERE run_id = '{knn.run_id}'")["n"][0] == 0
+    assert _stored_metrics(st, knn.run_id)[(None, "param")] in K_GRID
+
