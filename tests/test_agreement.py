@@ -333,3 +333,116 @@ def test_without_val_items_the_val_dice_is_left_out():
     assert VAL_DICE not in set(summary["metric"]) and "val_threshold" not in set(summary["metric"])
     with pytest.raises(InputError, match="no heatmap for image 'v'"):
         agreement({("a", "F"): hand_map()}, boxes(("a", "F", 2, 2, 6, 6)), val_boxes=boxes(("v", "F", 2, 2, 6, 6)))
+
+
+# ---- thresholds, masks and edge cases ----------------------------------------------------------
+
+@pytest.mark.parametrize("text, rule, value, shown", [
+    (" TOP:0.2 ", "top", 0.2, "top:0.2"), ("top:1", "top", 1.0, "top:1"), ("value:0", "value", 0.0, "value:0"),
+    ("value:1", "value", 1.0, "value:1"), ("value:50%", "value", 0.5, "value:0.5"), ("Otsu", "otsu", None, "otsu"),
+])
+def test_threshold_texts_and_their_bounds(text, rule, value, shown):
+    t = Threshold.parse(text)
+    assert (t.rule, t.value, str(t)) == (rule, value, shown)
+    assert Threshold.parse(t) is t
+
+
+@pytest.mark.parametrize("bad", ["value:1.01", "value:-0.1", "top:1.5", "top:-1", "top:", "value", "otsu:0.5"])
+def test_thresholds_out_of_their_range_are_refused(bad):
+    with pytest.raises(InputError, match=r"bad threshold .*; use top:Q \(0 < Q <= 1, e.g. top:0.15\), value:V \(0..1\) or otsu"):
+        Threshold.parse(bad)
+
+
+def test_value_cut_keeps_pixels_at_the_value_and_otsu_of_a_flat_map_keeps_all():
+    h = np.array([[0.2, 0.5], [0.5, 0.9]], np.float32)
+    np.testing.assert_array_equal(Threshold.parse("value:0.5").mask(h), [[False, True], [True, True]])
+    assert Threshold.parse("otsu").mask(np.full((3, 3), 0.4, np.float32)).all()
+    three = np.array([[0.0, 0.1, 0.9, 1.0]], np.float32)  # two clusters: Otsu keeps the upper one
+    np.testing.assert_array_equal(Threshold.parse("otsu").mask(three), [[False, False, True, True]])
+
+
+def test_box_mask_clips_to_the_image():
+    m = box_mask(np.array([[-2.0, -1.0, 2.0, 3.0], [8.5, 8.0, 12.0, 11.0]]), 10, 10)
+    assert m[:3, :2].all() and m[8:, 8:].all() and m.sum() == 3 * 2 + 2 * 2
+
+
+def test_thresholded_metrics_over_empty_sets_are_zero():
+    empty, some = np.zeros((4, 4), bool), np.eye(4, dtype=bool)
+    for t, m in ((some, empty), (empty, some), (empty, empty)):
+        got = item_metrics(t.astype(np.float32), m, "value:0.5")
+        assert {k: got[k] for k in ("iou", "dice", "precision", "recall", "f1")} == dict.fromkeys(
+            ("iou", "dice", "precision", "recall", "f1"), 0.0)
+    whole = item_metrics(np.ones((4, 4), np.float32), some, "value:0.5")  # T is everything: precision 4/16
+    assert (whole["precision"], whole["recall"], whole["iou"]) == pytest.approx((0.25, 1.0, 0.25))
+
+
+def test_pixel_grid_of_a_thin_image_keeps_one_column():
+    h = np.random.default_rng(0).random((2000, 3)).astype(np.float32)
+    m = np.zeros((2000, 3), bool)
+    m[100:110, 2] = True
+    small_h, small_m = on_pixel_grid(h, m)
+    assert small_h.shape == small_m.shape == (512, 1) and small_m.sum() >= 2
+    same_h, same_m = on_pixel_grid(h[:512], m[:512])  # 512 px already: unchanged
+    assert np.array_equal(same_h, h[:512]) and np.array_equal(same_m, m[:512])
+
+
+def test_dice_curve_is_dice_at_each_value_of_the_min_max_normalised_map():
+    from embedstore.explain.agreement import dice_at, dice_curve, normalised
+
+    h = np.random.default_rng(1).random((12, 12)).astype(np.float32) * 7 + 3
+    m = box_mask(BOX, 12, 12)
+    n = (h - h.min()) / (h.max() - h.min())
+    grid = np.array([0.0, 0.3, 0.5, 0.97, 1.0])
+    for v, got in zip(grid, dice_curve(h, m, grid)):
+        t = n >= v
+        assert got == pytest.approx(2 * (t & m).sum() / (t.sum() + m.sum()))
+        assert dice_at(h, m, v) == pytest.approx(got)
+    assert np.isnan(dice_at(h, m, float("nan")))
+    assert (normalised(np.full((3, 3), 2.0)) == 0).all() and normalised(h).max() == pytest.approx(1.0)
+    assert dice_curve(np.zeros((3, 3)), np.zeros((3, 3), bool), [0.5])[0] == 0.0  # nothing kept, nothing boxed
+
+
+def test_fitted_val_cut_takes_the_smallest_value_on_ties_and_needs_five_items_per_finding():
+    from embedstore.explain.agreement import fit_val_thresholds
+
+    grid = np.array([0.1, 0.2, 0.3])
+    f_items = [np.array([0.9, 0.9, 0.0])] * 5  # 0.1 and 0.2 tie: the smaller
+    g_items = [np.array([0.0, 0.2, 0.8])] * 4  # alone: 0.3
+    fitted = fit_val_thresholds({"F": f_items, "G": g_items}, grid=grid)
+    # F has five items: its own cut. G has four: the pooled cut, of the means .5, .589, .356 -> 0.2
+    assert (fitted.cut("F"), fitted.cut("G"), fitted.pooled) == (0.1, 0.2, 0.2)
+    assert fitted.fitted_on("F") == 5 and fitted.fitted_on("G") == 9 and fitted.fitted_on(None) == 9
+    assert fit_val_thresholds({"G": g_items}, grid=grid, min_items=4).cut("G") == 0.3
+    none = fit_val_thresholds({}, grid=grid)
+    assert np.isnan(none.pooled) and none.fitted_on("F") == 0
+
+
+def test_centre_prior_is_a_gaussian_of_sigma_times_each_side():
+    c = centre_prior(100, 200, sigma=0.1)  # sigma 10 rows, 20 columns; centre (50, 100)
+    # pixel (59, 99) has its centre at (59.5, 99.5): 0.95 sigma down, 0.025 sigma left
+    assert c[59, 99] == pytest.approx(np.exp(-0.5 * (0.95 ** 2 + 0.025 ** 2)), rel=1e-5)
+    # pixel (49, 139): 0.05 sigma up, 1.975 sigma right
+    assert c[49, 139] == pytest.approx(np.exp(-0.5 * (0.05 ** 2 + 1.975 ** 2)), rel=1e-5)
+
+
+def test_an_items_baselines_do_not_depend_on_the_other_items_scored():
+    from embedstore.explain.agreement import item_seed
+
+    assert item_seed(0, "a", "F") == item_seed(0, "a", "F") != item_seed(0, "a", "G") != item_seed(1, "a", "F")
+    maps = {("a", "F"): hand_map(), ("b", "F"): hand_map()}
+    alone, _ = agreement(maps, boxes(("a", "F", 2, 2, 6, 6)), n_boot=10)
+    both, _ = agreement(maps, boxes(("a", "F", 2, 2, 6, 6), ("b", "F", 1, 1, 4, 4)), n_boot=10)
+    pick = lambda t: t.filter((pl.col("image_id") == "a") & (pl.col("heatmap") != "model")).sort("heatmap")  # noqa: E731
+    assert pick(alone).equals(pick(both))
+    other_seed, _ = agreement(maps, boxes(("a", "F", 2, 2, 6, 6)), n_boot=10, seed=1)
+    assert not pick(other_seed).filter(pl.col("heatmap") == "random").equals(pick(alone).filter(pl.col("heatmap") == "random"))
+
+
+def test_without_baselines_only_the_model_is_scored_and_centre_sigma_reaches_the_prior():
+    maps = {("a", "F"): hand_map()}
+    per_item, summary = agreement(maps, boxes(("a", "F", 2, 2, 6, 6)), baselines=False, n_boot=10)
+    assert per_item["heatmap"].to_list() == ["model"] and set(summary["heatmap"]) == {"model"}
+    wide, _ = agreement(maps, boxes(("a", "F", 2, 2, 6, 6)), centre_sigma=2.0, n_boot=10)
+    narrow, _ = agreement(maps, boxes(("a", "F", 2, 2, 6, 6)), centre_sigma=0.05, n_boot=10)
+    energy = lambda t: t.filter(pl.col("heatmap") == "centre")["energy"][0]  # noqa: E731
+    assert energy(wide) == pytest.approx(0.16, abs=0.03) and energy(narrow) > 0.9  # flat vs peaked at (5, 5)
