@@ -189,3 +189,19 @@ def test_stored_probe_weights_are_the_fitted_ones_as_float32_lists(syn):
     np.testing.assert_allclose(np.asarray(table["coef"].to_list()), fit.coef, rtol=1e-6)
     np.testing.assert_allclose(table["intercept"].to_numpy(), fit.intercept)
     assert str(table.schema["coef"]) == "List(Float32)" and str(table.schema["intercept"]) == "Float64"
+
+
+def test_knn_scores_of_many_queries_and_of_k_beyond_the_train_set(syn):
+    """Every query (more than one 2,048-row block) gets the label fraction of its own k nearest
+    train vectors; asking for more neighbours than there are train vectors uses them all."""
+    Y01, known, tr, va, _ = _splits(syn)
+    fit = pb.fit_probe(syn.X[tr][:60], Y01[tr][:60], known[tr][:60], syn.X[va], Y01[va], known[va], syn.findings,
+                       "knn", grid=(3,))
+    S = fit.predict_proba(syn.X)
+    lab = np.where(known[tr][:60], Y01[tr][:60], np.nan)
+    order = np.argsort(-(syn.X @ syn.X[tr][:60].T), axis=1)[:, :3]
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(S, np.nan_to_num(np.nanmean(lab[order], axis=1)))
+    everything = pb.fit_probe(syn.X[tr][:60], Y01[tr][:60], known[tr][:60], syn.X[va], Y01[va], known[va],
+                              syn.findings, "knn", grid=(500,))
+    np.testing.assert_allclose(everything.predict_proba(syn.X[:3]), np.tile(np.nanmean(lab, axis=0), (3, 1)))
