@@ -1,6 +1,7 @@
 """Metrics equal scikit-learn's on the same arrays; masking, intervals and edge cases."""
 
 import numpy as np
+import polars as pl
 import pytest
 from sklearn import metrics as skm
 
@@ -344,3 +345,74 @@ def test_metric_value_of_an_absent_metric_is_nan():
     t = mt.evaluate(*_data(n=200, F=1), ["a"], n_boot=0)
     assert np.isnan(mt.metric_value(t, "no_such_metric")) and np.isnan(mt.metric_value(t, "auroc", "zz"))
     assert mt.metric_value(t, "n_findings") == 1.0
+
+
+def test_rates_with_nothing_predicted_one_positive_or_none_equal_sklearn_zero_division_0():
+    """Finding a: nothing predicted; b: a single positive, predicted; c: no positive, nothing
+    predicted. scikit-learn's zero_division=0 gives 0 where a rate has no denominator; bias
+    (predicted rate over prevalence) has none without positives."""
+    Y = np.zeros((30, 3), np.float32)
+    Y[:6, 0], Y[0, 1] = 1, 1
+    P = np.zeros((30, 3), np.int8)
+    P[0, 1] = 1
+    t = mt.evaluate(Y, np.random.default_rng(0).normal(size=Y.shape), P, list("abc"), n_boot=0, min_positives=1)
+    for j, f in enumerate("abc"):
+        y, p = Y[:, j].astype(int), P[:, j]
+        assert mt.metric_value(t, "precision", f) == skm.precision_score(y, p, zero_division=0)
+        assert mt.metric_value(t, "recall", f) == skm.recall_score(y, p, zero_division=0)
+        assert mt.metric_value(t, "f1", f) == skm.f1_score(y, p, zero_division=0)
+    assert mt.metric_value(t, "bias", "b") == 1.0 and mt.metric_value(t, "bias", "a") == 0.0
+    assert np.isnan(mt.metric_value(t, "bias", "c"))
+
+
+def test_overall_intervals_are_percentiles_of_weighted_replicates():
+    """Exact match, micro F1 and LRAP replicates are scikit-learn's with each replicate's patient
+    counts as sample weights, over the complete rows."""
+    rng = np.random.default_rng(11)
+    groups = np.repeat(np.arange(100), 2)
+    Y = (rng.random((200, 3)) < 0.3).astype(np.float32)
+    S = rng.normal(size=Y.shape) + Y
+    P = (S > 0.5).astype(np.int8)
+    t = mt.evaluate_run(Y, S, list("abc"), {"": P}, groups=groups, n_boot=200, seed=4, min_positives=1).metrics
+    W = mt.bootstrap_weights(groups, 200, seed=4)
+    y = Y.astype(int)
+    for name, fn in (("exact_match", lambda w: skm.accuracy_score(y, P, sample_weight=w)),
+                     ("micro_f1", lambda w: skm.f1_score(y, P, average="micro", sample_weight=w)),
+                     ("lrap", lambda w: skm.label_ranking_average_precision_score(y, S, sample_weight=w))):
+        row = t.filter(t["finding"].is_null() & (t["metric"] == name))
+        want = np.quantile([fn(w) for w in W], [0.025, 0.975])
+        assert row.select("lo", "hi").row(0) == pytest.approx(tuple(want)), name
+
+
+def test_evaluable_findings_count_known_positive_and_negative_groups_at_the_bar():
+    """Exactly `min_positives` groups is enough; a finding short of negative groups is not
+    evaluable and says so; masked entries count for neither class."""
+    n = 40
+    Y = np.zeros((n, 3), np.float32)
+    Y[:10, 0] = 1  # 10 positive and 30 negative groups: evaluable at a bar of 10
+    Y[:31, 1] = 1  # 9 negative groups: not
+    Y[:10, 2] = 1
+    Y[10:31, 2] = np.nan  # 9 known negatives (masked rows are not negatives)
+    ev = mt.evaluate_run(Y, np.random.default_rng(1).normal(size=Y.shape), list("abc"), {"": Y > 0.5}, n_boot=0,
+                         min_positives=10)
+    rows = {r["finding"]: r for r in ev.findings.iter_rows(named=True)}
+    assert rows["a"]["evaluable"] and rows["a"]["reason"] is None
+    assert not rows["b"]["evaluable"] and rows["b"]["reason"] == "9 negative groups on the scored split, fewer than 10"
+    assert not rows["c"]["evaluable"] and rows["c"]["reason"] == "9 negative groups on the scored split, fewer than 10"
+    assert (rows["c"]["positives"], rows["c"]["n"]) == (10, 19)
+    assert ev.findings.schema == pl.Schema(mt.FINDING_COLUMNS)
+    every = mt.evaluate_run(Y[:, :1], Y[:, :1], ["a"], {"": Y[:, :1] > 0.5}, n_boot=0, min_positives=10)
+    assert every.findings.schema == pl.Schema(mt.FINDING_COLUMNS)  # no reason at all: still a text column
+
+
+def test_calibration_tables_have_the_store_columns_even_when_empty():
+    Y = np.array([[1.0], [0.0], [1.0]], np.float32)
+    prob = np.array([[0.9], [0.2], [0.6]])
+    with_prob = mt.evaluate_run(Y, prob, ["a"], {"": prob > 0.5}, prob=prob, n_boot=0, min_positives=1)
+    assert with_prob.calibration.schema == pl.Schema(mt.CALIBRATION_COLUMNS)
+    assert "calibration" in with_prob.tables() and {"brier", "ece"} <= set(with_prob.metrics["metric"])
+    without = mt.evaluate_run(Y, prob, ["a"], {"": prob > 0.5}, n_boot=0, min_positives=1)
+    assert without.calibration.is_empty() and without.calibration.schema == pl.Schema(mt.CALIBRATION_COLUMNS)
+    assert "calibration" not in without.tables() and not {"brier", "macro_brier", "macro_ece"} & set(without.metrics["metric"])
+    unknown = mt.evaluate_run(np.full((3, 1), np.nan), prob, ["a"], {"": prob > 0.5}, prob=prob, n_boot=0)
+    assert unknown.calibration.is_empty() and unknown.calibration.schema == pl.Schema(mt.CALIBRATION_COLUMNS)
