@@ -416,3 +416,88 @@ def test_calibration_tables_have_the_store_columns_even_when_empty():
     assert "calibration" not in without.tables() and not {"brier", "macro_brier", "macro_ece"} & set(without.metrics["metric"])
     unknown = mt.evaluate_run(np.full((3, 1), np.nan), prob, ["a"], {"": prob > 0.5}, prob=prob, n_boot=0)
     assert unknown.calibration.is_empty() and unknown.calibration.schema == pl.Schema(mt.CALIBRATION_COLUMNS)
+
+
+def test_label_policies_are_checked_and_uncertain_positive_counts_as_positive():
+    from embedstore.errors import InputError
+
+    Y, S, P = _data()
+    with pytest.raises(InputError, match="uncertain policy 'maybe' is not one of mask, negative, positive"):
+        mt.evaluate(Y, S, P, list("abcd"), uncertain="maybe", n_boot=0)
+    with pytest.raises(InputError, match="blank policy 'positive' is not one of mask, negative"):
+        mt.evaluate(Y, S, P, list("abcd"), blank="positive", n_boot=0)
+    t = mt.evaluate(Y, S, P, list("abcd"), uncertain="positive", n_boot=0, min_positives=1)
+    keep = np.isfinite(Y[:, 0])
+    y = (Y[keep, 0] != 0).astype(int)  # 1 and -1 both positive
+    assert mt.metric_value(t, "support", "a") == y.sum() and mt.metric_value(t, "n", "a") == keep.sum()
+    assert mt.metric_value(t, "auroc", "a") == pytest.approx(skm.roc_auc_score(y, S[keep, 0]))
+
+
+def test_bootstrap_weights_without_replicates_or_rows_are_empty_and_integer_groups_mean_rows():
+    assert mt.bootstrap_weights(5, 0).shape == (0, 5)
+    assert mt.bootstrap_weights(np.array([], dtype=str), 4).shape == (4, 0)
+    W = mt.bootstrap_weights(6, 300, seed=2)  # six rows, each its own group
+    assert W.shape == (300, 6) and (W.sum(axis=1) == 6).all() and not (W[:, 0] == W[:, 1]).all()
+    np.testing.assert_array_equal(mt.group_codes(3), [0, 1, 2])
+    codes = mt.group_codes(["b", "a", "b", "c"])
+    assert codes[0] == codes[2] != codes[1] != codes[3] and set(codes) == {0, 1, 2}
+
+
+def test_auroc_and_ap_of_a_one_class_finding():
+    """All positive: AUROC undefined, AP 1 (scikit-learn's); all negative: both undefined."""
+    s = np.array([0.1, 0.4, 0.3])
+    auc, ap = mt.weighted_auroc_ap(np.ones(3, bool), s, np.ones((1, 3)))
+    assert np.isnan(auc[0]) and ap[0] == pytest.approx(skm.average_precision_score([1, 1, 1], s))
+    auc, ap = mt.weighted_auroc_ap(np.zeros(3, bool), s, np.ones((1, 3)))
+    assert np.isnan(auc[0]) and np.isnan(ap[0])
+
+
+def test_ranking_rows_with_no_or_only_positive_labels_equal_sklearn():
+    y = np.array([[0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 1, 1]])
+    s = np.array([[0.1, 0.5, 0.2], [0.3, 0.2, 0.1], [0.2, 0.9, 0.9], [0.5, 0.5, 0.4]])
+    rows = mt.ranking_rows(y, s)
+    for i in range(len(y)):
+        assert rows["lrap"][i] == pytest.approx(skm.label_ranking_average_precision_score(y[i:i + 1], s[i:i + 1]))
+        assert rows["ranking_loss"][i] == pytest.approx(skm.label_ranking_loss(y[i:i + 1], s[i:i + 1]))
+        assert rows["coverage_error"][i] == pytest.approx(skm.coverage_error(y[i:i + 1], s[i:i + 1]))
+
+
+def test_reliability_bins_of_probabilities_on_the_bin_edges_equal_sklearn():
+    from sklearn.calibration import calibration_curve
+
+    p = np.array([0.0, 0.1, 0.1, 0.2, 0.5, 0.5, 0.9, 1.0, 1.0, 0.35])
+    y = np.array([0, 0, 1, 0, 1, 0, 1, 1, 1, 0])
+    r = mt.reliability(y, p)
+    observed, predicted = calibration_curve(y, p, n_bins=10)
+    np.testing.assert_allclose(r["observed"], observed)
+    np.testing.assert_allclose(r["mean_predicted"], predicted)
+    assert r["n"].sum() == len(p) and (np.diff(r["bin"]) > 0).all()
+    np.testing.assert_allclose(r["upper"] - r["lower"], 0.1)
+
+
+def test_overall_metrics_without_complete_rows_or_with_one_finding():
+    Y, S, P = _data(n=100, F=2)
+    Y[::2, 0], Y[1::2, 1] = np.nan, np.nan  # no row has both labels
+    t = mt.evaluate(Y, S, P, ["a", "b"], n_boot=0, min_positives=1)
+    assert mt.metric_value(t, "n_complete") == 0 and np.isnan(mt.metric_value(t, "micro_f1"))
+    one = mt.evaluate(*_data(n=100, F=1), ["a"], n_boot=0, min_positives=1)
+    assert np.isfinite(mt.metric_value(one, "micro_f1")) and np.isnan(mt.metric_value(one, "lrap"))
+    quiet = mt.evaluate(np.zeros((10, 2)), np.zeros((10, 2)), np.zeros((10, 2), np.int8), ["a", "b"], n_boot=20,
+                        min_positives=1)
+    assert mt.metric_value(quiet, "micro_f1") == 0.0  # nothing to find, nothing found: zero_division=0
+
+
+def test_brier_intervals_are_percentiles_of_weighted_replicates():
+    rng = np.random.default_rng(12)
+    groups = np.repeat(np.arange(60), 2)
+    Y = np.repeat(rng.random((60, 2)) < 0.4, 2, axis=0).astype(np.float32)
+    prob = np.clip(0.3 + 0.4 * Y + 0.2 * rng.normal(size=Y.shape), 0, 1)
+    t = mt.evaluate_run(Y, prob, ["a", "b"], {"": prob > 0.5}, groups=groups, prob=prob, n_boot=150, seed=6,
+                        min_positives=1).metrics
+    W = mt.bootstrap_weights(groups, 150, seed=6)
+    reps = np.array([[skm.brier_score_loss(Y[:, j], prob[:, j], sample_weight=w) for w in W] for j in range(2)])
+    for j, f in enumerate("ab"):
+        row = t.filter((t["finding"] == f) & (t["metric"] == "brier"))
+        assert row.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps[j], [0.025, 0.975])), rel=1e-5)
+    macro = t.filter(t["finding"].is_null() & (t["metric"] == "macro_brier"))
+    assert macro.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps.mean(axis=0), [0.025, 0.975])), rel=1e-5)
