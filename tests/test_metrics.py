@@ -501,3 +501,49 @@ def test_brier_intervals_are_percentiles_of_weighted_replicates():
         assert row.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps[j], [0.025, 0.975])), rel=1e-5)
     macro = t.filter(t["finding"].is_null() & (t["metric"] == "macro_brier"))
     assert macro.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps.mean(axis=0), [0.025, 0.975])), rel=1e-5)
+
+
+def test_edges_of_the_bootstrap_and_of_one_positive_or_negative():
+    """A single positive (or negative) still ranks; two replicates still make an interval;
+    a default seed is seed 0; an interval that cannot be made is NaN, not None."""
+    auc, ap = mt.weighted_auroc_ap(np.array([1, 0, 0], bool), np.array([0.9, 0.1, 0.5]), np.ones((1, 3)))
+    assert (auc[0], ap[0]) == (1.0, 1.0)
+    auc, ap = mt.weighted_auroc_ap(np.array([1, 1, 0], bool), np.array([0.9, 0.1, 0.5]), np.ones((1, 3)))
+    assert auc[0] == 0.5 and ap[0] == pytest.approx(skm.average_precision_score([1, 1, 0], [0.9, 0.1, 0.5]))
+    g = np.repeat(np.arange(5), 2)
+    np.testing.assert_array_equal(mt.bootstrap_weights(g, 10), mt.bootstrap_weights(g, 10, seed=0))
+    Y, S, P = _data(n=200, F=2)
+    two = mt.evaluate(Y, S, P, ["a", "b"], n_boot=2, min_positives=1)
+    row = two.filter((two["finding"] == "a") & (two["metric"] == "auroc"))
+    assert row["lo"][0] is not None and row["lo"][0] <= row["hi"][0]
+    assert np.isfinite(mt.metric_value(two, "lrap"))  # two findings are enough to rank
+    one = mt.mean_interval([1.0, 2.0], ["p", "q"], n_boot=1)
+    assert one.value == 1.5 and np.isnan(one.lo) and np.isnan(one.hi)
+
+
+def test_a_finding_that_is_not_evaluable_has_no_interval_for_any_metric():
+    rng = np.random.default_rng(13)
+    Y = (rng.random((300, 2)) < [0.3, 0.01]).astype(np.float32)
+    prob = np.clip(0.3 + 0.3 * Y + 0.1 * rng.normal(size=Y.shape), 0, 1)
+    ev = mt.evaluate_run(Y, prob, ["a", "b"], {"": prob > 0.5, "@default": prob > 0.4}, prob=prob, n_boot=50)
+    rows = ev.metrics.filter(pl.col("finding") == "b")
+    assert rows["lo"].null_count() == rows.height and rows["hi"].null_count() == rows.height
+    a = ev.metrics.filter((pl.col("finding") == "a") & pl.col("metric").is_in(["auroc", "f1", "f1@default", "brier"]))
+    assert a["lo"].null_count() == 0
+
+
+def test_a_finding_without_known_labels_has_no_brier_or_ece():
+    Y = np.array([[1, np.nan], [0, np.nan], [1, np.nan]], np.float32)
+    prob = np.array([[0.9, 0.5], [0.2, 0.5], [0.6, 0.5]])
+    ev = mt.evaluate_run(Y, prob, ["a", "b"], {"": prob > 0.5}, prob=prob, n_boot=0, min_positives=1)
+    assert np.isnan(mt.metric_value(ev.metrics, "brier", "b")) and np.isnan(mt.metric_value(ev.metrics, "ece", "b"))
+    assert mt.metric_value(ev.metrics, "brier", "a") == pytest.approx((0.01 + 0.04 + 0.16) / 3)
+
+
+def test_rows_with_a_positive_none_left_have_no_positive_row_figures():
+    Y = np.zeros((20, 2), np.float32)
+    S = np.random.default_rng(0).normal(size=Y.shape)
+    t = mt.evaluate(Y, S, np.zeros_like(Y, np.int8), ["a", "b"], n_boot=30, min_positives=1)
+    assert mt.metric_value(t, "n_ranked") == 0
+    row = t.filter(t["finding"].is_null() & (t["metric"] == "lrap_positive_rows"))
+    assert np.isnan(row["value"][0]) and row["lo"][0] is None
