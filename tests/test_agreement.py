@@ -204,8 +204,10 @@ def test_agreement_summary_is_the_summary_of_its_items():
 
 
 @pytest.mark.parametrize("row, words", [
-    (("a", "F", 2, 2, 11, 6), "outside the 10x10 image"),
-    (("a", "F", -1, 2, 6, 6), "outside"),
+    (("a", "F", 2, 2, 11, 6), r"box \(2, 2, 11, 6\) of image 'a' finding 'F' lies outside the 10x10 image; fix the box file"),
+    (("a", "F", -1, 2, 6, 6), r"box \(-1, 2, 6, 6\) of image 'a' finding 'F' lies outside"),
+    (("a", "F", 2, -1, 6, 6), r"box \(2, -1, 6, 6\) of image 'a' finding 'F' lies outside"),
+    (("a", "F", 2, 2, 6, 10.5), r"box \(2, 2, 6, 10.5\) of image 'a' finding 'F' lies outside"),
     (("a", "F", 6, 2, 2, 6), "x_min < x_max"),
     (("a", "F", None, 2, 6, 6), "not a number"),
 ])
@@ -310,6 +312,8 @@ def test_val_threshold_is_fitted_on_val_items_only():
     assert same[VAL_DICE].to_list() == pytest.approx([1.0, 1.0])
     cut = summary.filter(pl.col("metric") == "val_threshold").sort("finding", nulls_last=True)
     assert cut["finding"].to_list() == ["F", "G", None] and cut["n"].to_list() == [5, 6, 6]  # G: pooled
+    assert cut["value"].to_list() == pytest.approx([0.64, 0.64, 0.64]) and set(cut["heatmap"]) == {"model"}
+    assert set(cut["threshold"]) == {"top:0.15"} and cut["lo"].null_count() == cut["hi"].null_count() == 3
 
 
 def test_val_threshold_per_finding_with_five_val_items_else_pooled():
@@ -446,3 +450,51 @@ def test_without_baselines_only_the_model_is_scored_and_centre_sigma_reaches_the
     narrow, _ = agreement(maps, boxes(("a", "F", 2, 2, 6, 6)), centre_sigma=0.05, n_boot=10)
     energy = lambda t: t.filter(pl.col("heatmap") == "centre")["energy"][0]  # noqa: E731
     assert energy(wide) == pytest.approx(0.16, abs=0.03) and energy(narrow) > 0.9  # flat vs peaked at (5, 5)
+
+
+def test_boxes_reaching_the_image_edge_are_inside():
+    per_item, _ = agreement({("a", "F"): hand_map()}, boxes(("a", "F", 0, 0, 10, 10)), baselines=False, n_boot=10)
+    assert per_item["box_share"][0] == 1.0
+
+
+def test_a_heatmap_that_is_not_2d_is_an_input_error():
+    with pytest.raises(InputError, match=r"heatmap of image 'a' finding 'F' has shape \(10, 10, 3\); need 2-D"):
+        agreement({("a", "F"): np.zeros((10, 10, 3))}, boxes(("a", "F", 2, 2, 6, 6)))
+
+
+def test_every_heatmap_kind_gets_a_val_cut_fitted_on_its_own_val_maps():
+    """With baselines, each kind's `value:V` cut is the one fitted on that kind's val heatmaps,
+    built as for scored items (the item's boxes, its seed, the centre prior's sigma); the result
+    is reproducible."""
+    from embedstore.explain.agreement import dice_curve, fit_val_thresholds, item_heatmaps, item_seed
+
+    val = [(f"v{i}", "F") for i in range(5)]
+    maps = {key: ring_map(0.3 + 0.1 * i) for i, key in enumerate(val)}
+    maps[("t", "F")] = hand_map()
+    val_boxes = boxes(*[(i, f, 1, 2, 6, 7) for i, f in val])
+    run = lambda: agreement(maps, boxes(("t", "F", 2, 2, 6, 6)), val_boxes=val_boxes, centre_sigma=0.1,  # noqa: E731
+                            n_boot=10, seed=3)
+    per_item, summary = run()
+    mask = box_mask(np.array([[1, 2, 6, 7]]), 10, 10)
+    curves: dict = {}
+    for key in val:
+        hms = item_heatmaps(maps[key], np.array([[1.0, 2, 6, 7]]), item_seed(3, *key), True, 0.1)
+        for name, hm in hms.items():
+            curves.setdefault(name, []).append(dice_curve(hm, mask))
+    got = dict(zip(per_item["heatmap"], per_item["val_threshold"]))
+    assert set(got) == {"model", "random", "random_box", "centre"}
+    for name, items in curves.items():
+        assert got[name] == fit_val_thresholds({"F": items}).cut("F"), name
+    assert run()[0].equals(per_item)
+
+
+def test_baseline_defaults():
+    """The centre prior's sigma is a quarter of each side unless told; an item's heatmaps are the
+    model's and all three baselines unless told."""
+    from embedstore.explain.agreement import item_heatmaps
+
+    assert np.array_equal(centre_prior(40, 60), centre_prior(40, 60, sigma=0.25))
+    maps = item_heatmaps(hand_map(), BOX.astype(float), [0, 1])
+    assert list(maps) == ["model", "random", "random_box", "centre"]
+    assert np.array_equal(maps["centre"], centre_prior(10, 10, 0.25))
+
