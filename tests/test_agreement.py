@@ -75,6 +75,7 @@ def test_top_share_threshold_keeps_the_k_highest_and_their_ties():
     only_peak = item_metrics(h, m, "top:0.01")  # k = ceil(0.01 * 100) = 1: the single peak pixel
     assert only_peak["precision"] == 1.0 and only_peak["recall"] == pytest.approx(1 / 16)
     assert only_peak["iou"] == pytest.approx(1 / 16) and only_peak["dice"] == pytest.approx(2 / 17)
+    assert only_peak["f1"] == pytest.approx(only_peak["dice"])  # F1 of precision 1 and recall 1/16
     # k = 10: the 10th highest value is 0.5, so all 18 pixels at >= 0.5 are kept (ties included)
     assert Threshold.parse("top:0.1").mask(h).sum() == 18
     assert Threshold.parse("top:10%").mask(h).sum() == 18
@@ -209,6 +210,8 @@ def test_agreement_summary_is_the_summary_of_its_items():
     (("a", "F", 2, -1, 6, 6), r"box \(2, -1, 6, 6\) of image 'a' finding 'F' lies outside"),
     (("a", "F", 2, 2, 6, 10.5), r"box \(2, 2, 6, 10.5\) of image 'a' finding 'F' lies outside"),
     (("a", "F", 6, 2, 2, 6), "x_min < x_max"),
+    (("a", "F", 2, 2, 2, 6), r"box of image 'a' finding 'F' \(2.0, 2.0, 2.0, 6.0\) is empty or not a number"),
+    (("a", "F", 2, 6, 6, 6), r"box of image 'a' finding 'F' \(2.0, 6.0, 6.0, 6.0\) is empty"),
     (("a", "F", None, 2, 6, 6), "not a number"),
 ])
 def test_bad_boxes_are_input_errors(row, words):
@@ -329,6 +332,11 @@ def test_val_threshold_per_finding_with_five_val_items_else_pooled():
     per_item, _ = agreement(maps, boxes(("t", "G", 2, 2, 6, 6)), baselines=False, n_boot=10,
                             val_boxes=boxes(*[(i, f, 2, 2, 6, 6) for i, f in val if f == "G"]))
     assert per_item["val_threshold"][0] == pytest.approx(0.38)  # G's four alone, pooled: their own optimum
+    five = val + [("w4", "G")]
+    maps[("w4", "G")] = ring_map(0.3)
+    per_item, _ = agreement(maps, boxes(("t", "F", 2, 2, 6, 6), ("t", "G", 2, 2, 6, 6)), baselines=False, n_boot=10,
+                            val_boxes=boxes(*[(i, f, 2, 2, 6, 6) for i, f in five]))
+    assert dict(zip(per_item["finding"], per_item["val_threshold"])) == pytest.approx({"F": 0.64, "G": 0.38})  # each its own
 
 
 def test_without_val_items_the_val_dice_is_left_out():
@@ -351,7 +359,7 @@ def test_threshold_texts_and_their_bounds(text, rule, value, shown):
     assert Threshold.parse(t) is t
 
 
-@pytest.mark.parametrize("bad", ["value:1.01", "value:-0.1", "top:1.5", "top:-1", "top:", "value", "otsu:0.5"])
+@pytest.mark.parametrize("bad", ["value:1.01", "value:-0.1", "top:1.5", "top:-1", "top:", "value", "otsu:0.5", "top:0.2X"])
 def test_thresholds_out_of_their_range_are_refused(bad):
     with pytest.raises(InputError, match=r"bad threshold .*; use top:Q \(0 < Q <= 1, e.g. top:0.15\), value:V \(0..1\) or otsu"):
         Threshold.parse(bad)
@@ -497,4 +505,93 @@ def test_baseline_defaults():
     maps = item_heatmaps(hand_map(), BOX.astype(float), [0, 1])
     assert list(maps) == ["model", "random", "random_box", "centre"]
     assert np.array_equal(maps["centre"], centre_prior(10, 10, 0.25))
+
+
+def test_the_first_bad_box_is_named_with_the_count_and_valid_boxes_pass():
+    """Only rows with a bad box are refused (a box whose x_min exceeds its y_max is fine)."""
+    df = boxes(("a", "F", 5, 0, 8, 4), ("b", "F", 1, None, 3, 4), ("c", "F", 3, 3, 1, 1))
+    with pytest.raises(InputError, match=r"box of image 'b' finding 'F' .* \(2 such rows\)"):
+        agreement({("a", "F"): hand_map(), ("b", "F"): hand_map(), ("c", "F"): hand_map()}, df)
+    per_item, _ = agreement({("a", "F"): hand_map()}, df.head(1), baselines=False, n_boot=10)
+    assert per_item["box_share"][0] == pytest.approx(12 / 100)
+
+
+def test_non_finite_heatmap_pixels_count_as_zero():
+    h = hand_map().astype(np.float64)
+    broken = h.copy()
+    broken[0, 0], broken[0, 1], broken[9, 0] = np.nan, np.inf, -np.inf
+    m = box_mask(BOX, 10, 10)
+    assert item_metrics(broken, m, "value:0.5") == pytest.approx(item_metrics(h, m, "value:0.5"))
+
+
+def test_no_annotated_item_gives_empty_tables_with_their_columns():
+    per_item, summary = agreement({("a", "F"): hand_map()}, boxes(("a", "F", 2, 2, 6, 6)).head(0), n_boot=10)
+    assert per_item.is_empty() and {"image_id", "n_boxes", "pointing", VAL_DICE} <= set(per_item.columns)
+    assert summary.is_empty() and {"finding", "heatmap", "metric", "value", "lo", "hi"} <= set(summary.columns)
+
+
+def test_per_item_rows_count_boxes_and_use_the_threshold_given():
+    two = boxes(("a", "F", 2, 2, 6, 6), ("a", "F", 7, 7, 9, 9))
+    per_item, _ = agreement({("a", "F"): hand_map()}, two, threshold="value:0.9", baselines=False, n_boot=10)
+    row = per_item.row(0, named=True)
+    assert row["n_boxes"] == 2 and row["box_share"] == pytest.approx(20 / 100)
+    assert row["precision"] == 1.0 and row["iou"] == pytest.approx(1 / 20)  # value:0.9 keeps the peak only
+
+
+def test_agreement_and_summarise_defaults():
+    maps = {(i, "F"): np.random.default_rng(k).random((10, 10)).astype(np.float32) for k, i in enumerate("abc")}
+    df = boxes(("a", "F", 2, 2, 6, 6), ("b", "F", 1, 1, 5, 5), ("c", "F", 0, 3, 4, 9))
+    per_item, summary = agreement(maps, df)
+    p2, s2 = agreement(maps, df, threshold="top:0.15", baselines=True, centre_sigma=0.25, n_boot=1000, ci=0.95, seed=0)
+    assert per_item.equals(p2) and summary.equals(s2)
+    assert summarise(per_item).equals(summarise(per_item, "top:0.15", n_boot=1000, ci=0.95, seed=0))
+    narrow = summarise(per_item, ci=0.5).filter(pl.col("finding").is_null() & (pl.col("metric") == "iou"))
+    wide = summary.filter(pl.col("finding").is_null() & (pl.col("metric") == "iou") & (pl.col("heatmap") == "model"))
+    assert (narrow.filter(pl.col("heatmap") == "model")["hi"][0] - narrow.filter(pl.col("heatmap") == "model")["lo"][0]
+            < wide["hi"][0] - wide["lo"][0])
+
+
+def test_summary_skips_only_the_undefined_metric_and_unknown_images_are_their_own_group():
+    """A box covering the whole image has no pixel AUROC (no negative pixel) but still a pixel
+    AUPRC and the rest; images missing from `groups` are resampled alone."""
+    maps = {("a", "F"): hand_map(), ("b", "F"): hand_map()}
+    per_item, summary = agreement(maps, boxes(("a", "F", 0, 0, 10, 10), ("b", "F", 0, 0, 10, 10)), baselines=False,
+                                  n_boot=10)
+    names = set(summary.filter(pl.col("finding") == "F")["metric"])
+    assert "pixel_auroc" not in names and {"pixel_auprc", "pointing", "energy", "iou"} <= names
+    values = [1.0, 0.0, 1.0, 0.0]
+    items = model_items(["a", "b", "c", "d"], values)
+    partial = summarise(items, n_boot=300, seed=2, groups={"a": "p", "b": "p"})
+    full = summarise(items, n_boot=300, seed=2, groups={"a": "p", "b": "p", "c": "c", "d": "d"})
+    assert partial.equals(full)
+
+
+def test_int_masks_and_small_grids():
+    """A 0/1 integer mask counts as the boolean mask; pixel metrics on a grid of `max_side` are
+    scikit-learn's on the resampled pixels; the grid averages area (a 3x shrink of a 1-in-3
+    pattern is 1/3 everywhere); a thin horizontal image keeps one row."""
+    from embedstore.explain.agreement import pixel_ranking_metrics
+
+    h, m = hand_map(), box_mask(BOX, 10, 10)
+    assert item_metrics(h, m.astype(int)) == pytest.approx(item_metrics(h, m))
+    big = np.random.default_rng(4).random((128, 96)).astype(np.float32)
+    big_m = box_mask(np.array([[10, 20, 50, 70]]), 128, 96)
+    small_h, small_m = on_pixel_grid(big, big_m, 64)
+    got = pixel_ranking_metrics(big, big_m, max_side=64)
+    assert got["pixel_auroc"] == pytest.approx(roc_auc_score(small_m.ravel(), small_h.ravel()))
+    stripes = np.tile(np.array([1.0, 0.0, 0.0], np.float32), (1536, 512))
+    assert on_pixel_grid(stripes, np.zeros(stripes.shape, bool))[0] == pytest.approx(np.full((512, 512), 1 / 3), abs=1e-6)
+    wide = on_pixel_grid(np.ones((3, 2000), np.float32), np.ones((3, 2000), bool))
+    assert wide[0].shape == (1, 512)
+
+
+def test_energy_of_a_faint_map_is_its_share_in_the_box_and_equal_sized_masks_score_dice():
+    faint = np.zeros((10, 10), np.float32)
+    faint[3, 3] = 0.5  # all of its (little) energy is in the box
+    m = box_mask(BOX, 10, 10)
+    assert item_metrics(faint, m)["energy"] == 1.0
+    shifted = np.zeros((10, 10), np.float32)
+    shifted[3:7, 3:7] = 1.0  # 16 pixels like the box, 9 of them inside it: precision = recall = 9/16
+    got = item_metrics(shifted, m, "value:0.5")
+    assert (got["precision"], got["recall"], got["dice"], got["f1"]) == pytest.approx((9 / 16,) * 4)
 
