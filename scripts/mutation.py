@@ -9,6 +9,7 @@ bench/MUTATION.md. Judgements are kept by hand in bench/mutation_judgements.toml
 
     python scripts/mutation.py                 # all five modules, from a fresh mutants/ folder
     python scripts/mutation.py --module probe  # one module; the others' results in mutants/ are kept
+    python scripts/mutation.py --survivors     # after adding tests: re-run only the mutants left alive or unchecked
     python scripts/mutation.py --report        # no run: read mutants/, write MUTATION.md, print the scores
 
 A full run took about four hours on a shared 2-core machine (bench/RESULTS.md); --module runs
@@ -48,13 +49,19 @@ def dotted(path: str) -> str:
     return path.removesuffix(".py").replace("/", ".")
 
 
-def run_module(name: str) -> float:
-    """`mutmut run` over one module's mutants, one worker, BLAS on one thread; seconds taken."""
+def run_module(name: str, survivors_only: bool = False) -> float:
+    """`mutmut run` over one module's mutants (or only those the last run left alive), one worker,
+    BLAS on one thread; seconds taken."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)  # mutmut puts mutants/ first on the path; nothing may shadow it
     mutmut = Path(sys.executable).parent / "mutmut"
+    targets = [f"{dotted(MODULES[name])}.*"]
+    if survivors_only:
+        targets = [k for k, v in results(name).items() if v in (*NOT_KILLED, "not checked")]
+        if not targets:
+            return 0.0
     start = time.perf_counter()
-    proc = subprocess.run([str(mutmut), "run", "--max-children", "1", f"{dotted(MODULES[name])}.*"], cwd=ROOT, env=env,
+    proc = subprocess.run([str(mutmut), "run", "--max-children", "1", *targets], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode:
         print(proc.stdout[-4000:])
@@ -146,17 +153,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", choices=sorted(MODULES), help="only this module (repeatable)")
     parser.add_argument("--report", action="store_true", help="no run: read mutants/, write MUTATION.md, print the scores")
+    parser.add_argument("--survivors", action="store_true",
+                        help="re-run only the mutants the last run left alive (after adding tests), keeping the rest")
     args = parser.parse_args()
     names = args.module or list(MODULES)
     seconds: dict[str, float] = {}
     load_start = os.getloadavg()
     started = time.perf_counter()
     if not args.report:
-        if not args.module:
+        if not args.module and not args.survivors:
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)  # cached results would outlive changed tests
         for name in names:
             print(f"mutmut: {name} ...", flush=True)
-            seconds[name] = run_module(name)
+            seconds[name] = run_module(name, args.survivors)
     total = time.perf_counter() - started
     tally = write_report(list(MODULES))
     rows, detected, checked = [], 0, 0
@@ -183,8 +192,9 @@ def main() -> None:
     if args.report:  # nothing was run: print, append no entry
         print("\n".join(lines))
         return
-    if args.module:
-        lines.insert(1, f"\nModules run now: {', '.join(names)}; the others' results are from earlier runs.")
+    if args.module or args.survivors:
+        what = "the survivors of the last run" if args.survivors else "every mutant"
+        lines.insert(1, f"\nRun now: {what} of {', '.join(names)}; other results are from earlier runs in mutants/.")
     append_results("Mutation testing (scripts/mutation.py)", lines)
 
 
