@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.embedstore-installed
 
-.PHONY: test demo install clean bench
+.PHONY: test test-fast demo install clean bench mutation
 
 install: $(STAMP)
 
@@ -19,11 +19,20 @@ test: $(STAMP)
 	sh scripts/install-chromium.sh
 	$(PY) -m pytest -q
 
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
 demo: $(STAMP)
 	$(VENV)/bin/embedstore demo --out demo-out
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
 
+# Mutation testing of the statistics modules (hours on a 2-core machine; not part of `make test`):
+# score per module in bench/RESULTS.md, the surviving mutants judged in bench/MUTATION.md.
+mutation: $(STAMP)
+	$(PY) -c 'import mutmut' 2>/dev/null || $(PY) -m pip install -q -e '.[test,mutation]'
+	nice $(PY) scripts/mutation.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info demo-out
+	rm -rf $(VENV) build *.egg-info demo-out mutants

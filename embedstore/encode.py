@@ -323,9 +323,14 @@ def _run_batches(st, version, loaded, items, batch_size, workers, summary, progr
 
 
 def _read_boxes(boxes: str | None, box_format: str, ds):
-    """The box file to store with this data set: the given one, else `boxes.csv` beside it."""
+    """The box file to store with this data set: the given one, else `boxes.csv` beside it.
+    `box_format` is checked even when no file is given, so a mistyped one is never ignored."""
     from pathlib import Path
 
+    from embedstore.data.boxes import BOX_FORMATS
+
+    if box_format not in BOX_FORMATS:
+        raise InputError(f"--box-format {box_format!r}: choose one of {', '.join(BOX_FORMATS)}")
     if boxes is None:
         beside = Path(ds.source) / "boxes.csv" if ds.source else None
         if beside is None or not beside.is_file():

@@ -1,18 +1,111 @@
-"""Session fixtures shared by test modules: the report tests' phantom study, built once (report_store.py)."""
+"""Session fixtures shared by test modules, and the skip policy (skip_policy.py).
+
+Stores that take seconds to build are built once per session, here, and are read-only: a test
+that writes copies one first (store_helpers.copy_store). Their recipes are in report_store.py
+(the site-B phantom study, its fine-tune and the report's analyses) and store_helpers.py.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 
+# Session fixtures that take more than ~5 s to build on a quiet 2-core machine: a test that needs
+# one is `slow` (left out by `pytest -m "not slow"`, run by `make test`). Tests slow by themselves
+# carry the mark by hand.
+SLOW_FIXTURES = {"site_b_study", "site_b_tuned", "phantom_store", "phantom_report"}
+
+
+def pytest_configure(config):
+    from skip_policy import SkipPolicy
+
+    config.pluginmanager.register(SkipPolicy(), "embedstore-skip-policy")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
-def phantom_store(tmp_path_factory):
-    """A phantom study through the real pipeline: v1, its fine-tuned child v2, every analysis, agreement."""
+def tiny_model(tmp_path_factory) -> str:
+    """Registry name (`local-dir:...`) of a tiny open_clip CLIP (store_helpers.TINY_CFG, seed 0),
+    exported once per session: the second model wherever a test needs two, and the fine-tune tests' model."""
+    from store_helpers import export_tiny_model
+
+    return export_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_phantoms(tmp_path_factory):
+    """16 phantom studies (`phantoms/`, 64 px, with boxes) and their store (`store/`: v1 by
+    phantom-clip, no analysis run): the CLI tests' data. Read-only: copy the store to write."""
+    import embedstore
+    from embedstore.synth import synth
+
+    root = tmp_path_factory.mktemp("small-phantoms")
+    synth(str(root / "phantoms"), studies=16, seed=4, size=64, workers=1)
+    embedstore.open(root / "store").encode(str(root / "phantoms"), model="phantom-clip", workers=0, device="cpu")
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_two_versions(small_phantoms, tiny_model, tmp_path_factory):
+    """A copy of `small_phantoms`' store with a second model's version (v2: the tiny open_clip) and
+    the pos-neg zero-shot and probe runs on both, which `compare v1 v2` pairs. Read-only."""
+    import shutil
+
+    import embedstore
+
+    path = tmp_path_factory.mktemp("small-two-versions") / "store"
+    shutil.copytree(small_phantoms / "store", path)
+    st = embedstore.open(path)
+    st.encode(str(small_phantoms / "phantoms"), model=tiny_model, workers=0, device="cpu")
+    for version in ("v1", "v2"):
+        st.zeroshot(version, rule="pos-neg", n_boot=10, min_positives=1)
+        st.probe(version, n_boot=10, min_positives=1)
+    return st
+
+
+@pytest.fixture(scope="session")
+def site_b_study(tmp_path_factory):
+    """300 site-B phantom studies (`phantoms/`) and their store (`store/`: v1 by phantom-clip),
+    report_store.py's `site_b_study`. Read-only: copy the store to write."""
     from finetune_helpers import torch_threads
-    from report_store import phantom_study
+    from report_store import site_b_study
 
     with torch_threads(2):
-        return phantom_study(tmp_path_factory.mktemp("report-phantoms"))
+        return site_b_study(tmp_path_factory.mktemp("site-b"))
+
+
+@pytest.fixture(scope="session")
+def site_b_tuned(site_b_study, tmp_path_factory):
+    """A copy of `site_b_study`'s store with v1 fine-tuned into v2 (report_store.FINETUNE_ARGS, 2
+    torch threads): (Store, snapshot of v1 taken before the fine-tune, FinetuneResult). Read-only."""
+    from finetune_helpers import parent_snapshot, torch_threads
+    from report_store import finetune
+    from store_helpers import copy_store
+
+    st = copy_store(site_b_study / "store", tmp_path_factory.mktemp("site-b-tuned") / "store")
+    before = parent_snapshot(st)
+    with torch_threads(2):
+        return st, before, finetune(st)
+
+
+@pytest.fixture(scope="session")
+def phantom_store(site_b_study, site_b_tuned, tmp_path_factory):
+    """The report tests' phantom study: a copy of `site_b_tuned`'s store (v1 and its fine-tuned
+    child v2) with every analysis on both versions and Grad-CAM agreement (report_store.py)."""
+    from finetune_helpers import torch_threads
+    from report_store import report_study
+    from store_helpers import copy_store
+
+    root = tmp_path_factory.mktemp("report-phantoms")
+    st = copy_store(site_b_tuned[0].path, root / "store")
+    with torch_threads(2):
+        return report_study(st, site_b_study / "phantoms", root)
 
 
 @pytest.fixture(scope="session")

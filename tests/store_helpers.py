@@ -1,15 +1,18 @@
-"""Shared fixtures for the store / encode / query tests: a tiny open_clip model, small PNGs.
+"""Shared by the store / encode / query / sql / compare / splits tests: small PNGs, a Dataset over
+them, stores encoded through the model registry, and a tiny open_clip model to export.
 
-The tiny model (ViT width 64, 2 layers, 64 px, embed dim 32) has fixed weights saved once to
-a safetensors file so that every process (the SIGKILL tests run real subprocesses) builds
-the same model and gets bit-identical vectors.
+Models are loaded by name through `embedstore.models.load_model`, as `embedstore encode` loads
+them: `phantom-clip` (shipped in the package) by default, and a tiny open_clip CLIP
+(`TINY_CFG`, seeded weights) exported to a `local-dir:` folder where a second model is needed
+(conftest.py's `tiny_model`). Both load the same weights in every process, so a subprocess
+(the SIGKILL tests) and the test process get the same vectors.
 """
 
 from __future__ import annotations
 
-import hashlib
+import subprocess
 import sys
-import types
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,74 +22,22 @@ TINY_CFG = {
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
+MODEL = "phantom-clip"  # the registry name build_store encodes with
 
 
-def ensure_images_module() -> None:
-    """Use embedstore.data.images when it exists; until then, a minimal stand-in (PNG only)."""
-    try:
-        import embedstore.data.images  # noqa: F401
-        return
-    except ImportError:
-        pass
-    from PIL import Image
-
-    mod = types.ModuleType("embedstore.data.images")
-
-    def content_hash(path):
-        with open(path, "rb") as fh:
-            return "sha256:" + hashlib.file_digest(fh, "sha256").hexdigest()
-
-    def read_image(path):
-        img = Image.open(path)
-        img.load()
-        return img.convert("L")
-
-    mod.content_hash, mod.read_image = content_hash, read_image
-    sys.modules["embedstore.data.images"] = mod
-
-
-class TinyLoaded:
-    """Quacks like `embedstore.models.LoadedModel` for a tiny open_clip CLIP."""
-
-    def __init__(self, weights: Path):
-        import open_clip
-        import torch
-        from safetensors.torch import load_file
-
-        torch.manual_seed(0)
-        self.model = open_clip.CLIP(**TINY_CFG).eval()
-        self.model.load_state_dict(load_file(str(weights)))
-        self.preprocess = open_clip.image_transform(64, is_train=False)
-        self.tokenizer = open_clip.get_tokenizer("ViT-B-32")
-        self.record = {"name": "tiny-test", "embed_dim": 32, "image_size": 64,
-                       "logit_scale": float(self.model.logit_scale.detach().exp()), "weights": str(weights.name)}
-        self.calls = 0
-
-    def encode_images(self, batch):
-        import torch
-
-        self.calls += len(batch)
-        with torch.inference_mode():
-            x = self.model.encode_image(batch, normalize=True)
-        return x.float().numpy()
-
-    def encode_texts(self, texts):
-        import torch
-
-        with torch.inference_mode():
-            x = self.model.encode_text(self.tokenizer(texts, context_length=32), normalize=True)
-        return x.float().numpy()
-
-
-def save_tiny_weights(path: Path) -> Path:
+def export_tiny_model(folder: Path, seed: int = 0) -> str:
+    """A tiny open_clip CLIP (`TINY_CFG`, weights drawn with torch seed `seed`) exported to
+    `folder` by `embedstore.models.export_model`; returns its registry name `local-dir:<folder>`."""
     import open_clip
     import torch
-    from safetensors.torch import save_file
 
-    torch.manual_seed(0)
-    model = open_clip.CLIP(**TINY_CFG)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
+    from embedstore.models import export_model
+
+    with torch.random.fork_rng(devices=[]):  # leave the caller's RNG state alone
+        torch.manual_seed(seed)
+        model = open_clip.CLIP(**TINY_CFG)
+    export_model(model, folder, TINY_CFG)
+    return f"local-dir:{folder}"
 
 
 def write_pngs(folder: Path, n: int, seed: int = 0, size: int = 48) -> list[Path]:
@@ -125,44 +76,45 @@ def make_dataset(paths: list, extra_missing: int = 0):
     return Dataset(name="manifest", source="test", scheme="test", findings=FINDINGS, records=recs)
 
 
-class FastLoaded:
-    """A tiny deterministic torch model without open_clip (fast to import in subprocesses):
-    32x32 grey pixels -> linear -> 16-d unit vectors; texts get seeded random unit vectors."""
+def copy_store(store: Path, dest: Path):
+    """A copy of the store folder `store` at `dest`, opened: how a test writes to a shared store."""
+    import shutil
 
-    def __init__(self, seed: int = 0):
-        import torch
+    from embedstore.api import Store
 
-        g = torch.Generator().manual_seed(seed)
-        self.W = torch.randn(32 * 32 * 3, 16, generator=g)
-        self.record = {"name": "fast-test", "embed_dim": 16, "image_size": 32, "logit_scale": 100.0}
-        self.model = None
-        self.tokenizer = None
-
-    def preprocess(self, img):
-        import torch
-
-        arr = np.asarray(img.resize((32, 32)), dtype=np.float32) / 255.0
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-    def encode_images(self, batch):
-        x = (batch.reshape(len(batch), -1) - 0.5) @ self.W
-        return (x / x.norm(dim=1, keepdim=True)).numpy().astype(np.float32)
-
-    def encode_texts(self, texts):
-        out = []
-        for t in texts:
-            v = np.random.default_rng(int(hashlib.sha256(t.encode()).hexdigest()[:8], 16)).standard_normal(16)
-            out.append(v / np.linalg.norm(v))
-        return np.asarray(out, dtype=np.float32)
+    shutil.copytree(store, dest)
+    return Store(dest)
 
 
-def build_store(root: Path, n: int = 40, seed: int = 0):
-    """An encoded store of n PNGs (FastLoaded model, no open_clip): (Store, Dataset)."""
-    ensure_images_module()
+def build_store(root: Path, n: int = 40, seed: int = 0, model: str = MODEL):
+    """A store of n PNGs encoded with `model` (a registry name) as v1: (Store, Dataset)."""
     from embedstore.api import Store
 
     paths = write_pngs(root / "img", n, seed=seed, size=24)
     ds = make_dataset(paths)
     st = Store(root / "store")
-    st.encode(ds, loaded=FastLoaded(), batch_size=16, workers=0)
+    st.encode(ds, model=model, batch_size=16, workers=0, device="cpu")
     return st, ds
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from embedstore.store.store import WriteLock
+WriteLock(Path(sys.argv[1]) / "lock").acquire()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@contextmanager
+def locked_by_another_process(store: Path):
+    """Another process holds `store`'s write lock (the flock every writer takes) inside the
+    block, as a running writer would; yields its PID."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(store)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()

@@ -16,15 +16,7 @@ from embedstore.analyses import compare as cmp
 from embedstore.analyses import synthetic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from store_helpers import FastLoaded, build_store  # noqa: E402
-
-
-class OtherModel(FastLoaded):
-    """Another tiny model (other weights, other record): encoding with it makes a second version."""
-
-    def __init__(self):
-        super().__init__(seed=1)
-        self.record = {**self.record, "name": "fast-test-2"}
+from store_helpers import build_store  # noqa: E402
 
 
 def _methods(rng, n=300, F=2, signal_1=1.0, signal_2=1.0, prev=0.3, per_group=2):
@@ -204,16 +196,17 @@ def test_cli_prints_paired_differences(two, capsys, monkeypatch):
     assert exc.value.code == 2
 
 
-def test_compare_refuses_versions_whose_test_sets_differ(tmp_path):
+def test_compare_refuses_versions_whose_test_sets_differ(tmp_path, tiny_model):
+    """v1 (phantom-clip) has every image; v2, another model's (the tiny open_clip), lacks two test images."""
     from embedstore.data.records import Dataset
     from embedstore.errors import InputError
 
     st, ds = build_store(tmp_path, n=30)
     tests = [r for r in ds.records if r.split == "test"]
     kept = [r for r in ds.records if r not in tests[:2]]  # v2 lacks two test images, v1 has them
-    st.encode(Dataset(ds.name, ds.source, ds.scheme, ds.findings, kept), loaded=OtherModel(), batch_size=16, workers=0)
+    st.encode(Dataset(ds.name, ds.source, ds.scheme, ds.findings, kept), model=tiny_model, batch_size=16, workers=0)
     with pytest.raises(InputError, match=rf"versions v1 and v2 have different test sets: 2 of {len(tests)} test images") as err:
         st.compare("v1", "v2")
     assert "\n" not in str(err.value)
-    st.encode(ds, loaded=OtherModel(), batch_size=16, workers=0)  # the two missing images added: compare works
+    st.encode(ds, model=tiny_model, batch_size=16, workers=0)  # the two missing images added: compare works
     assert st.compare("v1", "v2").is_empty()

@@ -4,13 +4,16 @@ second run reuses what the first stored."""
 import shutil
 
 import pytest
+from skip_policy import CHROMIUM_MISSING
 
 from embedstore.demo import demo
 
+CHROMIUM_SKIP = f"{CHROMIUM_MISSING}: the report was not opened in a browser"
 STAGES = ["synth", "encode", "zeroshot", "probe", "separability", "finetune", "analyses v2", "compare", "seed table",
           "agreement", "report"]
 
 
+@pytest.mark.slow  # the whole study twice: ~20 s
 def test_demo_runs_every_stage_and_writes_a_rendering_report(tmp_path):
     lines: list[str] = []
     first = demo(out=tmp_path / "d", studies=40, epochs=1, echo=lines.append)
@@ -28,7 +31,7 @@ def test_demo_runs_every_stage_and_writes_a_rendering_report(tmp_path):
         demo(out=tmp_path / "d", studies=40, epochs=1, shift="none", echo=lines.append)
 
     if shutil.which("chromium") is None:
-        pytest.skip("chromium is not installed (make test installs it): the report was not opened in a browser")
+        pytest.skip(CHROMIUM_SKIP)
     from embedstore.reports.browser import check_report
 
     check = check_report(first.report)

@@ -5,19 +5,18 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import open_clip
 import polars as pl
 import pytest
+import torch
+from PIL import Image
 
-torch = pytest.importorskip("torch")
-open_clip = pytest.importorskip("open_clip")
-from PIL import Image  # noqa: E402
-
-from embedstore.data.geometry import crop_geometry  # noqa: E402
-from embedstore.errors import InputError  # noqa: E402
-from embedstore.explain.agreement import agreement  # noqa: E402
-from embedstore.explain.heatmaps import METHODS, compute_heatmaps, explain_images  # noqa: E402
-from embedstore.explain.layers import TokensToGrid, default_layer_name, resolve_layer  # noqa: E402
-from embedstore.explain.targets import (  # noqa: E402
+from embedstore.data.geometry import crop_geometry
+from embedstore.errors import InputError
+from embedstore.explain.agreement import agreement
+from embedstore.explain.heatmaps import METHODS, compute_heatmaps, explain_images
+from embedstore.explain.layers import TokensToGrid, default_layer_name, resolve_layer
+from embedstore.explain.targets import (
     HeadTarget, ProbeTarget, ZeroShotTarget, probe_target, zeroshot_target, zeroshot_target_from_texts,
 )
 
@@ -141,7 +140,6 @@ def test_default_layer_and_grid_of_open_clip_vit(tiny):
 
 def test_default_layer_and_grid_of_timm_tower():
     """A timm ViT tower (how BiomedCLIP is built), tiny width; the trunk keeps its 224 px grid."""
-    pytest.importorskip("timm")
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     model = CLIP(embed_dim=16, vision_cfg=CLIPVisionCfg(timm_model_name="vit_tiny_patch16_224", timm_model_pretrained=False,

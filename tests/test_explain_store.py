@@ -5,20 +5,19 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import open_clip
 import polars as pl
 import pytest
+import torch
+from PIL import Image
 
-torch = pytest.importorskip("torch")
-open_clip = pytest.importorskip("open_clip")
-from PIL import Image  # noqa: E402
-
-from embedstore.data.records import ImageRecord  # noqa: E402
-from embedstore.errors import EmbedstoreError, InputError  # noqa: E402
-from embedstore.explain import commands  # noqa: E402
-from embedstore.explain.cache import HeatmapCache, HeatmapKey, cached_heatmaps  # noqa: E402
-from embedstore.explain.heatmaps import Heatmap  # noqa: E402
-from embedstore.explain.targets import ProbeTarget  # noqa: E402
-from embedstore.data.geometry import crop_geometry  # noqa: E402
+from embedstore.data.records import ImageRecord
+from embedstore.errors import EmbedstoreError, InputError
+from embedstore.explain import commands
+from embedstore.explain.cache import HeatmapCache, HeatmapKey, cached_heatmaps
+from embedstore.explain.heatmaps import Heatmap
+from embedstore.explain.targets import ProbeTarget
+from embedstore.data.geometry import crop_geometry
 
 SIZE = 64
 

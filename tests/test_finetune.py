@@ -1,7 +1,8 @@
 """`embedstore finetune`: a new version beside its parent, re-encoded, resumable after SIGKILL.
 
-The model is the tiny open_clip CLIP of store_helpers (64 px), exported to a `local-dir:` folder
-so the parent version is loaded through the registry as a real one would be. The images are
+The model is the tiny open_clip CLIP of store_helpers (64 px), exported once per session to a
+`local-dir:` folder (conftest.py's `tiny_model`), so the parent version is loaded through the
+registry as a real one would be. The images are
 64 px noise with label-dependent blobs at random places: "Cardiomegaly" a bright 14 px square,
 "Effusion" a dark 10 px square. The randomly initialised tower's vectors separate them only
 partly (a logistic regression on them reaches about 0.8 validation macro AUROC), a tuned tower
@@ -23,13 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("open_clip")
+import torch  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 from finetune_helpers import kill_after_first_epoch, parent_snapshot, torch_threads  # noqa: E402
-from store_helpers import TINY_CFG  # noqa: E402
 
 FINDINGS = ["Cardiomegaly", "Effusion"]
 N_IMAGES = 160  # split train / train / val / test by index: 80 / 40 / 40
@@ -72,19 +71,12 @@ def blob_dataset(folder: Path, n: int, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """A store with one encoded version (v1) of the tiny model, and the model folder."""
-    import open_clip
-
+def base(tmp_path_factory, tiny_model):
+    """A store with one encoded version (v1) of the session's tiny model (conftest.py)."""
     from embedstore.api import Store
-    from embedstore.models import export_model, load_model
 
     root = tmp_path_factory.mktemp("ft-base")
-    torch.manual_seed(0)
-    export_model(open_clip.CLIP(**TINY_CFG), root / "tiny", TINY_CFG)
-    st = Store(root / "store")
-    st.encode(blob_dataset(root / "img", N_IMAGES), loaded=load_model(f"local-dir:{root / 'tiny'}"),
-              batch_size=32, workers=0)
+    Store(root / "store").encode(blob_dataset(root / "img", N_IMAGES), model=tiny_model, batch_size=32, workers=0)
     return root
 
 
@@ -239,6 +231,7 @@ def test_same_arguments_reuse_the_finished_version(tuned):
     assert st.versions().height == 2
 
 
+@pytest.mark.slow  # a fine-tune in a subprocess, then resumed: ~6 s
 def test_a_run_killed_after_its_first_epoch_resumes_there(base, tuned, tmp_path):
     st = copy_store(base, tmp_path / "store")
     state = kill_after_first_epoch(st.path, ARGS)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import open_clip
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-open_clip = pytest.importorskip("open_clip")
-
-from embedstore.errors import InputError  # noqa: E402
-from finetune_helpers import torch_threads  # noqa: E402
-from embedstore.finetune.data import PairDataset, Text, match_matrix  # noqa: E402
-from embedstore.finetune.loop import TrainConfig, macro_auroc, set_trainable, train, warmup_cosine  # noqa: E402
-from embedstore.finetune.objectives import (  # noqa: E402
+from embedstore.errors import InputError
+from finetune_helpers import torch_threads
+from embedstore.finetune.data import PairDataset, Text, match_matrix
+from embedstore.finetune.loop import TrainConfig, macro_auroc, set_trainable, train, warmup_cosine
+from embedstore.finetune.objectives import (
     BCEObjective,
     ContrastiveObjective,
     bce_loss,

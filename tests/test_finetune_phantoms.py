@@ -1,8 +1,9 @@
 """Issue 6's acceptance on CPU with `phantom-clip` at a small size.
 
-300 phantom studies rendered as another site would (`synth --shift site-b`), out of the model's
-training distribution as IU-Xray is for BiomedCLIP, encoded with phantom-clip as v1; a `bce`
-fine-tune of the image tower (head started from the zero-shot classifier) writes v2.
+The session's site-B phantom study (conftest.py, report_store.py): 300 phantom studies rendered as
+another site would (`synth --shift site-b`), out of the model's training distribution as IU-Xray
+is for BiomedCLIP, encoded with phantom-clip as v1; a `bce` fine-tune of the image tower (head
+started from the zero-shot classifier) writes v2. The report tests read the same fine-tune.
 "Raises validation macro AUROC over its parent" is checked against the better of the parent's
 two linear read-outs on the same val images: its pos-neg zero-shot scores, and logistic
 regressions fitted by scikit-learn on its stored train vectors (the C best on val).
@@ -10,52 +11,45 @@ regressions fitted by scikit-learn on its stored train vectors (the C best on va
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from finetune_helpers import kill_after_first_epoch, parent_snapshot, torch_threads  # noqa: E402
+from report_store import FINETUNE_ARGS as ARGS  # noqa: E402
+from store_helpers import copy_store  # noqa: E402
 
-ARGS = dict(objective="bce", train="vision", epochs=4, lr=3e-4, batch_size=32, patience=4, seed=0, device="cpu",
-            workers=0)
 
-
-@pytest.fixture(scope="module", autouse=True)  # before the module's fixtures train anything
+@pytest.fixture(scope="module", autouse=True)  # the thread count the session's fine-tune ran with
 def _two_threads():
     with torch_threads(2):
         yield
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    """Phantoms and a store holding v1 (phantom-clip), copied by each test that writes."""
-    import embedstore
-    from embedstore.synth import synth
-
-    root = tmp_path_factory.mktemp("ft-phantoms")
-    synth(str(root / "p"), studies=300, seed=3, size=128, workers=2, shift="site-b")
-    embedstore.open(root / "store").encode(str(root / "p"), model="phantom-clip", workers=0)
-    return root
-
-
-def _copy(base: Path, dest: Path):
-    import embedstore
-
-    shutil.copytree(base / "store", dest)
-    return embedstore.open(dest)
+def base(site_b_study):
+    """The phantoms and the store holding v1 (phantom-clip); read-only, copied by each test that writes."""
+    return site_b_study
 
 
 @pytest.fixture(scope="module")
-def tuned(base, tmp_path_factory):
-    st = _copy(base, tmp_path_factory.mktemp("ft-run") / "store")
-    before = parent_snapshot(st)
-    return st, before, st.finetune("v1", **ARGS)
+def tuned(site_b_tuned):
+    """(the fine-tuned store, v1's snapshot before the fine-tune, the FinetuneResult); read-only."""
+    return site_b_tuned
+
+
+def _zero_shot_scores(st, version: str, findings: list[str]) -> np.ndarray:
+    """The store's pos-neg zero-shot logits of every stored image (analyses/zeroshot.py, from the
+    stored image and prompt vectors), in `st.image_vectors` order, computed without writing a run."""
+    from embedstore.analyses import zeroshot as zs
+
+    _, X = st.image_vectors(version)
+    texts, M = st.text_vectors(version)
+    return zs.scores(X, zs.prompt_vectors(texts, M, findings, "ensemble", zs._preferred_templates()), "pos-neg",
+                     float(st.version_info(version)["logit_scale"]))
 
 
 def _scores(st, run_id: str, ids: np.ndarray, findings: list[str]) -> np.ndarray:
@@ -72,7 +66,6 @@ def test_zero_shot_head_gives_the_stored_pos_neg_scores(base):
     """The head a bce fine-tune starts from, applied to v1's stored vectors, equals the store's
     own pos-neg zero-shot logits (analyses/zeroshot.py, from stored prompt vectors)."""
     import embedstore
-    from embedstore.analyses import zeroshot as zs
     from embedstore.finetune.data import prompt_sets
     from embedstore.finetune.objectives import zero_shot_head
     from embedstore.models import load_model
@@ -80,9 +73,7 @@ def test_zero_shot_head_gives_the_stored_pos_neg_scores(base):
     st = embedstore.open(base / "store")
     findings = st.findings()
     _, X = st.image_vectors("v1")
-    texts, M = st.text_vectors("v1")
-    expected = zs.scores(X, zs.prompt_vectors(texts, M, findings, "ensemble", zs._preferred_templates()), "pos-neg",
-                         float(st.version_info("v1")["logit_scale"]))
+    expected = _zero_shot_scores(st, "v1", findings)
     lm = load_model("phantom-clip")
     W, b = zero_shot_head(lm.model.float(), lm.tokenizer, prompt_sets(findings))
     got = X @ W.numpy().T + b.numpy()
@@ -92,7 +83,7 @@ def test_zero_shot_head_gives_the_stored_pos_neg_scores(base):
 
 def test_new_version_records_its_parent_and_leaves_the_parent_alone(tuned):
     st, before, r = tuned
-    assert (r.version, r.parent, r.reused, r.trained_now) == ("v2", "v1", False, [1, 2, 3, 4])
+    assert (r.version, r.parent, r.reused, r.trained_now) == ("v2", "v1", False, list(range(1, ARGS["epochs"] + 1)))
     row = st.versions().filter(st.versions()["version"] == "v2").row(0, named=True)
     assert (row["parent"], row["kind"]) == ("v1", "finetune")
     after = parent_snapshot(st)
@@ -125,8 +116,7 @@ def test_bce_finetune_raises_val_macro_auroc_over_its_parent(tuned):
     tuned_val = macro_auroc(head[va], Y[va])[0]
     assert r.best_val_auroc == pytest.approx(tuned_val, abs=1e-4)  # the stored head is the best epoch's
 
-    zs = st.zeroshot("v1", rule="pos-neg", split="val", calibrate_on=None, n_boot=0)
-    zero_shot_val = macro_auroc(_scores(st, zs["run_id"][0], ids, findings)[va], Y[va])[0]
+    zero_shot_val = macro_auroc(_zero_shot_scores(st, "v1", findings)[va], Y[va])[0]
     probe_val = 0.0
     for C in (0.1, 1.0, 10.0):
         S = np.zeros((int(va.sum()), len(findings)))
@@ -141,11 +131,12 @@ def test_bce_finetune_raises_val_macro_auroc_over_its_parent(tuned):
 
 
 def test_a_run_killed_after_its_first_epoch_resumes_instead_of_restarting(base, tuned, tmp_path):
-    st = _copy(base, tmp_path / "store")
+    st = copy_store(base / "store", tmp_path / "store")
     state = kill_after_first_epoch(st.path, ARGS)
     assert state["epoch"] == 1 and st.versions().height == 1
     r = st.finetune("v1", **ARGS)
-    assert (r.version, r.resumed_from, r.trained_now, r.epochs_run) == ("v2", 1, [2, 3, 4], 4)
+    assert (r.version, r.resumed_from, r.trained_now, r.epochs_run) == (
+        "v2", 1, list(range(2, ARGS["epochs"] + 1)), ARGS["epochs"])
     assert r.history[0] == state["history"][0]
     ref_st, _, ref = tuned
     assert [h["val_auroc"] for h in r.history] == pytest.approx([h["val_auroc"] for h in ref.history], abs=1e-6)

@@ -1,6 +1,7 @@
 """Metrics equal scikit-learn's on the same arrays; masking, intervals and edge cases."""
 
 import numpy as np
+import polars as pl
 import pytest
 from sklearn import metrics as skm
 
@@ -152,7 +153,8 @@ def test_bootstrap_weights_move_a_group_together():
 
 def test_nominal_95_interval_covers_the_truth_90_to_99_percent_of_the_time():
     """Simulate 300 data sets from a known population (binormal scores: the true AUROC is
-    Phi(d / sqrt(2))), one bootstrap interval each; count how often it covers the truth."""
+    Phi(d / sqrt(2))), one bootstrap interval each; count how often it covers the truth. Through
+    `evaluate_run` at its defaults, as every stored run (`scoring.score_method`) calls it."""
     from scipy.stats import norm
 
     reps, n, prev, d = 300, 400, 0.25, 1.0
@@ -162,7 +164,8 @@ def test_nominal_95_interval_covers_the_truth_90_to_99_percent_of_the_time():
     for r in range(reps):
         y = (rng.random(n) < prev).astype(np.float32)
         s = rng.normal(size=n) + d * y
-        t = mt.evaluate(y[:, None], s[:, None], (s > 0.5)[:, None], ["a"], n_boot=300, seed=r, min_positives=1)
+        t = mt.evaluate_run(y[:, None], s[:, None], ["a"], {"": (s > 0.5)[:, None]}, n_boot=300, seed=r,
+                            min_positives=1).metrics
         row = t.filter((t["finding"] == "a") & (t["metric"] == "auroc"))
         covered.append(row["lo"][0] <= true_auc <= row["hi"][0])
     rate = float(np.mean(covered))
@@ -170,6 +173,7 @@ def test_nominal_95_interval_covers_the_truth_90_to_99_percent_of_the_time():
 
 
 def test_macro_interval_covers_the_true_macro_auroc():
+    """As above for the macro AUROC of three findings, through `evaluate` at its defaults."""
     from scipy.stats import norm
 
     reps, n = 200, 400
@@ -265,3 +269,281 @@ def test_finding_without_positives_gives_nan_not_crash():
     assert mt.metric_value(t, "support", "b") == 0
     assert np.isfinite(mt.metric_value(t, "auroc", "a"))
     assert mt.metric_value(t, "macro_auroc") == pytest.approx(mt.metric_value(t, "auroc", "a"))
+
+
+def test_intervals_are_the_2_5_and_97_5_percentiles_of_the_patient_bootstrap_replicates():
+    """Each replicate is scikit-learn's metric with the replicate's patient counts as sample
+    weights; a per-finding interval is the 2.5th and 97.5th percentile of its replicates, the macro
+    interval that of the replicates' mean over the findings, `mean_interval` that of weighted means."""
+    rng = np.random.default_rng(9)
+    groups = np.repeat(np.arange(80), 2)
+    Y = np.repeat(rng.random((80, 2)) < [0.4, 0.3], 2, axis=0).astype(np.float32)
+    S = rng.normal(size=Y.shape) + Y
+    P = (S > 0.5).astype(np.int8)
+    t = mt.evaluate_run(Y, S, ["a", "b"], {"": P}, groups=groups, n_boot=200, seed=3, min_positives=1).metrics
+    W = mt.bootstrap_weights(groups, 200, seed=3)
+    q = lambda reps: np.quantile(reps, [0.025, 0.975])  # noqa: E731
+    row = lambda f, m: t.filter((t["finding"].is_null() if f is None else t["finding"] == f) & (t["metric"] == m))  # noqa: E731
+    aurocs = []
+    for j, f in enumerate("ab"):
+        reps = np.array([skm.roc_auc_score(Y[:, j], S[:, j], sample_weight=w) for w in W])
+        aurocs.append(reps)
+        assert row(f, "auroc").select("lo", "hi").row(0) == pytest.approx(tuple(q(reps)))
+        f1 = [skm.f1_score(Y[:, j], P[:, j], sample_weight=w) for w in W]
+        assert row(f, "f1").select("lo", "hi").row(0) == pytest.approx(tuple(q(f1)))
+    assert row(None, "macro_auroc").select("lo", "hi").row(0) == pytest.approx(tuple(q(np.mean(aurocs, axis=0))))
+    v = rng.random(160)
+    iv = mt.mean_interval(v, groups, n_boot=200, seed=3)
+    assert (iv.value, iv.lo, iv.hi) == pytest.approx((v.mean(), *q(W @ v / W.sum(axis=1))))
+
+
+def test_weighted_counts_equal_sklearn_with_sample_weights():
+    """The paired comparisons' F1 replicates (`compare`): one row of rates per weight row."""
+    rng = np.random.default_rng(10)
+    y = rng.random(300) < 0.3
+    p = rng.random(300) < 0.4
+    W = np.vstack([np.ones(300), mt.bootstrap_weights(300, 5, seed=1)]).astype(np.float32)
+    got = mt.weighted_counts(y, p, W)
+    for b, w in enumerate(W):
+        assert got["f1"][b] == pytest.approx(skm.f1_score(y, p, sample_weight=w))
+        assert got["precision"][b] == pytest.approx(skm.precision_score(y, p, sample_weight=w))
+        assert got["recall"][b] == pytest.approx(skm.recall_score(y, p, sample_weight=w))
+        assert got["prevalence"][b] == pytest.approx(np.average(y, weights=w))
+        assert got["pred_rate"][b] == pytest.approx(np.average(p, weights=w))
+
+
+def test_evaluate_passes_every_setting_and_defaults_to_1000_replicates_seed_0():
+    Y, S, P = _data(n=300, F=2)
+    base = mt.evaluate(Y, S, P, ["a", "b"], n_boot=100, seed=1)
+    lo = lambda t: t.filter((t["finding"] == "a") & (t["metric"] == "auroc"))["lo"][0]  # noqa: E731
+    assert lo(mt.evaluate(Y, S, P, ["a", "b"], n_boot=100, seed=2)) != lo(base)  # the seed reaches the bootstrap
+    assert lo(mt.evaluate(Y, S, P, ["a", "b"], n_boot=100, seed=1, alpha=0.5)) > lo(base)  # so does alpha
+    assert lo(mt.evaluate(Y, S, P, ["a", "b"], n_boot=0)) is None  # and n_boot: no replicate, no interval
+    assert mt.evaluate(Y, S, P, ["a", "b"]).equals(mt.evaluate(Y, S, P, ["a", "b"], n_boot=1000, seed=0))
+    few = mt.evaluate(Y, S, P, ["a", "b"], n_boot=0, min_positives=200)
+    assert mt.metric_value(few, "n_macro_findings") == 0 and np.isnan(mt.metric_value(few, "macro_auroc"))
+
+
+def test_mean_interval_of_one_value_and_of_none():
+    one = mt.mean_interval([0.3], ["g"], n_boot=50)
+    assert (one.value, one.lo, one.hi) == pytest.approx((0.3, 0.3, 0.3))
+    none = mt.mean_interval([], [], n_boot=50)
+    assert np.isnan([none.value, none.lo, none.hi]).all()
+    v = np.arange(10.0)
+    assert vars(mt.mean_interval(v, np.arange(10))) == vars(mt.mean_interval(v, np.arange(10), n_boot=1000, seed=0))
+
+
+def test_expected_calibration_error_by_hand():
+    # one item: |observed - predicted| = |1 - 0.8|
+    assert mt.expected_calibration_error(np.array([1]), np.array([0.8])) == pytest.approx(0.2)
+    # two bins of [0, .5) and [.5, 1]: (.1, .2 | y 0, 1) -> |.5 - .15|; (.7, .9 | y 1, 1) -> |1 - .8|
+    y, p = np.array([0, 1, 1, 1]), np.array([0.1, 0.2, 0.7, 0.9])
+    assert mt.expected_calibration_error(y, p, bins=2) == pytest.approx((2 * 0.35 + 2 * 0.2) / 4)
+
+
+def test_metric_value_of_an_absent_metric_is_nan():
+    t = mt.evaluate(*_data(n=200, F=1), ["a"], n_boot=0)
+    assert np.isnan(mt.metric_value(t, "no_such_metric")) and np.isnan(mt.metric_value(t, "auroc", "zz"))
+    assert mt.metric_value(t, "n_findings") == 1.0
+
+
+def test_rates_with_nothing_predicted_one_positive_or_none_equal_sklearn_zero_division_0():
+    """Finding a: nothing predicted; b: a single positive, predicted; c: no positive, nothing
+    predicted. scikit-learn's zero_division=0 gives 0 where a rate has no denominator; bias
+    (predicted rate over prevalence) has none without positives."""
+    Y = np.zeros((30, 3), np.float32)
+    Y[:6, 0], Y[0, 1] = 1, 1
+    P = np.zeros((30, 3), np.int8)
+    P[0, 1] = 1
+    t = mt.evaluate(Y, np.random.default_rng(0).normal(size=Y.shape), P, list("abc"), n_boot=0, min_positives=1)
+    for j, f in enumerate("abc"):
+        y, p = Y[:, j].astype(int), P[:, j]
+        assert mt.metric_value(t, "precision", f) == skm.precision_score(y, p, zero_division=0)
+        assert mt.metric_value(t, "recall", f) == skm.recall_score(y, p, zero_division=0)
+        assert mt.metric_value(t, "f1", f) == skm.f1_score(y, p, zero_division=0)
+    assert mt.metric_value(t, "bias", "b") == 1.0 and mt.metric_value(t, "bias", "a") == 0.0
+    assert np.isnan(mt.metric_value(t, "bias", "c"))
+
+
+def test_overall_intervals_are_percentiles_of_weighted_replicates():
+    """Exact match, micro F1 and LRAP replicates are scikit-learn's with each replicate's patient
+    counts as sample weights, over the complete rows."""
+    rng = np.random.default_rng(11)
+    groups = np.repeat(np.arange(100), 2)
+    Y = (rng.random((200, 3)) < 0.3).astype(np.float32)
+    S = rng.normal(size=Y.shape) + Y
+    P = (S > 0.5).astype(np.int8)
+    t = mt.evaluate_run(Y, S, list("abc"), {"": P}, groups=groups, n_boot=200, seed=4, min_positives=1).metrics
+    W = mt.bootstrap_weights(groups, 200, seed=4)
+    y = Y.astype(int)
+    for name, fn in (("exact_match", lambda w: skm.accuracy_score(y, P, sample_weight=w)),
+                     ("micro_f1", lambda w: skm.f1_score(y, P, average="micro", sample_weight=w)),
+                     ("lrap", lambda w: skm.label_ranking_average_precision_score(y, S, sample_weight=w))):
+        row = t.filter(t["finding"].is_null() & (t["metric"] == name))
+        want = np.quantile([fn(w) for w in W], [0.025, 0.975])
+        assert row.select("lo", "hi").row(0) == pytest.approx(tuple(want)), name
+
+
+def test_evaluable_findings_count_known_positive_and_negative_groups_at_the_bar():
+    """Exactly `min_positives` groups is enough; a finding short of negative groups is not
+    evaluable and says so; masked entries count for neither class."""
+    n = 40
+    Y = np.zeros((n, 3), np.float32)
+    Y[:10, 0] = 1  # 10 positive and 30 negative groups: evaluable at a bar of 10
+    Y[:31, 1] = 1  # 9 negative groups: not
+    Y[:10, 2] = 1
+    Y[10:31, 2] = np.nan  # 9 known negatives (masked rows are not negatives)
+    ev = mt.evaluate_run(Y, np.random.default_rng(1).normal(size=Y.shape), list("abc"), {"": Y > 0.5}, n_boot=0,
+                         min_positives=10)
+    rows = {r["finding"]: r for r in ev.findings.iter_rows(named=True)}
+    assert rows["a"]["evaluable"] and rows["a"]["reason"] is None
+    assert not rows["b"]["evaluable"] and rows["b"]["reason"] == "9 negative groups on the scored split, fewer than 10"
+    assert not rows["c"]["evaluable"] and rows["c"]["reason"] == "9 negative groups on the scored split, fewer than 10"
+    assert (rows["c"]["positives"], rows["c"]["n"]) == (10, 19)
+    assert ev.findings.schema == pl.Schema(mt.FINDING_COLUMNS)
+    every = mt.evaluate_run(Y[:, :1], Y[:, :1], ["a"], {"": Y[:, :1] > 0.5}, n_boot=0, min_positives=10)
+    assert every.findings.schema == pl.Schema(mt.FINDING_COLUMNS)  # no reason at all: still a text column
+
+
+def test_calibration_tables_have_the_store_columns_even_when_empty():
+    Y = np.array([[1.0], [0.0], [1.0]], np.float32)
+    prob = np.array([[0.9], [0.2], [0.6]])
+    with_prob = mt.evaluate_run(Y, prob, ["a"], {"": prob > 0.5}, prob=prob, n_boot=0, min_positives=1)
+    assert with_prob.calibration.schema == pl.Schema(mt.CALIBRATION_COLUMNS)
+    assert "calibration" in with_prob.tables() and {"brier", "ece"} <= set(with_prob.metrics["metric"])
+    without = mt.evaluate_run(Y, prob, ["a"], {"": prob > 0.5}, n_boot=0, min_positives=1)
+    assert without.calibration.is_empty() and without.calibration.schema == pl.Schema(mt.CALIBRATION_COLUMNS)
+    assert "calibration" not in without.tables() and not {"brier", "macro_brier", "macro_ece"} & set(without.metrics["metric"])
+    unknown = mt.evaluate_run(np.full((3, 1), np.nan), prob, ["a"], {"": prob > 0.5}, prob=prob, n_boot=0)
+    assert unknown.calibration.is_empty() and unknown.calibration.schema == pl.Schema(mt.CALIBRATION_COLUMNS)
+
+
+def test_label_policies_are_checked_and_uncertain_positive_counts_as_positive():
+    from embedstore.errors import InputError
+
+    Y, S, P = _data()
+    with pytest.raises(InputError, match="uncertain policy 'maybe' is not one of mask, negative, positive"):
+        mt.evaluate(Y, S, P, list("abcd"), uncertain="maybe", n_boot=0)
+    with pytest.raises(InputError, match="blank policy 'positive' is not one of mask, negative"):
+        mt.evaluate(Y, S, P, list("abcd"), blank="positive", n_boot=0)
+    t = mt.evaluate(Y, S, P, list("abcd"), uncertain="positive", n_boot=0, min_positives=1)
+    keep = np.isfinite(Y[:, 0])
+    y = (Y[keep, 0] != 0).astype(int)  # 1 and -1 both positive
+    assert mt.metric_value(t, "support", "a") == y.sum() and mt.metric_value(t, "n", "a") == keep.sum()
+    assert mt.metric_value(t, "auroc", "a") == pytest.approx(skm.roc_auc_score(y, S[keep, 0]))
+
+
+def test_bootstrap_weights_without_replicates_or_rows_are_empty_and_integer_groups_mean_rows():
+    assert mt.bootstrap_weights(5, 0).shape == (0, 5)
+    assert mt.bootstrap_weights(np.array([], dtype=str), 4).shape == (4, 0)
+    W = mt.bootstrap_weights(6, 300, seed=2)  # six rows, each its own group
+    assert W.shape == (300, 6) and (W.sum(axis=1) == 6).all() and not (W[:, 0] == W[:, 1]).all()
+    np.testing.assert_array_equal(mt.group_codes(3), [0, 1, 2])
+    codes = mt.group_codes(["b", "a", "b", "c"])
+    assert codes[0] == codes[2] != codes[1] != codes[3] and set(codes) == {0, 1, 2}
+
+
+def test_auroc_and_ap_of_a_one_class_finding():
+    """All positive: AUROC undefined, AP 1 (scikit-learn's); all negative: both undefined."""
+    s = np.array([0.1, 0.4, 0.3])
+    auc, ap = mt.weighted_auroc_ap(np.ones(3, bool), s, np.ones((1, 3)))
+    assert np.isnan(auc[0]) and ap[0] == pytest.approx(skm.average_precision_score([1, 1, 1], s))
+    auc, ap = mt.weighted_auroc_ap(np.zeros(3, bool), s, np.ones((1, 3)))
+    assert np.isnan(auc[0]) and np.isnan(ap[0])
+
+
+def test_ranking_rows_with_no_or_only_positive_labels_equal_sklearn():
+    y = np.array([[0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 1, 1]])
+    s = np.array([[0.1, 0.5, 0.2], [0.3, 0.2, 0.1], [0.2, 0.9, 0.9], [0.5, 0.5, 0.4]])
+    rows = mt.ranking_rows(y, s)
+    for i in range(len(y)):
+        assert rows["lrap"][i] == pytest.approx(skm.label_ranking_average_precision_score(y[i:i + 1], s[i:i + 1]))
+        assert rows["ranking_loss"][i] == pytest.approx(skm.label_ranking_loss(y[i:i + 1], s[i:i + 1]))
+        assert rows["coverage_error"][i] == pytest.approx(skm.coverage_error(y[i:i + 1], s[i:i + 1]))
+
+
+def test_reliability_bins_of_probabilities_on_the_bin_edges_equal_sklearn():
+    from sklearn.calibration import calibration_curve
+
+    p = np.array([0.0, 0.1, 0.1, 0.2, 0.5, 0.5, 0.9, 1.0, 1.0, 0.35])
+    y = np.array([0, 0, 1, 0, 1, 0, 1, 1, 1, 0])
+    r = mt.reliability(y, p)
+    observed, predicted = calibration_curve(y, p, n_bins=10)
+    np.testing.assert_allclose(r["observed"], observed)
+    np.testing.assert_allclose(r["mean_predicted"], predicted)
+    assert r["n"].sum() == len(p) and (np.diff(r["bin"]) > 0).all()
+    np.testing.assert_allclose(r["upper"] - r["lower"], 0.1)
+
+
+def test_overall_metrics_without_complete_rows_or_with_one_finding():
+    Y, S, P = _data(n=100, F=2)
+    Y[::2, 0], Y[1::2, 1] = np.nan, np.nan  # no row has both labels
+    t = mt.evaluate(Y, S, P, ["a", "b"], n_boot=0, min_positives=1)
+    assert mt.metric_value(t, "n_complete") == 0 and np.isnan(mt.metric_value(t, "micro_f1"))
+    one = mt.evaluate(*_data(n=100, F=1), ["a"], n_boot=0, min_positives=1)
+    assert np.isfinite(mt.metric_value(one, "micro_f1")) and np.isnan(mt.metric_value(one, "lrap"))
+    quiet = mt.evaluate(np.zeros((10, 2)), np.zeros((10, 2)), np.zeros((10, 2), np.int8), ["a", "b"], n_boot=20,
+                        min_positives=1)
+    assert mt.metric_value(quiet, "micro_f1") == 0.0  # nothing to find, nothing found: zero_division=0
+
+
+def test_brier_intervals_are_percentiles_of_weighted_replicates():
+    rng = np.random.default_rng(12)
+    groups = np.repeat(np.arange(60), 2)
+    Y = np.repeat(rng.random((60, 2)) < 0.4, 2, axis=0).astype(np.float32)
+    prob = np.clip(0.3 + 0.4 * Y + 0.2 * rng.normal(size=Y.shape), 0, 1)
+    t = mt.evaluate_run(Y, prob, ["a", "b"], {"": prob > 0.5}, groups=groups, prob=prob, n_boot=150, seed=6,
+                        min_positives=1).metrics
+    W = mt.bootstrap_weights(groups, 150, seed=6)
+    reps = np.array([[skm.brier_score_loss(Y[:, j], prob[:, j], sample_weight=w) for w in W] for j in range(2)])
+    for j, f in enumerate("ab"):
+        row = t.filter((t["finding"] == f) & (t["metric"] == "brier"))
+        assert row.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps[j], [0.025, 0.975])), rel=1e-5)
+    macro = t.filter(t["finding"].is_null() & (t["metric"] == "macro_brier"))
+    assert macro.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps.mean(axis=0), [0.025, 0.975])), rel=1e-5)
+
+
+def test_edges_of_the_bootstrap_and_of_one_positive_or_negative():
+    """A single positive (or negative) still ranks; two replicates still make an interval;
+    a default seed is seed 0; an interval that cannot be made is NaN, not None."""
+    auc, ap = mt.weighted_auroc_ap(np.array([1, 0, 0], bool), np.array([0.9, 0.1, 0.5]), np.ones((1, 3)))
+    assert (auc[0], ap[0]) == (1.0, 1.0)
+    auc, ap = mt.weighted_auroc_ap(np.array([1, 1, 0], bool), np.array([0.9, 0.1, 0.5]), np.ones((1, 3)))
+    assert auc[0] == 0.5 and ap[0] == pytest.approx(skm.average_precision_score([1, 1, 0], [0.9, 0.1, 0.5]))
+    g = np.repeat(np.arange(5), 2)
+    np.testing.assert_array_equal(mt.bootstrap_weights(g, 10), mt.bootstrap_weights(g, 10, seed=0))
+    Y, S, P = _data(n=200, F=2)
+    two = mt.evaluate(Y, S, P, ["a", "b"], n_boot=2, min_positives=1)
+    row = two.filter((two["finding"] == "a") & (two["metric"] == "auroc"))
+    assert row["lo"][0] is not None and row["lo"][0] <= row["hi"][0]
+    assert np.isfinite(mt.metric_value(two, "lrap"))  # two findings are enough to rank
+    one = mt.mean_interval([1.0, 2.0], ["p", "q"], n_boot=1)
+    assert one.value == 1.5 and np.isnan(one.lo) and np.isnan(one.hi)
+
+
+def test_a_finding_that_is_not_evaluable_has_no_interval_for_any_metric():
+    rng = np.random.default_rng(13)
+    Y = (rng.random((300, 2)) < [0.3, 0.01]).astype(np.float32)
+    prob = np.clip(0.3 + 0.3 * Y + 0.1 * rng.normal(size=Y.shape), 0, 1)
+    ev = mt.evaluate_run(Y, prob, ["a", "b"], {"": prob > 0.5, "@default": prob > 0.4}, prob=prob, n_boot=50)
+    rows = ev.metrics.filter(pl.col("finding") == "b")
+    assert rows["lo"].null_count() == rows.height and rows["hi"].null_count() == rows.height
+    a = ev.metrics.filter((pl.col("finding") == "a") & pl.col("metric").is_in(["auroc", "f1", "f1@default", "brier"]))
+    assert a["lo"].null_count() == 0
+
+
+def test_a_finding_without_known_labels_has_no_brier_or_ece():
+    Y = np.array([[1, np.nan], [0, np.nan], [1, np.nan]], np.float32)
+    prob = np.array([[0.9, 0.5], [0.2, 0.5], [0.6, 0.5]])
+    ev = mt.evaluate_run(Y, prob, ["a", "b"], {"": prob > 0.5}, prob=prob, n_boot=0, min_positives=1)
+    assert np.isnan(mt.metric_value(ev.metrics, "brier", "b")) and np.isnan(mt.metric_value(ev.metrics, "ece", "b"))
+    assert mt.metric_value(ev.metrics, "brier", "a") == pytest.approx((0.01 + 0.04 + 0.16) / 3)
+
+
+def test_rows_with_a_positive_none_left_have_no_positive_row_figures():
+    Y = np.zeros((20, 2), np.float32)
+    S = np.random.default_rng(0).normal(size=Y.shape)
+    t = mt.evaluate(Y, S, np.zeros_like(Y, np.int8), ["a", "b"], n_boot=30, min_positives=1)
+    assert mt.metric_value(t, "n_ranked") == 0
+    row = t.filter(t["finding"].is_null() & (t["metric"] == "lrap_positive_rows"))
+    assert np.isnan(row["value"][0]) and row["lo"][0] is None

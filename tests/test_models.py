@@ -12,12 +12,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-open_clip = pytest.importorskip("open_clip")
-
-from embedstore.errors import InputError, ModelUnavailable  # noqa: E402
+from embedstore.errors import InputError, ModelUnavailable
 
 TINY_CFG = {
     "embed_dim": 32,

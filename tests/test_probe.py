@@ -108,3 +108,100 @@ def test_cooccurrence_counts_single_finding_images():
     assert get("a", "a")["rate"] == 0.5
     assert get("c", "b")["rate"] == 1.0 and get("c", "b")["n"] == 1
     assert np.isnan(get("a", "c")["rate"]) and get("a", "c")["n"] == 0
+
+
+def test_a_finding_with_one_class_in_train_gets_that_class_as_its_probability(syn):
+    """No logistic fit without both classes: the probe predicts the one class it saw (0 or 1),
+    has no C and no weights for it, and the other findings are fitted as usual."""
+    Y01, known, tr, va, _ = _splits(syn)
+    Ytr = Y01[tr].copy()
+    Ytr[:, 0], Ytr[:, 1] = 0, 1
+    fit = pb.fit_probe(syn.X[tr], Ytr, known[tr], syn.X[va], Y01[va], known[va], syn.findings)
+    P = fit.predict_proba(syn.X[va])
+    assert (P[:, 0] == 0).all() and (P[:, 1] == 1).all()
+    assert np.isnan(fit.C[:2]).all() and np.isnan(fit.coef[:2]).all() and np.isfinite(fit.C[2:]).all()
+    assert 0 < P[:, 2].min() < P[:, 2].max() < 1
+    rows = {(r["finding"], r["metric"]): r["value"] for r in fit.choice_rows(pb.C_GRID)}
+    assert rows[(syn.findings[0], "C_at_edge")] is None and rows[(syn.findings[2], "C_at_edge")] in (0.0, 1.0)
+    empty = known[tr].copy()
+    empty[:, 3] = False  # no known train label at all: probability 0
+    assert (pb.fit_probe(syn.X[tr], Y01[tr], empty, syn.X[va], Y01[va], known[va], syn.findings)
+            .predict_proba(syn.X[va][:5])[:, 3] == 0).all()
+
+
+def test_a_finding_without_val_positives_takes_the_default_c(syn):
+    """Its val AP is undefined, so no C can be chosen by it: scikit-learn's default C = 1."""
+    Y01, known, tr, va, _ = _splits(syn)
+    Yva = Y01[va].copy()
+    Yva[:, 2] = 0
+    fit = pb.fit_probe(syn.X[tr], Y01[tr], known[tr], syn.X[va], Yva, known[va], syn.findings)
+    assert fit.C[2] == pb.FALLBACK_C == 1.0 and np.isnan(fit.val_ap[2]) and np.isfinite(fit.coef[2]).all()
+    assert np.isfinite(fit.C).all() and np.isfinite(np.delete(fit.val_ap, 2)).all()
+
+
+def test_a_constant_feature_gets_no_weight_and_the_weights_stay_finite(syn):
+    """Standardising divides by each feature's train spread; a feature with none is left as is
+    (its weight is 0, not NaN)."""
+    Y01, known, tr, va, _ = _splits(syn)
+    X = np.hstack([syn.X, np.full((len(syn.X), 1), 0.25, np.float32)])
+    fit = pb.fit_probe(X[tr], Y01[tr], known[tr], X[va], Y01[va], known[va], syn.findings, grid=(0.01, 1.0))
+    assert np.isfinite(fit.coef).all() and np.abs(fit.coef[:, -1]).max() < 1e-6
+    ref = pb.fit_probe(syn.X[tr], Y01[tr], known[tr], syn.X[va], Y01[va], known[va], syn.findings, grid=(0.01, 1.0))
+    np.testing.assert_allclose(fit.predict_proba(X[va]), ref.predict_proba(syn.X[va]), atol=1e-4)
+
+
+def test_knn_probe_chooses_k_by_val_macro_ap(syn):
+    """k from the grid with the best macro AP on val (scikit-learn's AP of the neighbour
+    fractions, brute-force neighbours here); without val positives, the middle of the grid."""
+    Y01, known, tr, va, _ = _splits(syn)
+    grid = (1, 9, 41)
+    fit = pb.fit_probe(syn.X[tr], Y01[tr], known[tr], syn.X[va], Y01[va], known[va], syn.findings, "knn", grid=grid)
+    order = np.argsort(-(syn.X[va] @ syn.X[tr].T), axis=1)
+    lab = np.where(known[tr], Y01[tr], np.nan)
+    for k in grid:
+        S = np.nan_to_num(np.nanmean(lab[order[:, :k]], axis=1))
+        aps = [average_precision_score(Y01[va][known[va, j], j], S[known[va, j], j]) for j in range(len(syn.findings))]
+        assert fit.val_macro_ap[k] == pytest.approx(np.mean(aps))
+    assert fit.param == max(grid, key=lambda k: fit.val_macro_ap[k])
+    assert fit.weights_table().is_empty() and fit.choice_rows(grid) == [{"finding": None, "metric": "param", "value": fit.param}]
+    blind = pb.fit_probe(syn.X[tr], Y01[tr], known[tr], syn.X[va], np.zeros_like(Y01[va]), known[va], syn.findings,
+                         "knn", grid=grid)
+    assert blind.param == 9 and all(np.isnan(v) for v in blind.val_macro_ap.values())
+
+
+def test_bad_classifier_and_empty_train_split_are_input_errors(syn):
+    from embedstore.errors import InputError
+
+    Y01, known, tr, va, _ = _splits(syn)
+    with pytest.raises(InputError, match="classifier 'svm' is not one of logreg, knn"):
+        pb.fit_probe(syn.X[tr], Y01[tr], known[tr], syn.X[va], Y01[va], known[va], syn.findings, "svm")
+    with pytest.raises(InputError, match="the train split has no image with a vector for this version"):
+        pb.fit_probe(syn.X[:0], Y01[:0], known[:0], syn.X[va], Y01[va], known[va], syn.findings)
+    with pytest.raises(InputError, match="classifier 'svm' is not one of logreg, knn"):
+        pb.probe(None, classifier="svm")
+
+
+def test_stored_probe_weights_are_the_fitted_ones_as_float32_lists(syn):
+    Y01, known, tr, va, _ = _splits(syn)
+    fit = pb.fit_probe(syn.X[tr], Y01[tr], known[tr], syn.X[va], Y01[va], known[va], syn.findings, grid=(0.1,))
+    table = fit.weights_table()
+    assert table["finding"].to_list() == syn.findings
+    np.testing.assert_allclose(np.asarray(table["coef"].to_list()), fit.coef, rtol=1e-6)
+    np.testing.assert_allclose(table["intercept"].to_numpy(), fit.intercept)
+    assert str(table.schema["coef"]) == "List(Float32)" and str(table.schema["intercept"]) == "Float64"
+
+
+def test_knn_scores_of_many_queries_and_of_k_beyond_the_train_set(syn):
+    """Every query (more than one 2,048-row block) gets the label fraction of its own k nearest
+    train vectors; asking for more neighbours than there are train vectors uses them all."""
+    Y01, known, tr, va, _ = _splits(syn)
+    fit = pb.fit_probe(syn.X[tr][:60], Y01[tr][:60], known[tr][:60], syn.X[va], Y01[va], known[va], syn.findings,
+                       "knn", grid=(3,))
+    S = fit.predict_proba(syn.X)
+    lab = np.where(known[tr][:60], Y01[tr][:60], np.nan)
+    order = np.argsort(-(syn.X @ syn.X[tr][:60].T), axis=1)[:, :3]
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_allclose(S, np.nan_to_num(np.nanmean(lab[order], axis=1)))
+    everything = pb.fit_probe(syn.X[tr][:60], Y01[tr][:60], known[tr][:60], syn.X[va], Y01[va], known[va],
+                              syn.findings, "knn", grid=(500,))
+    np.testing.assert_allclose(everything.predict_proba(syn.X[:3]), np.tile(np.nanmean(lab, axis=0), (3, 1)))

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from store_helpers import FastLoaded, build_store  # noqa: E402
+from store_helpers import build_store  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _brute(st, q, k, keep):
 @pytest.mark.parametrize("k", [3, 10, 100])
 def test_where_equals_brute_force(built, where, keep, k):
     st, _ = built
-    q = FastLoaded().encode_texts(["some query"])[0]
+    q = st.text_vectors("v1")[1][0]  # a stored prompt's vector
     from embedstore.query import search
 
     ids, scores = search(st, "v1", q, k, where=where)
@@ -77,8 +77,8 @@ def test_new_text_loads_the_model_once_then_is_cached(built, monkeypatch):
     st, _ = built
     import embedstore.query as Q
 
-    calls = []
-    monkeypatch.setattr(Q, "load_version_model", lambda s, v: calls.append(v) or FastLoaded())
+    calls, load = [], Q.load_version_model  # the registry's loader, counted
+    monkeypatch.setattr(Q, "load_version_model", lambda s, v: calls.append(v) or load(s, v))
     first = st.query("a brand new sentence about hearts", k=4)
     monkeypatch.setattr(Q, "load_version_model", lambda s, v: pytest.fail("model loaded for a cached text"))
     again = st.query("A brand new   sentence about hearts", k=4)
@@ -86,24 +86,13 @@ def test_new_text_loads_the_model_once_then_is_cached(built, monkeypatch):
 
 
 def test_stored_text_query_imports_no_torch(built):
+    from cli_process import run_in_fresh_process
+
     st, _ = built
-    code = (
-        "import sys, io, contextlib\n"
-        "from embedstore.cli import main\n"
-        "buf = io.StringIO()\n"
-        "with contextlib.redirect_stdout(buf):\n"
-        "    try:\n"
-        f"        main(['query', 'Cardiomegaly', '-k', '3', '--format', 'json', '--store', {str(st.path)!r}])\n"
-        "    except SystemExit as e:\n"
-        "        assert not e.code, e.code\n"
-        "heavy = [m for m in ('torch', 'open_clip', 'transformers', 'sklearn', 'pandas') if m in sys.modules]\n"
-        "print(buf.getvalue()); print('HEAVY', heavy)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    text, heavy_line = out.stdout.rsplit("HEAVY", 1)
-    assert heavy_line.strip() == "[]"
-    hits = json.loads(text)
+    (result,) = run_in_fresh_process([["query", "Cardiomegaly", "-k", "3", "--format", "json", "--store", str(st.path)]],
+                                     heavy=("torch", "open_clip", "transformers", "sklearn", "pandas"))
+    assert result["code"] == 0 and result["loaded"] == [], result["err"]
+    hits = json.loads(result["out"])
     assert len(hits) == 3 and {"score", "image_id", "path", "view", "labels"} <= set(hits[0])
 
 
@@ -139,7 +128,7 @@ def test_stale_index_is_rebuilt_before_search(tmp_path):
     from embedstore.data.records import ImageRecord
 
     new = st.upsert_images([ImageRecord("late", None, "s", None, "frontal", None, None, {})])["late"]
-    q = FastLoaded().encode_texts(["x"])[0]
+    q = st.text_vectors("v1")[1][0]
     st.add_image_vectors("v1", np.array([new]), ["h"], q[None, :])  # DuckDB ahead of the index
     out = st.query(like="IM000", k=20)
     assert "late" in out["image_id"].to_list() and out.height == 8
@@ -167,3 +156,35 @@ def test_verify_catches_tampered_index_and_deleted_row(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode != 0 and "error: verify failed: version v1: rows" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_cli_image_file_query_ranks_by_the_files_vector(built, tmp_path, capsys):
+    """`query --image PATH`: a stored image's own file comes first, at cosine 1, followed by what
+    `--like` finds for it; a file the store has never seen is encoded by the version's model."""
+    from PIL import Image
+
+    from embedstore.cli import main
+    from embedstore.data.images import model_input
+    from embedstore.models import load_model
+
+    st, ds = built
+
+    def image_query(path) -> list[dict]:
+        with pytest.raises(SystemExit) as exc:
+            main(["query", "--image", str(path), "-k", "5", "--format", "json", "--store", str(st.path)])
+        assert exc.value.code == 0
+        return json.loads(capsys.readouterr().out)
+
+    hits = image_query(ds.records[5].path)
+    assert hits[0]["image_id"] == "IM005" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert [h["image_id"] for h in hits[1:]] == st.query(like="IM005", k=4)["image_id"].to_list()
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.random.default_rng(9).integers(0, 256, (30, 26), dtype=np.uint8), "L").save(outside)
+    loaded = load_model(st.version_info("v1")["model_name"])
+    v = loaded.encode_images(model_input(outside, loaded.preprocess)[None])[0]
+    ids, X = st.image_vectors("v1")
+    by_id = dict(zip(st.images()["id"].to_list(), st.images()["image_id"].to_list()))
+    want = np.argsort(-(X @ v))[:5]
+    hits = image_query(outside)
+    assert [h["image_id"] for h in hits] == [by_id[int(i)] for i in ids[want]]
+    np.testing.assert_allclose([h["score"] for h in hits], (X @ v)[want], atol=1e-4)

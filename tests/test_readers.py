@@ -211,7 +211,8 @@ def test_openi_labelled_csv_replaces_labels(tmp_path):
 
 
 def test_phantom_folder_reads_like_openi(tmp_path):
-    synth = pytest.importorskip("embedstore.synth").synth
+    from embedstore.synth import synth
+
     out = tmp_path / "ph"
     synth(str(out), studies=6, seed=3, size=64, workers=1)
     ds = read_dataset(str(out))

@@ -11,14 +11,12 @@ import re
 
 import pytest
 from report_text import rows, specs, titled
+from skip_policy import CHROMIUM_MISSING
 
 from embedstore.reports.browser import check_report, find_chromium, screenshot
 from embedstore.reports.html import Chart, Report, Section, render
 
-pytestmark = pytest.mark.skipif(
-    find_chromium() is None,
-    reason="chromium is not installed and could not be (needs root and apt-get: scripts/install-chromium.sh)",
-)
+pytestmark = pytest.mark.skipif(find_chromium() is None, reason=CHROMIUM_MISSING)
 
 
 @pytest.fixture(scope="module")

@@ -306,6 +306,7 @@ def iu_report(tmp_path_factory):
     return store, built, built.path.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow  # IU-Xray's size: ~8 s
 def test_iu_sized_report_is_complete_and_bounded(iu_report):
     store, built, text = iu_report
     assert built.size_bytes < 20e6
@@ -329,6 +330,7 @@ def test_iu_sized_report_is_complete_and_bounded(iu_report):
     assert len(rows(dots)) == stored
 
 
+@pytest.mark.slow  # IU-Xray's size: ~8 s
 def test_report_is_self_contained(iu_report):
     _, _, text = iu_report
     # The JS bundle is inlined exactly once, whatever the number of charts.
@@ -439,3 +441,26 @@ def test_cli_writes_report_and_reports_bad_version(bare_store, tmp_path, capsys)
         main(["report", "--version", "nope", "--out", str(tmp_path / "n.html"), "--store", str(bare_store.path)])
     assert bad.value.code == 2
     assert "error: unknown version 'nope'" in capsys.readouterr().err
+
+
+def test_cli_compare_puts_two_versions_side_by_side(small_two_versions, tmp_path, capsys):
+    """`report --compare V1 V2` on a store whose latest version (v2, another model's) has no
+    lineage: the default report holds v2 alone, the compared one both versions' runs."""
+    from embedstore.cli import main
+
+    store = ["--store", str(small_two_versions.path)]
+    for name, args in (("default.html", []), ("compare.html", ["--compare", "v1", "v2"])):
+        with pytest.raises(SystemExit) as ok:
+            main(["report", "--out", str(tmp_path / name), *args, *store])
+        assert ok.value.code in (0, None)
+    capsys.readouterr()
+    default, compared = ((tmp_path / name).read_text(encoding="utf-8") for name in ("default.html", "compare.html"))
+    assert "version v2 ·" in default and "probe(classifier=logreg)" in default
+    assert "@ v1" not in default.split("<main>")[1]  # one version: runs need no version suffix
+    assert "versions v1 vs v2 ·" in compared
+    assert "probe(classifier=logreg) @ v1" in compared and "probe(classifier=logreg) @ v2" in compared
+    for bad, message in ((["--compare", "v1", "v9"], "'v9'"), (["--compare", "v1", "v2", "--version", "v1"], "either")):
+        with pytest.raises(SystemExit) as exc:
+            main(["report", "--out", str(tmp_path / "bad.html"), *bad, *store])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "bad.html").exists()

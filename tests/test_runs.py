@@ -1,8 +1,6 @@
 """Runs against the real Store: reuse, --force, listing, SQL reach, CLI, and no torch import."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -77,26 +75,65 @@ def test_bad_split_is_a_one_line_error(store):
 
 
 def test_cli_commands_and_no_torch(store):
-    code = (
-        "import sys, json, contextlib, io\n"
-        "from embedstore.cli import main\n"
-        "out = io.StringIO()\n"
-        "for cmd in (['zeroshot', '--n-boot', '20'], ['probe', '--n-boot', '20', '--cooccurrence'],\n"
-        "            ['separability'], ['runs'], ['probe', '--n-boot', '20', '--format', 'json']):\n"
-        "    with contextlib.redirect_stdout(out):\n"
-        "        try:\n"
-        "            main(cmd + ['--store', sys.argv[1]])\n"
-        "        except SystemExit as e:\n"
-        "            assert not e.code, (cmd, e.code)\n"
-        "print(json.dumps({'torch': 'torch' in sys.modules, 'open_clip': 'open_clip' in sys.modules,\n"
-        "                  'out': out.getvalue()}))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", code, str(store.path)], capture_output=True, text=True,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert not res["torch"] and not res["open_clip"]
-    assert "pos-neg" in res["out"] and "separability" in res["out"]
-    payload = res["out"][res["out"].index("[\n"):]
-    rows = json.loads(payload)
+    from cli_process import run_in_fresh_process
+
+    commands = [["zeroshot", "--n-boot", "20"], ["probe", "--n-boot", "20", "--cooccurrence"], ["separability"],
+                ["runs"], ["probe", "--n-boot", "20", "--format", "json"]]
+    results = run_in_fresh_process([cmd + ["--store", str(store.path)] for cmd in commands])
+    assert [r["code"] for r in results] == [0] * len(commands), [r["err"][-500:] for r in results]
+    assert all(r["loaded"] == [] for r in results)  # neither torch nor open_clip
+    assert "pos-neg" in results[0]["out"] and "separability" in results[2]["out"]
+    rows = json.loads(results[-1]["out"][results[-1]["out"].index("[\n"):])
     assert {"run_id", "finding", "metric", "value", "lo", "hi"} <= set(rows[0])
+
+
+# ---- the analyses' --where and --uncertain through the CLI ---------------------------------------
+def _cli_rows(capsys, args: list[str]) -> list[dict]:
+    """`embedstore ARGS --format json` in this process: the printed rows (metrics with run_id)."""
+    from embedstore.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main([*args, "--format", "json"])
+    assert exc.value.code == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _scored_ids(store, run_id: str) -> set[int]:
+    """The images a run scored: its per-image scores, or its projections (separability)."""
+    rows = store.sql(f"SELECT id FROM image_scores WHERE run_id = '{run_id}' "
+                     f"UNION SELECT id FROM projections WHERE run_id = '{run_id}'")
+    return set(rows["id"].to_list())
+
+
+@pytest.mark.parametrize("command", [["zeroshot", "--rule", "pos-neg"], ["probe"], ["separability"]],
+                         ids=["zeroshot", "probe", "separability"])
+def test_where_limits_the_images_an_analysis_scores(store, capsys, command):
+    args = [*command, "--store", str(store.path)] + (["--n-boot", "20"] if command[0] != "separability" else [])
+    everything = _cli_rows(capsys, args)[0]["run_id"]
+    frontal = _cli_rows(capsys, [*args, "--where", "view = 'frontal'"])[0]["run_id"]
+    test_ids = set(store.images("split = 'test'")["id"].to_list())
+    frontal_ids = set(store.images("split = 'test' AND view = 'frontal'")["id"].to_list())
+    assert 0 < len(frontal_ids) < len(test_ids)
+    assert _scored_ids(store, everything) == test_ids
+    assert _scored_ids(store, frontal) == frontal_ids
+
+
+@pytest.mark.parametrize("command", [["zeroshot", "--rule", "pos-neg"], ["probe"]], ids=["zeroshot", "probe"])
+def test_uncertain_decides_what_an_uncertain_label_counts_as(store, capsys, command):
+    """Per finding on the test split: `n` labelled images and `support` positives, against the
+    stored labels counted here (1, 0, -1 = uncertain; a missing label has no row)."""
+    labels = store.sql("SELECT finding, value, count(*) AS images FROM labels JOIN images USING (id) "
+                       "WHERE split = 'test' GROUP BY ALL")
+    count = {(f, v): n for f, v, n in labels.iter_rows()}
+    findings = sorted({f for f, _ in count})
+    assert sum(count.get((f, -1), 0) for f in findings) > 0  # the store has uncertain test labels
+
+    def counts(policy: str) -> dict[str, tuple[int, int]]:
+        rows = _cli_rows(capsys, [*command, "--uncertain", policy, "--n-boot", "20", "--store", str(store.path)])
+        per = {(r["finding"], r["metric"]): r["value"] for r in rows if r["finding"] is not None}
+        return {f: (int(per[(f, "n")]), int(per[(f, "support")])) for f in findings}
+
+    pos, neg, unc = ({f: count.get((f, v), 0) for f in findings} for v in (1, 0, -1))
+    assert counts("mask") == {f: (pos[f] + neg[f], pos[f]) for f in findings}
+    assert counts("negative") == {f: (pos[f] + neg[f] + unc[f], pos[f]) for f in findings}
+    assert counts("positive") == {f: (pos[f] + neg[f] + unc[f], pos[f] + unc[f]) for f in findings}

@@ -1,6 +1,7 @@
 """Separability figures equal scikit-learn's; everything fitted sees train rows only."""
 
 import numpy as np
+import polars as pl
 import pytest
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
@@ -82,3 +83,205 @@ def test_fitted_parts_see_train_rows_only(syn, monkeypatch, tmp_path):
     synthetic.to_store(syn, st)
     seen = spy_on_fitted_parts(monkeypatch)
     assert_fitted_on_train_scored_on_test(st, seen, sp.separability(st, tsne_max=60))
+
+
+def test_per_finding_figures_on_a_hand_worked_example():
+    """Vectors in the plane from 3-4-5 triangles, so every cosine is a short decimal and each figure
+    is worked out by hand below (no call to the module's helpers). Lengths vary on purpose (the
+    figures are cosine-based and LDA is symmetric here): train positives of A have length 2,
+    negatives 1/2, and the test rows lengths 1 to 5.
+
+    Rows, by angle: train t0 (.8, .6), t1 (.8, -.6), t2 (.6, .8), t3 (.6, -.8), t4 (1, 0);
+    test a (1, 0), b (.8, .6), c (.6, .8), d (0, 1), e (.6, -.8), f (.8, -.6). With k = 3 the
+    neighbours (cosine) are a: t4 t0 t1; b: t0 t2 t4; c: t2 t0 t4; d: t2 t0 t4; e: t3 t1 t4;
+    f: t1 t3 t4. "m" is a masked label, "-" one that does not count.
+
+    finding  t0 t1 t2 t3 t4 | a b c d e f
+    B         1  0  0  0  m | 1 1 0 0 0 0   one train positive: no LDA direction (fisher NaN)
+    A         1  1  0  0  m | 1 1 1 0 0 m
+    C         m  m  1  0  m | 1 1 0 0 1 0   a's three neighbours are all masked
+    D         1  1  1  0  m | 1 1 1 1 1 1   no test negative
+    B comes first so that skipping its LDA fit leaves A's in place.
+    """
+    m = np.nan
+    lengths_tr, lengths_te = np.array([2, 2, .5, .5, 1]), np.array([1, 2, 3, 4, 5, 1])
+    Xtr = np.array([[.8, .6], [.8, -.6], [.6, .8], [.6, -.8], [1, 0]]) * lengths_tr[:, None]
+    Xte = np.array([[1, 0], [.8, .6], [.6, .8], [0, 1], [.6, -.8], [.8, -.6]]) * lengths_te[:, None]
+    Ytr = np.array([[1, 1, m, 1], [0, 1, m, 1], [0, 0, 1, 1], [0, 0, 0, 0], [m, m, m, m]])
+    Yte = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [0, 1, 0, 1], [0, 0, 0, 1], [0, 0, 1, 1], [0, m, 0, 1]])
+    rows = sp.per_finding(Xtr, np.nan_to_num(Ytr).astype(int), np.isfinite(Ytr), Xte, np.nan_to_num(Yte).astype(int),
+                          np.isfinite(Yte), ["B", "A", "C", "D"], k=3)
+    got = {(r["finding"], r["metric"]): r["value"] for r in rows}
+
+    # A. Train classes are symmetric about the x axis (covariances diagonal, mu1 - mu0 along x): the
+    # LDA direction is the x axis and a test image projects on its x coordinate (unit test rows).
+    # Fisher: positives a b c at 1, .8, .6 (mean .8, variance .08 / 3); negatives d e at 0, .6
+    # (mean .3, variance .09): (.8 - .3)^2 / (.08 / 3 + .09) = 15 / 7
+    assert got[("A", "fisher_ratio")] == pytest.approx(15 / 7, rel=1e-6)
+    # kNN agreement, a: t0 + t1 + (t4 masked): 1; b: t0 + t2 -: 1/2; c: t2 - t0 +: 1/2; d: t2 - t0 +: 1/2;
+    # e: t3 - t1 +: 1/2
+    assert got[("A", "knn_agreement_pos")] == pytest.approx((1 + 1 / 2 + 1 / 2) / 3)
+    assert got[("A", "knn_agreement")] == pytest.approx((1 + 4 * (1 / 2)) / 5)
+    # silhouette, cosine distance 1 - x.y: ab .2, ac .4, bc .04, ad 1, ae .4, bd .4, be 1, cd .2,
+    # ce 1.28, de 1.8. s = (b - a) / max(a, b) with a the mean distance to its own class, b to the other:
+    # a: (.7 - .3) / .7; b: (.7 - .12) / .7; c: (.74 - .22) / .74; d: (1.6 / 3 - 1.8) / 1.8; e: (2.68 / 3 - 1.8) / 1.8
+    assert got[("A", "silhouette")] == pytest.approx((4 / 7 + 29 / 35 + 26 / 37 - 19 / 27 - 68 / 135) / 5)
+    # centroids of the unit rows (2.4, 1.4) / 3 and (.3, .1) point along (12, 7) and (3, 1): cosine 43 / sqrt(1930)
+    assert got[("A", "centroid_distance")] == pytest.approx(1 - 43 / np.sqrt(1930))
+    assert got[("A", "support")] == 3 and got[("A", "n")] == 5
+
+    # B. a: t0 + t1 -: 1/2; b: t0 + t2 -: 1/2; c, d: t2 agrees, t0 not: 1/2; e: t3 t1 agree: 1; f: t1 t3: 1
+    assert np.isnan(got[("B", "fisher_ratio")])
+    assert got[("B", "knn_agreement_pos")] == pytest.approx(1 / 2)
+    assert got[("B", "knn_agreement")] == pytest.approx((4 * (1 / 2) + 2) / 6)
+    assert got[("B", "support")] == 2 and got[("B", "n")] == 6
+
+    # C. a has no counted neighbour and is left out; b: t2 agrees; c, d: t2 does not; e: t3 does not;
+    # f: t3 agrees
+    assert got[("C", "knn_agreement")] == pytest.approx(2 / 5)
+    assert got[("C", "knn_agreement_pos")] == pytest.approx(1 / 2)
+
+    # D. a: t0 t1: 1; b, c, d: t0 t2: 1; e: t1 agrees, t3 not: 1/2; f the same: 1/2. One class only:
+    # no LDA, silhouette or centroid distance.
+    assert got[("D", "knn_agreement")] == pytest.approx(5 / 6)
+    assert got[("D", "knn_agreement_pos")] == pytest.approx(5 / 6)
+    for metric in ("fisher_ratio", "silhouette", "centroid_distance"):
+        assert np.isnan(got[("D", metric)]), metric
+
+
+def test_fisher_ratio_needs_two_per_class_and_some_spread():
+    # two per class: means 1 and 4, variances 1 and 1: (4 - 1)^2 / 2
+    assert sp.fisher_ratio(np.array([0.0, 2.0, 3.0, 5.0]), np.array([0, 0, 1, 1])) == pytest.approx(4.5)
+    assert np.isnan(sp.fisher_ratio(np.array([0.0, 2.0, 3.0]), np.array([0, 0, 1])))  # one positive
+    assert np.isnan(sp.fisher_ratio(np.array([0.0, 3.0, 5.0]), np.array([0, 1, 1])))  # one negative
+    assert np.isnan(sp.fisher_ratio(np.array([1.0, 1.0, 4.0, 4.0]), np.array([0, 0, 1, 1])))  # no spread
+
+
+def test_inter_intra_ratio_by_hand():
+    # two classes, centroids (0, 0) and (6, 8) (distance 10); every point 1 from its centroid
+    X = np.array([[-1.0, 0], [1, 0], [6, 7], [6, 9]])
+    assert sp.inter_intra_ratio(X, np.array([0, 0, 1, 1])) == pytest.approx(10.0)
+    assert np.isnan(sp.inter_intra_ratio(X, np.zeros(4)))  # one class
+    assert np.isnan(sp.inter_intra_ratio(np.array([[0.0, 1], [0, 1], [2, 0], [2, 0]]), np.array([0, 0, 1, 1])))  # no spread
+
+
+def test_silhouettes_with_singleton_classes_equal_sklearn():
+    """A class of one point scores 0 (scikit-learn's convention); all points in classes of their
+    own has no silhouette (scikit-learn refuses it)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(9, 3))
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 2, 1])  # class 2 is one point
+    assert sp.silhouette_cosine(X, labels) == pytest.approx(silhouette_score(X, labels, metric="cosine"), abs=1e-9)
+    assert np.isnan(sp.silhouette_cosine(X, np.arange(9)))
+    Y = np.array([[1], [0], [0], [0], [0], [0], [0], [0], [0]])  # one positive
+    got = sp.silhouette_binary(X, Y, np.ones_like(Y, bool))[0]
+    assert got == pytest.approx(silhouette_score(X, Y[:, 0], metric="cosine"), abs=1e-9)
+
+
+def test_single_finding_keeps_classes_of_two_or_more():
+    """Complete rows with exactly one positive: classes a (three images), b (two) and c (one,
+    left out); a row with two positives and one with a masked label are not single-finding."""
+    X = np.array([[1.0, 0, 0], [.9, .1, 0], [.8, .2, 0], [0, 1, 0], [0, .9, .1], [0, 0, 1], [1, 1, 0], [.5, .5, .5]])
+    Y = np.array([[1, 0, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 0]])
+    known = np.ones_like(Y, bool)
+    known[7, 0] = False
+    rows = {r["metric"]: r["value"] for r in sp.single_finding(X, Y, known, ["a", "b", "c"])}
+    assert rows["n_single"] == 5 and rows["n_classes"] == 2
+    labels = np.array([0, 0, 0, 1, 1])
+    assert rows["davies_bouldin"] == pytest.approx(davies_bouldin_score(X[:5], labels))
+    assert rows["silhouette"] == pytest.approx(silhouette_score(X[:5], labels, metric="cosine"), abs=1e-9)
+    one = {r["metric"]: r["value"] for r in sp.single_finding(X[:3], Y[:3], known[:3], ["a", "b", "c"])}
+    assert one == {"n_single": 3.0, "n_classes": 1.0}  # one class: no cluster index
+
+
+def test_knn_neighbours_are_the_nearest_by_cosine_for_every_query():
+    """More queries than one block of the chunked search (4,096 and then some); each row's
+    neighbours are the k train vectors of highest cosine, whatever the vectors' lengths."""
+    rng = np.random.default_rng(1)
+    Xtr = rng.normal(size=(40, 4)) * rng.uniform(0.1, 10, size=(40, 1))
+    Xte = rng.normal(size=(4500, 4)) * rng.uniform(0.1, 10, size=(4500, 1))
+    nn = sp.knn_neighbours(Xtr, Xte, k=3)
+    cos = (Xte / np.linalg.norm(Xte, axis=1, keepdims=True)) @ (Xtr / np.linalg.norm(Xtr, axis=1, keepdims=True)).T
+    want = np.sort(np.argsort(-cos, axis=1)[:, :3], axis=1)
+    np.testing.assert_array_equal(np.sort(nn, axis=1), want)
+    assert (sp.knn_neighbours(Xtr[:2], Xte[:5], k=15) >= 0).all() and sp.knn_neighbours(Xtr[:2], Xte[:5]).shape == (5, 2)
+    np.testing.assert_array_equal(sp.knn_neighbours(Xtr, Xte[:50], k=1)[:, 0], np.argmax(cos[:50], axis=1))
+
+
+def test_per_finding_without_train_images_has_no_knn_figures():
+    X = np.random.default_rng(2).normal(size=(6, 3))
+    Y = np.array([[1], [1], [0], [0], [1], [0]])
+    rows = sp.per_finding(X[:0], Y[:0], np.ones((0, 1), bool), X, Y, np.ones_like(Y, bool), ["a"])
+    names = {r["metric"] for r in rows}
+    assert "knn_agreement" not in names and np.isnan([r["value"] for r in rows if r["metric"] == "fisher_ratio"][0])
+    assert {"silhouette", "centroid_distance", "support", "n"} <= names
+
+
+def test_projections_pca_from_train_and_a_seeded_tsne_sample():
+    """PCA is fitted on train and applied to test (scikit-learn's, up to each axis's sign); t-SNE
+    runs on a seeded sample of at most `tsne_max` test images, with the documented settings, on
+    their train-fitted PCA coordinates; too few images give no projection."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(3)
+    Xtr, Xte = rng.normal(size=(80, 6)), rng.normal(size=(40, 6))
+    ids = np.arange(100, 140)
+    out = sp.projections(Xtr, Xte, ids, seed=4, tsne_max=25)
+    pca = out.filter(out["method"] == "pca")
+    Z = PCA(n_components=6).fit(Xtr).transform(Xte)
+    assert pca["id"].to_list() == ids.tolist()
+    for col, j in (("x", 0), ("y", 1)):
+        got = pca[col].to_numpy()
+        assert np.allclose(got, Z[:, j], atol=1e-8) or np.allclose(got, -Z[:, j], atol=1e-8), col
+    tsne = out.filter(out["method"] == "tsne")
+    pick = np.sort(np.random.default_rng(4).choice(40, size=25, replace=False))
+    assert tsne["id"].to_list() == ids[pick].tolist()
+    Zs = PCA(n_components=6, svd_solver="covariance_eigh").fit(Xtr).transform(Xte)[pick]
+    ref = TSNE(n_components=2, perplexity=min(30.0, 24 / 3), init="pca", random_state=4, max_iter=500,
+               n_jobs=1).fit_transform(Zs)
+    np.testing.assert_allclose(tsne.select("x", "y").to_numpy(), ref, rtol=1e-5, atol=1e-5)
+    assert set(out["method"]) <= {"pca", "tsne", "umap"}
+    small = sp.projections(Xtr, Xte[:4], ids[:4])
+    assert set(small["method"]) == {"pca"} and small.height == 4  # t-SNE needs five images
+    assert sp.projections(Xtr, Xte[:5], ids[:5]).filter(pl.col("method") == "tsne").height == 5
+    assert sp.projections(Xtr[:2], Xte, ids).is_empty() and sp.projections(Xtr, Xte[:2], ids[:2]).is_empty()
+    narrow = sp.projections(Xtr[:, :4], Xte[:5, :4], ids[:5])
+    assert set(narrow["method"]) == {"pca", "tsne"}  # t-SNE counts images, not coordinates
+
+
+def test_separability_run_passes_its_parameters_and_is_reused(tmp_path):
+    """Through the store, on a named version beside a later one: k, the uncertain policy, the
+    seed and tsne_max reach the figures (they equal `separability_tables` on that version's
+    train and test rows with the same settings); the config records them; the same call reuses
+    the run with both tables, `force` replaces it."""
+    from dataclasses import replace
+
+    from embedstore.analyses.runs import load_data
+    from embedstore.api import Store
+
+    syn = synthetic.make(n=500, n_findings=3, d=8, seed=5, uncertain_rate=0.1)
+    st = Store(tmp_path / "store")
+    version = synthetic.to_store(syn, st)
+    synthetic.to_store(replace(syn, X=np.roll(syn.X, 1, axis=0)), st, name="later")
+    run = sp.separability(st, version, k=7, uncertain="positive", tsne_max=30, seed=2)
+    assert run.kind == "separability" and run.version == version and not run.reused
+    data = load_data(st, version)
+    Y01, known = mt.apply_policy(data.Y, "positive")
+    tr, te = data.split == "train", data.split == "test"
+    want = sp.separability_tables(data.X[tr], Y01[tr], known[tr], data.X[te], Y01[te], known[te], data.ids[te],
+                                  data.findings, k=7, seed=2, tsne_max=30)
+    key = ["finding", "metric"]
+    assert run.metrics.sort(key, nulls_last=True).equals(want["metrics"].sort(key, nulls_last=True))
+    assert run.tables["projections"].equals(want["projections"])
+    assert {k: run.config[k] for k in ("k", "uncertain", "where", "tsne_max", "seed", "lda_shrinkage", "findings")} == \
+        {"k": 7, "uncertain": "positive", "where": None, "tsne_max": 30, "seed": 2, "lda_shrinkage": 0.1,
+         "findings": data.findings}
+    assert run.config["data"] == data.fingerprint()
+    again = sp.separability(st, version, k=7, uncertain="positive", tsne_max=30, seed=2)
+    assert again.reused and again.run_id == run.run_id and {"metrics", "projections"} <= set(again.tables)
+    assert st.sql(f"SELECT kind FROM runs WHERE run_id = '{run.run_id}'")["kind"][0] == "separability"
+    forced = sp.separability(st, version, k=7, uncertain="positive", tsne_max=30, seed=2, force=True)
+    assert not forced.reused and forced.run_id != run.run_id
+    default = sp.separability(st, version, tsne_max=30)
+    assert (default.config["k"], default.config["seed"], default.config["uncertain"]) == (15, 0, "mask")

@@ -17,9 +17,8 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
-from store_helpers import FastLoaded, build_store, ensure_images_module, write_pngs  # noqa: E402
+from store_helpers import MODEL, build_store, write_pngs  # noqa: E402
 
-ensure_images_module()
 FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
 
@@ -47,7 +46,7 @@ def stored_splits(st) -> dict[str, tuple[str, str, str, str]]:
     return {r[0]: r[1:] for r in rows.iter_rows()}
 
 
-def test_encoding_a_subset_then_all_keeps_every_shared_images_split(tmp_path):
+def test_encoding_a_subset_then_all_keeps_every_shared_images_split(tmp_path, tiny_model):
     from embedstore.api import Store
     from embedstore.data.datasets import read_dataset
 
@@ -61,12 +60,12 @@ def test_encoding_a_subset_then_all_keeps_every_shared_images_split(tmp_path):
     assert moved
 
     st = Store(tmp_path / "store")
-    first = st.encode(str(subset), loaded=FastLoaded(), workers=0)
+    first = st.encode(str(subset), model=MODEL, workers=0)
     before = stored_splits(st)
     assert first["split_by_hash"][0] == 0
     assert {v[2] for v in before.values()} == {"stratified"} and before == {
         k: (alone[k], alone[k], "stratified", f"patient:p{int(k[2:]) // 2}") for k in alone}
-    st.encode(str(full), loaded=FastLoaded(), workers=0)
+    st.encode(str(full), model=MODEL, workers=0)
     after = stored_splits(st)
     assert {k: after[k] for k in before} == before  # every shared image kept its split
     assert all(v[0] == v[1] for v in after.values())  # images.split mirrors splits.split
@@ -78,9 +77,7 @@ def test_encoding_a_subset_then_all_keeps_every_shared_images_split(tmp_path):
     assert methods.select("method", "seed", "fractions", "images").rows() == [
         ("stratified", 0, "[0.7, 0.1, 0.2]", 50), ("hash", 0, "[0.7, 0.1, 0.2]", 30)]
     # encoding again, or into another version (another model), moves nothing
-    other = FastLoaded(seed=1)
-    other.record = {**other.record, "name": "fast-test-2"}
-    st.encode(str(full), loaded=other, workers=0)
+    st.encode(str(full), model=tiny_model, workers=0)
     assert st.last_encode.version == "v2" and stored_splits(st) == after and st.last_encode.split_by_hash == 0
 
 
@@ -94,7 +91,7 @@ def test_manifest_split_is_kept_group_column_honoured_and_new_groups_hashed(tmp_
     given = write_manifest(tmp_path / "given.csv", pngs, range(0, 12), split_of=lambda i: ("test", "train")[i // 6],
                            group_of=group)
     st = Store(tmp_path / "store")
-    st.encode(str(given), loaded=FastLoaded(), workers=0)
+    st.encode(str(given), model=MODEL, workers=0)
     kept = stored_splits(st)
     assert {k: v[:3] for k, v in kept.items()} == {
         f"IM{i:03d}": (("test", "train")[i // 6],) * 2 + ("given",) for i in range(12)}
@@ -123,7 +120,7 @@ def test_manifest_split_is_kept_group_column_honoured_and_new_groups_hashed(tmp_
     # A data set that gives splits again: its new images (site 5) take them, as given; the stored
     # images keep theirs although it says otherwise.
     st.encode(str(write_manifest(tmp_path / "val.csv", pngs, range(0, 36), split_of=lambda i: "val", group_of=group)),
-              loaded=FastLoaded(), workers=0)
+              model=MODEL, workers=0)
     again = stored_splits(st)
     assert {k: again[k] for k in after} == after and st.last_encode.split_by_hash == 0
     assert {again[f"IM{i:03d}"][1:3] for i in range(30, 36)} == {("val", "given")}
@@ -142,9 +139,9 @@ def test_a_new_image_of_a_stored_patient_joins_its_split(tmp_path):
 
     pngs = write_pngs(tmp_path / "img", 21, size=24)
     st = Store(tmp_path / "store")
-    st.encode(str(write_manifest(tmp_path / "a.csv", pngs, range(0, 20, 2))), loaded=FastLoaded(), workers=0)
+    st.encode(str(write_manifest(tmp_path / "a.csv", pngs, range(0, 20, 2))), model=MODEL, workers=0)
     before = stored_splits(st)
-    st.encode(str(write_manifest(tmp_path / "b.csv", pngs, range(0, 21))), loaded=FastLoaded(), workers=0)
+    st.encode(str(write_manifest(tmp_path / "b.csv", pngs, range(0, 21))), model=MODEL, workers=0)
     after = stored_splits(st)
     for i in range(1, 20, 2):  # image i of patient p<i // 2>, whose image i - 1 was stored first
         assert after[f"IM{i:03d}"][1:3] == (before[f"IM{i - 1:03d}"][1], "group")

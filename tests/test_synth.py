@@ -18,9 +18,9 @@ from embedstore.errors import InputError
 from embedstore.synth import FINDINGS, ImageRenderer, StudyLabels, make_study, sample_labels, synth
 from embedstore.synth.findings import KINDS
 from embedstore.synth.generate import to_uint8
+from txv_files import txv_file
 
 IMAGE_ID = re.compile(r"^CXR(\d+)_(?:\d+_)?IM-\d{4}(?:-\d+)+$")
-TXRV_DATA = Path(__file__).resolve().parents[1] / ".venv/lib/python3.11/site-packages/torchxrayvision/data"
 
 # IU-Xray automatic-term scheme, images per finding over 7,470 images (shared/README.md table).
 TARGET = {"Lung Opacity": 819, "Granuloma": 781, "Atelectasis": 711, "Cardiomegaly": 493,
@@ -205,7 +205,7 @@ def test_site_b_shift_changes_pixels_only(tmp_path):
 
 
 def test_dicom_reads_back_through_the_luts(small_set):
-    pydicom = pytest.importorskip("pydicom")
+    import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     out, _ = small_set
@@ -226,9 +226,7 @@ def test_dicom_reads_back_through_the_luts(small_set):
 
 
 def test_labels_from_real_reports(tmp_path):
-    src = TXRV_DATA / "NLMCXR_reports.tgz"
-    if not src.exists():
-        pytest.skip("torchxrayvision's NLMCXR_reports.tgz is not installed")
+    src = txv_file("NLMCXR_reports.tgz")
     small = tmp_path / "few.tgz"
     want = {}
     with tarfile.open(src) as tin, tarfile.open(small, "w:gz") as tout:

@@ -1,6 +1,7 @@
 """Zero-shot rules on synthetic stored vectors (clustered images + prompt vectors)."""
 
 import numpy as np
+import polars as pl
 import pytest
 from sklearn.metrics import f1_score
 
@@ -139,3 +140,80 @@ def test_bad_rule_and_missing_prompts_are_one_line_errors(syn):
         zs.scores(syn.X, pv, "dot", syn.logit_scale)
     with pytest.raises(InputError, match="no positive prompt embedding for Cardiomegaly"):
         zs.prompt_vectors(syn.texts, syn.M, ["Cardiomegaly"])
+
+
+def test_default_cuts_at_exactly_zero_raw_dot_strict_the_others_inclusive():
+    """The seed's raw-dot rule is dot > 0; cosine and pos-neg predict at probability >= 0.5, i.e.
+    logit >= 0 (the README's rules), so a score of exactly 0 splits them."""
+    S = np.array([[0.0, -1e-9, 2.0]])
+    np.testing.assert_array_equal(zs.default_predictions(S, "raw-dot"), [[0, 0, 1]])
+    for rule in ("cosine", "pos-neg"):
+        np.testing.assert_array_equal(zs.default_predictions(S, rule), [[1, 0, 1]])
+    np.testing.assert_array_equal(zs.default_predictions(S, "softmax"), [[0, 0, 1]])
+
+
+def test_probabilities_are_exp_of_softmax_log_probabilities_else_the_sigmoid_of_the_logit():
+    S = np.log(np.array([[0.2, 0.3, 0.5]]))
+    np.testing.assert_allclose(zs.probabilities(S, "softmax"), [[0.2, 0.3, 0.5]])
+    logits = np.array([[0.0, np.log(3.0), -np.log(3.0)]])  # odds 1, 3 and 1/3
+    for rule in ("raw-dot", "cosine", "pos-neg"):
+        np.testing.assert_allclose(zs.probabilities(logits, rule), [[0.5, 0.75, 0.25]])
+
+
+def test_ensemble_averages_unit_vectors_and_single_takes_the_first_without_a_preference():
+    """Prompt vectors of unequal length: each is normalised before the mean, so the ensemble of
+    (3, 0) and (0, 1) points along (1, 1), not along their raw mean (1.5, 0.5). A table without a
+    template column (prompt texts given directly) works too."""
+    texts = pl.DataFrame({"finding": ["A", "A", "A"], "polarity": ["positive", "positive", "negative"]})
+    M = np.array([[3.0, 0.0], [0.0, 1.0], [0.0, -2.0]], dtype=np.float32)
+    pv = zs.prompt_vectors(texts, M, ["A"], "ensemble")
+    np.testing.assert_allclose(pv.positive[0], [2 ** -0.5, 2 ** -0.5], rtol=1e-6)
+    np.testing.assert_allclose(pv.negative[0], [0.0, -1.0])
+    single = zs.prompt_vectors(texts, M, ["A"], "single")  # no preferred template: the first row
+    np.testing.assert_allclose(single.positive[0], [1.0, 0.0])
+
+
+def test_softmax_log_probabilities_stay_finite_for_images_far_apart():
+    """One image near every positive prompt, one opposite them: at logit scale 100 their logits
+    differ by about 200, so each row must be shifted by its own maximum (float32 exp(-200) is 0)."""
+    pv = zs.PromptVectors(["A", "B"], np.array([[1.0, 0.0], [0.8, 0.6]], np.float32), np.full((2, 2), np.nan, np.float32))
+    X = np.array([[1.0, 0.0], [-1.0, 0.0]], dtype=np.float32)
+    S = zs.scores(X, pv, "softmax", 100.0)
+    assert np.isfinite(S).all()
+    z = 100.0 * np.array([[1.0, 0.8], [-1.0, -0.8]])
+    np.testing.assert_allclose(S, z - np.log(np.exp(z - z.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True))
+                               - z.max(axis=1, keepdims=True), rtol=1e-5, atol=1e-5)
+
+
+def test_rule_list_takes_all_one_or_several_rules():
+    assert zs.rule_list("all") == list(zs.RULES)
+    assert zs.rule_list("cosine") == ["cosine"]
+    assert zs.rule_list(["pos-neg", "softmax"]) == ["pos-neg", "softmax"]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda syn, pv: zs.scores(syn.X, pv, "dot", syn.logit_scale),
+     "zero-shot rule 'dot' is not one of raw-dot, cosine, softmax, pos-neg"),
+    (lambda syn, pv: zs.rule_list(["cosine", "dot"]),
+     r"zero-shot rule 'dot' is not one of raw-dot, cosine, softmax, pos-neg \(or all\)"),
+    (lambda syn, pv: zs.prompt_vectors(syn.texts, syn.M, syn.findings, "mean"),
+     "templates 'mean' is not one of single, ensemble"),
+    (lambda syn, pv: zs.prompt_vectors(syn.texts, syn.M, ["Cardiomegaly", "Edema"]),
+     "no positive prompt embedding for Cardiomegaly, Edema; encode the prompts for this version first"),
+    (lambda syn, pv: zs.scores(syn.X, zs.PromptVectors(pv.findings, pv.positive, np.full_like(pv.negative, np.nan)),
+                               "pos-neg", syn.logit_scale),
+     "rule pos-neg needs a negative prompt for finding_00, finding_01, finding_02"),
+])
+def test_bad_input_is_an_input_error_naming_the_choices(syn, call, message):
+    from embedstore.errors import InputError
+
+    pv = zs.prompt_vectors(syn.texts, syn.M, syn.findings)
+    with pytest.raises(InputError, match=message):
+        call(syn, pv)
+
+
+def test_zeroshot_refuses_unknown_templates_before_reading_the_store():
+    from embedstore.errors import InputError
+
+    with pytest.raises(InputError, match="templates 'mean' is not one of single, ensemble"):
+        zs.zeroshot(None, templates="mean")

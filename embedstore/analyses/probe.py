@@ -169,15 +169,13 @@ def _constant_probs(Ytr, known_tr):
     return out
 
 
-def _knn_scores(Xtr, Ytr_nan, Xq, k, exclude_self=False):
+def _knn_scores(Xtr, Ytr_nan, Xq, k):
     """Fraction of the k nearest train vectors (cosine = dot on unit vectors) that are positive,
     per finding, over neighbours whose label for that finding is known."""
-    k = max(1, min(k, Xtr.shape[0] - int(exclude_self)))
+    k = max(1, min(k, Xtr.shape[0]))
     out = np.empty((Xq.shape[0], Ytr_nan.shape[1]))
     for start in range(0, Xq.shape[0], 2048):  # bounded memory for the similarity block
         sim = Xq[start:start + 2048] @ Xtr.T
-        if exclude_self:
-            np.fill_diagonal(sim[:, start:start + 2048], -np.inf)
         nn = np.argpartition(-sim, k - 1, axis=1)[:, :k]
         lab = Ytr_nan[nn]  # [b, k, F]
         with np.errstate(invalid="ignore"):

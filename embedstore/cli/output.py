@@ -32,13 +32,19 @@ def emit_result(result: Any, fmt: Format | str) -> bool:
 
 
 def emit(data: Any, fmt: Format | str = Format.table, title: str | None = None, out: str | None = None) -> None:
-    """Print `data` (a polars DataFrame, a dict or a list of dicts) in the chosen format."""
+    """Print `data` (a polars DataFrame, a dict or a list of dicts) in the chosen format.
+
+    A flat dict (a command's summary) is one JSON object, or one CSV / Parquet row; a nested one
+    (lists or dicts inside) has no row form and is printed as JSON whatever the format."""
     import polars as pl
 
     fmt = Format(fmt)
-    if isinstance(data, dict) and fmt is not Format.table:
+    nested = isinstance(data, dict) and any(isinstance(v, (dict, list, tuple)) for v in data.values())
+    if isinstance(data, dict) and (fmt is Format.json or (nested and fmt is not Format.table)):
         _write(json.dumps(data, indent=2, default=str), out)
         return
+    if isinstance(data, dict) and fmt is not Format.table:
+        data = pl.DataFrame([data])
     if isinstance(data, dict):
         data = pl.DataFrame({"key": list(data), "value": [_cell(v) for v in data.values()]})
     if isinstance(data, list):

@@ -8,9 +8,12 @@ NORM_TOL = 1e-3
 
 
 def verify(st, version: str | None = None):
-    """One row per (version, check): ok and a detail. Checks, in order: index file present,
-    checksum as recorded, index ids == DuckDB ids, index vectors == DuckDB vectors, every
-    embedded id is an image, dimension, no NaN/inf, norms ~ 1 (images and texts)."""
+    """One row per (version, check): ok and a detail. Checks, in order: row count as recorded,
+    index file present, checksum as recorded, index count as recorded, index ids == DuckDB ids,
+    index vectors == DuckDB vectors, every embedded id is an image; then for the image vectors
+    and for every text vector (prompts and cached queries): each has the recorded dimension, no
+    NaN/inf, norms ~ 1. Vectors of the wrong length are reported, never read into a matrix (they
+    would be misread), so the checks that need the matrix are left out for them."""
     import polars as pl
 
     versions = [st.resolve_version(version)] if version else st.versions()["version"].to_list()
@@ -29,12 +32,16 @@ def _checks(st, version: str):
     from embedstore.store import index as idx
 
     info = st.version_row(version)
-    ids, X = st.image_vectors(version)
+    image_lengths = _lengths(st, "image_embeddings", version)
+    text_lengths = _lengths(st, "text_embeddings", version)
+    images_readable = _lengths_ok(image_lengths, info["dim"])
+    ids, X = st.image_vectors(version) if images_readable else (_image_ids(st, version), None)
     path = st.index_path(version)
     yield "rows", info["count"] == len(ids), f"versions.count={info['count']}, image_embeddings rows={len(ids)}"
     if not path.exists():
         yield "index file", False, f"missing {path}"
     else:
+        yield "index file", True, str(path)
         actual = idx.file_checksum(path)
         yield "index checksum", actual == info["index_checksum"], f"recorded {info['index_checksum']}, file {actual}"
         try:
@@ -42,18 +49,48 @@ def _checks(st, version: str):
         except Exception as err:  # noqa: BLE001 - a corrupt file is a finding, not a crash
             yield "index readable", False, f"{path}: {err}"
         else:
+            yield ("index count", info["index_count"] == index.ntotal,
+                   f"versions.index_count={info['index_count']}, index file {index.ntotal}")
             yield from _index_checks(index, ids, X)
     with st.connect() as con:
         orphans = con.sql(
             "SELECT count(*) FROM image_embeddings e ANTI JOIN images i ON i.id = e.id WHERE e.version = ?",
             params=[version]).fetchall()[0][0]
     yield "ids are images", orphans == 0, f"{orphans} embedded ids without an images row"
-    yield from _vector_checks("image", X, info["dim"])
-    _, M = st.text_vectors(version)
-    yield from _vector_checks("text", M, info["dim"])
+    yield from _vector_checks("image", X, info["dim"], image_lengths)
+    M = _text_matrix(st, version) if _lengths_ok(text_lengths, info["dim"]) else None
+    yield from _vector_checks("text", M, info["dim"], text_lengths)
 
 
-def _index_checks(index, ids: np.ndarray, X: np.ndarray):
+def _lengths(st, table: str, version: str) -> dict[int, int]:
+    """{vector length: rows} of `version` in `table` (image_embeddings or text_embeddings)."""
+    with st.connect() as con:
+        rows = con.sql(f"SELECT len(vector), count(*) FROM {table} WHERE version = ? GROUP BY ALL",
+                       params=[version]).fetchall()
+    return {int(n): int(c) for n, c in rows}
+
+
+def _lengths_ok(lengths: dict[int, int], dim: int | None) -> bool:
+    return set(lengths) <= {dim} if dim is not None else len(lengths) <= 1
+
+
+def _image_ids(st, version: str) -> np.ndarray:
+    with st.connect() as con:
+        rows = con.sql("SELECT id FROM image_embeddings WHERE version = ? ORDER BY id", params=[version]).fetchall()
+    return np.array([r[0] for r in rows], dtype=np.int64)
+
+
+def _text_matrix(st, version: str) -> np.ndarray:
+    """Every text vector of `version`: the prompts' and the cached queries' (which `query` reuses)."""
+    from embedstore.store.rows import matrix
+
+    with st.connect() as con:
+        table = con.sql("SELECT vector FROM text_embeddings WHERE version = ? ORDER BY text_hash",
+                        params=[version]).pl()
+    return matrix(table["vector"], None)
+
+
+def _index_checks(index, ids: np.ndarray, X: np.ndarray | None):
     from embedstore.store import index as idx
 
     index_ids = idx.index_ids(index)
@@ -65,16 +102,24 @@ def _index_checks(index, ids: np.ndarray, X: np.ndarray):
         yield "index ids", False, f"index {len(index_ids)} ids, DuckDB {len(ids)}; only in index {extra}, only in DuckDB {lost}"
         return
     yield "index ids", True, f"{len(ids)} ids"
-    if len(ids):
+    if len(ids) and X is not None:
         V = index.index.reconstruct_n(0, index.ntotal)[order]
-        diff = float(np.abs(V - X).max())
+        diff = float(np.abs(V - X).max()) if V.shape == X.shape else float("inf")
         yield "index vectors", diff < 1e-5, f"max |index - DuckDB| = {diff:.2e}"
 
 
-def _vector_checks(what: str, X: np.ndarray, dim: int | None):
-    if not len(X):
+def _vector_checks(what: str, X: np.ndarray | None, dim: int | None, lengths: dict[int, int]):
+    if not lengths:
         return
-    yield f"{what} dim", dim is None or X.shape[1] == dim, f"{X.shape[1]} (recorded {dim})"
+    n = sum(lengths.values())
+    wrong = sum(c for length, c in lengths.items() if dim is not None and length != dim)
+    if dim is None and len(lengths) > 1:
+        wrong = n - max(lengths.values())
+    yield (f"{what} dim", wrong == 0,
+           f"{wrong} of {n} vectors are not {dim} long (lengths {', '.join(map(str, sorted(lengths)))})" if wrong
+           else f"{next(iter(lengths))} (recorded {dim})")
+    if X is None:
+        return
     finite = np.isfinite(X).all(axis=1)
     yield f"{what} finite", bool(finite.all()), f"{int((~finite).sum())} vectors with NaN/inf"
     norms = np.linalg.norm(X, axis=1)
