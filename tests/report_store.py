@@ -50,7 +50,7 @@ def finetune(st):
 
 def report_study(st, phantoms: Path, work: Path):
     """The analyses of v1 and v2, the agreement run and its gallery, added to `st` (see the module docstring)."""
-    from embedstore.explain.commands import agreement, write_gallery
+    from embedstore.explain.service import agreement, write_gallery
 
     for version in ("v1", "v2"):
         _analyses(st, version)
@@ -79,7 +79,7 @@ def _analyses(st, version: str) -> None:
 def iu_sized(root: Path):
     """7,470 images x 18 findings of synthetic vectors with the classifier and separability runs."""
     import embedstore
-    from embedstore.analyses import synthetic
+    import synthetic_vectors as synthetic
 
     st = embedstore.open(root / "store")
     synthetic.to_store(synthetic.make(n=N_IU, n_findings=18, d=64, seed=1), st, name="iu-sized")
@@ -92,7 +92,7 @@ def iu_sized(root: Path):
 def labels_only(root: Path):
     """Images, labels and a version, and no analysis run at all."""
     import embedstore
-    from embedstore.analyses import synthetic
+    import synthetic_vectors as synthetic
 
     st = embedstore.open(root / "store")
     synthetic.to_store(synthetic.make(n=300, n_findings=4, d=16, seed=2), st, name="labels-only")

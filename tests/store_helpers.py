@@ -100,7 +100,7 @@ def build_store(root: Path, n: int = 40, seed: int = 0, model: str = MODEL):
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from embedstore.store.store import WriteLock
+from embedstore.store.lock import WriteLock
 WriteLock(Path(sys.argv[1]) / "lock").acquire()
 print("held", flush=True)
 time.sleep(600)

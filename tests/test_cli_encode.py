@@ -157,7 +157,7 @@ def test_boxes_and_box_format_options_store_the_given_file(phantoms, tmp_path, c
 
 
 def test_batch_size_option_sets_the_images_per_committed_batch(manifest, tmp_path, capsys, monkeypatch):
-    from embedstore.store.store import Store
+    from embedstore.store import Storage
 
     batches, add = [], Store.add_image_vectors  # the real method, counted
 

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from embedstore.analyses import compare as cmp
-from embedstore.analyses import synthetic
+import synthetic_vectors as synthetic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from store_helpers import build_store  # noqa: E402

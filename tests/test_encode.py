@@ -138,7 +138,7 @@ FORK_SERVER = textwrap.dedent("""
     from store_helpers import MODEL, make_dataset
     from embedstore.encode import encode
     from embedstore.store import index as idx
-    from embedstore.store.store import Store
+    from embedstore.store import Storage
 
     def run_encoder(mode, imgdir, store):
         count = [0]
@@ -241,7 +241,7 @@ def _release_group(pgid: int, store: Path) -> None:
     shares the store's lock and would hold it until it noticed its parent was gone (up to 5 s);
     then wait until the lock is free."""
     from embedstore.errors import StoreBusy
-    from embedstore.store.store import WriteLock
+    from embedstore.store.lock import WriteLock
 
     try:
         os.killpg(pgid, signal.SIGKILL)

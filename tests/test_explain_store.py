@@ -13,7 +13,7 @@ from PIL import Image
 
 from embedstore.data.records import ImageRecord
 from embedstore.errors import EmbedstoreError, InputError
-from embedstore.explain import commands
+from embedstore.explain import service as commands
 from embedstore.explain.cache import HeatmapCache, HeatmapKey, cached_heatmaps
 from embedstore.explain.heatmaps import Heatmap
 from embedstore.explain.targets import ProbeTarget

@@ -183,7 +183,7 @@ def test_bce_head_beats_a_linear_head_on_the_parent_tower(tuned):
 
 def test_head_and_model_of_a_version_load_for_query_and_explain(tuned):
     from embedstore.data.images import read_image
-    from embedstore.finetune.commands import load_version_head, load_version_model
+    from embedstore.finetune.run import load_version_head, load_version_model
 
     st, before, r = tuned
     lm = load_version_model(st, "v2")
@@ -203,7 +203,7 @@ def test_head_and_model_of_a_version_load_for_query_and_explain(tuned):
 
 def test_a_random_head_reads_the_raw_tower_output(base, tmp_path):
     from embedstore.data.images import read_image
-    from embedstore.finetune.commands import load_version_head, load_version_model
+    from embedstore.finetune.run import load_version_head, load_version_model
     from embedstore.finetune.objectives import UnitInputHead
 
     st = copy_store(base, tmp_path / "store")
@@ -301,7 +301,7 @@ def test_bad_arguments_fail_before_anything_is_written(base, tmp_path):
 def test_a_run_that_fails_while_writing_its_version_finishes_it_when_run_again(base, tmp_path, monkeypatch):
     """Killed after the version row and its vectors were written but before its run: the next call
     completes that same version (head logits recomputed for images it no longer re-encodes)."""
-    from embedstore.finetune import commands
+    from embedstore.finetune import run as commands
 
     st = copy_store(base, tmp_path / "store")
     args = dict(objective="bce", train="vision", epochs=1, lr=2e-3, batch_size=16, seed=0, device="cpu", workers=0)

@@ -12,7 +12,8 @@ import torch
 from embedstore.errors import InputError
 from finetune_helpers import torch_threads
 from embedstore.finetune.data import PairDataset, Text, match_matrix
-from embedstore.finetune.loop import TrainConfig, macro_auroc, set_trainable, train, warmup_cosine
+from embedstore.analyses.metrics import macro_auroc
+from embedstore.finetune.loop import TrainConfig, set_trainable, train, warmup_cosine
 from embedstore.finetune.objectives import (
     BCEObjective,
     ContrastiveObjective,

@@ -101,7 +101,7 @@ def test_new_version_records_its_parent_and_leaves_the_parent_alone(tuned):
 def test_bce_finetune_raises_val_macro_auroc_over_its_parent(tuned):
     from sklearn.linear_model import LogisticRegression
 
-    from embedstore.finetune.loop import macro_auroc  # scikit-learn's AUROC over known labels; tested in core
+    from embedstore.analyses.metrics import macro_auroc  # scikit-learn's AUROC over known labels; tested in core
 
     st, before, r = tuned
     ids, X1 = before[0], before[1]

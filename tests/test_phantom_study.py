@@ -170,7 +170,7 @@ def test_gradcam_pointing_beats_every_baseline(store, phantoms):
     """Clear margin over ALL boxed items (the items this check was written for, before agreement
     scored the test split by default): the model's 95 % patient-bootstrap interval lies above
     every baseline's estimate, and its estimate is at least 1.3 times the best baseline's."""
-    from embedstore.explain.commands import agreement
+    from embedstore.explain.service import agreement
 
     store.probe()
     run, _ = agreement(boxes=str(phantoms / "boxes.csv"), box_format="canonical", target="probe",
@@ -190,7 +190,7 @@ def test_gradcam_beats_the_baselines_on_held_out_test_items(store, phantoms):
     its interval clears the chance baselines, but with 51 items clustered by patient the interval
     no longer clears the centre prior (pointing 0.21 [0.06, 0.37] vs centre 0.10; energy 0.07
     [0.03, 0.13] vs centre 0.04), which the all-items check above still asserts."""
-    from embedstore.explain.commands import agreement
+    from embedstore.explain.service import agreement
 
     store.probe()
     result = agreement(boxes=str(phantoms / "boxes.csv"), box_format="canonical", target="probe",

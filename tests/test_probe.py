@@ -7,7 +7,7 @@ from sklearn.metrics import average_precision_score
 
 from embedstore.analyses import metrics as mt
 from embedstore.analyses import probe as pb
-from embedstore.analyses import synthetic
+import synthetic_vectors as synthetic
 from embedstore.analyses import zeroshot as zs
 
 

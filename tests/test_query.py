@@ -98,7 +98,7 @@ def test_stored_text_query_imports_no_torch(built):
 
 def test_hnsw_filtered_search_returns_k(tmp_path):
     from embedstore.query import search
-    from embedstore.store import Store
+    from embedstore.store import Storage
 
     from embedstore.data.records import ImageRecord
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from embedstore.analyses import synthetic
+import synthetic_vectors as synthetic
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silho
 
 from embedstore.analyses import metrics as mt
 from embedstore.analyses import separability as sp
-from embedstore.analyses import synthetic
+import synthetic_vectors as synthetic
 from separability_spy import assert_fitted_on_train_scored_on_test, spy_on_fitted_parts
 
 

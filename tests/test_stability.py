@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 import embedstore
-from embedstore.analyses import synthetic
+import synthetic_vectors as synthetic
 from embedstore.analyses.stability import resplit
 
 

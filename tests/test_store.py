@@ -12,7 +12,7 @@ import pytest
 
 from embedstore.data.records import ImageRecord
 from embedstore.errors import StoreBusy, StoreError
-from embedstore.store import Store
+from embedstore.store import Storage
 
 
 def _records(n=6):
@@ -124,7 +124,7 @@ def test_second_writer_and_reader_get_store_busy(st, tmp_path):
     st.upsert_images(_records())
     holder = textwrap.dedent(f"""
         import sys, time
-        from embedstore.store import Store
+        from embedstore.store import Storage
         st = Store({str(st.path)!r})
         with st.connect(write=True):
             print("held", flush=True)

@@ -14,7 +14,7 @@ from scipy.special import expit
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
-from embedstore.analyses import synthetic
+import synthetic_vectors as synthetic
 
 MIN_POSITIVES = 10  # the README's evaluable-finding bar (patients), the runs' default
 # Stored metrics fitted on val (the probe's C path): not recomputable from the scored split's tables.

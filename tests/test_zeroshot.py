@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from embedstore.analyses import metrics as mt
-from embedstore.analyses import synthetic
+import synthetic_vectors as synthetic
 from embedstore.analyses import zeroshot as zs
 from embedstore.analyses.scoring import apply_thresholds, fit_thresholds
 

@@ -5,7 +5,7 @@ whether built from stored prompt vectors or from prompt texts."""
 import numpy as np
 import pytest
 
-from embedstore.analyses import synthetic
+import synthetic_vectors as synthetic
 from embedstore.analyses import zeroshot as zs
 
 torch = pytest.importorskip("torch")
