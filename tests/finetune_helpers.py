@@ -50,7 +50,7 @@ def parent_snapshot(st, version: str = "v1"):
     """Everything of `version` a fine-tune must leave alone: ids, vectors, texts, index checksum and bytes."""
     ids, X = st.image_vectors(version)
     texts, M = st.text_vectors(version)
-    info = st.version_info(version)
+    info = st.version_row(version)
     return ids, X, texts["text_hash"].to_list(), M, info["index_checksum"], sha256(st.index_path(version))
 
 

@@ -76,23 +76,32 @@ def make_dataset(paths: list, extra_missing: int = 0):
     return Dataset(name="manifest", source="test", scheme="test", findings=FINDINGS, records=recs)
 
 
+def open_store(path):
+    """`embedstore.api.Store(path)` with the internal `Storage`'s table reads and writes reachable
+    as attributes too: for tests that look at, or tamper with, tables the API does not show. The
+    API's own methods (encode, query, zeroshot, ...) win where both have a name."""
+    from embedstore.api import Store
+
+    class TableStore(Store):
+        def __getattr__(self, name):
+            return getattr(self.__dict__["_storage"], name)
+
+    return TableStore(path)
+
+
 def copy_store(store: Path, dest: Path):
     """A copy of the store folder `store` at `dest`, opened: how a test writes to a shared store."""
     import shutil
 
-    from embedstore.api import Store
-
     shutil.copytree(store, dest)
-    return Store(dest)
+    return open_store(dest)
 
 
 def build_store(root: Path, n: int = 40, seed: int = 0, model: str = MODEL):
     """A store of n PNGs encoded with `model` (a registry name) as v1: (Store, Dataset)."""
-    from embedstore.api import Store
-
     paths = write_pngs(root / "img", n, seed=seed, size=24)
     ds = make_dataset(paths)
-    st = Store(root / "store")
+    st = open_store(root / "store")
     st.encode(ds, model=model, batch_size=16, workers=0, device="cpu")
     return st, ds
 

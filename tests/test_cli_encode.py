@@ -18,8 +18,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-import embedstore
 from embedstore.cli import main
+from embedstore.store import Storage
+from store_helpers import open_store
 
 MODEL = ["--model", "phantom-clip", "--device", "cpu", "--workers", "0"]
 
@@ -66,7 +67,7 @@ def test_exit_0_when_every_image_is_encoded_or_already_stored(phantoms, tmp_path
     store = str(tmp_path / "store")
     code, out, _ = encode(capsys, str(phantoms), *MODEL, "--store", store, "--format", "json")
     assert code == 0 and json.loads(out)["encoded"] == len(images_of(phantoms))
-    assert embedstore.open(store).boxes().height == pl.read_csv(phantoms / "boxes.csv").height
+    assert open_store(store).boxes().height == pl.read_csv(phantoms / "boxes.csv").height
     code, out, _ = encode(capsys, str(phantoms), *MODEL, "--store", store, "--format", "json")
     assert code == 0 and (json.loads(out)["encoded"], json.loads(out)["skipped"]) == (0, len(images_of(phantoms)))
 
@@ -81,7 +82,7 @@ def test_exit_0_when_every_image_is_encoded_or_already_stored(phantoms, tmp_path
 def test_exit_2_for_a_bad_option_and_nothing_stored(phantoms, tmp_path, capsys, args, fragments):
     code, _, err = encode(capsys, str(phantoms), *MODEL, *args, "--store", str(tmp_path / "store"))
     assert one_line_error(code, err, *fragments), (code, err)
-    assert not embedstore.open(tmp_path / "store").sql("SELECT count(*) AS n FROM image_embeddings")["n"][0]
+    assert not (tmp_path / "store").exists()  # checked before anything is written: no store at all
 
 
 def test_exit_2_for_a_missing_source(tmp_path, capsys):
@@ -98,7 +99,7 @@ def test_exit_3_for_a_corrupt_image_among_good_ones(phantoms, tmp_path, capsys):
     store = tmp_path / "store"
     code, out, err = encode(capsys, str(src), *MODEL, "--store", str(store), "--format", "json")
     assert code == 3 and (json.loads(out)["encoded"], json.loads(out)["failed"]) == (len(images_of(phantoms)) - 1, 1)
-    st = embedstore.open(store)
+    st = open_store(store)
     errors = st.sql("SELECT image_id, stage FROM errors")
     assert errors.rows() == [(bad, "decode")]
     encoded = st.sql("SELECT image_id FROM images JOIN image_embeddings USING (id) ORDER BY image_id")["image_id"]
@@ -110,7 +111,7 @@ def test_exit_3_for_a_corrupt_image_among_good_ones(phantoms, tmp_path, capsys):
 # ---- every option reaches the code ------------------------------------------------------------------
 def test_dataset_option_picks_the_reader(phantoms, tmp_path, capsys):
     code, _, _ = encode(capsys, str(phantoms), *MODEL, "--dataset", "openi", "--store", str(tmp_path / "a"))
-    assert code == 0 and len(embedstore.open(tmp_path / "a").images()) == len(images_of(phantoms))
+    assert code == 0 and len(open_store(tmp_path / "a").images()) == len(images_of(phantoms))
     code, _, err = encode(capsys, str(phantoms), *MODEL, "--dataset", "nih", "--store", str(tmp_path / "b"))
     assert one_line_error(code, err, "--dataset nih reads a CSV or Parquet file"), err
 
@@ -121,7 +122,7 @@ def test_labels_option_picks_the_label_scheme(phantoms, tmp_path, capsys):
     mesh = read_dataset(str(phantoms), labels="mesh").findings
     assert mesh != read_dataset(str(phantoms)).findings  # the two schemes differ on these reports
     code, _, _ = encode(capsys, str(phantoms), *MODEL, "--labels", "mesh", "--store", str(tmp_path / "s"))
-    st = embedstore.open(tmp_path / "s")
+    st = open_store(tmp_path / "s")
     assert code == 0 and st.findings() == sorted(mesh)
     assert set(st.sql("SELECT DISTINCT finding FROM prompts")["finding"]) == set(mesh)
 
@@ -134,7 +135,7 @@ def test_images_option_finds_images_kept_elsewhere(phantoms, tmp_path, capsys):
     code, out, _ = encode(capsys, str(reports), *MODEL, "--images", str(phantoms / "images"),
                           "--store", str(tmp_path / "with"), "--format", "json")
     assert code == 0 and json.loads(out)["encoded"] == len(images_of(phantoms))
-    paths = embedstore.open(tmp_path / "with").images()["path"].to_list()
+    paths = open_store(tmp_path / "with").images()["path"].to_list()
     assert all(Path(p).parent == phantoms / "images" for p in paths)
 
 
@@ -147,7 +148,7 @@ def test_boxes_and_box_format_options_store_the_given_file(phantoms, tmp_path, c
                    f"{first},Cardiomegaly,10,12,30,20\n{second},Infiltrate,5,6,7,8\n")
     code, _, _ = encode(capsys, str(phantoms), *MODEL, "--boxes", str(nih), "--box-format", "nih",
                         "--store", str(tmp_path / "s"))
-    boxes = embedstore.open(tmp_path / "s").boxes().sort("image_id")
+    boxes = open_store(tmp_path / "s").boxes().sort("image_id")
     assert code == 0
     assert boxes.select("image_id", "finding", "x_min", "y_min", "x_max", "y_max").rows() == [
         (first, "Cardiomegaly", 10.0, 12.0, 40.0, 32.0), (second, "Infiltration", 5.0, 6.0, 12.0, 14.0)]
@@ -159,13 +160,13 @@ def test_boxes_and_box_format_options_store_the_given_file(phantoms, tmp_path, c
 def test_batch_size_option_sets_the_images_per_committed_batch(manifest, tmp_path, capsys, monkeypatch):
     from embedstore.store import Storage
 
-    batches, add = [], Store.add_image_vectors  # the real method, counted
+    batches, add = [], Storage.add_image_vectors  # the real method, counted
 
     def counted(self, version, ids, *args, **kwargs):
         batches.append(len(ids))
         return add(self, version, ids, *args, **kwargs)
 
-    monkeypatch.setattr(Store, "add_image_vectors", counted)
+    monkeypatch.setattr(Storage, "add_image_vectors", counted)
     code, _, _ = encode(capsys, str(manifest), *MODEL, "--batch-size", "3", "--store", str(tmp_path / "s"))
     assert code == 0 and batches == [3, 3, 2]
 
@@ -202,7 +203,7 @@ def test_device_option_reaches_the_model_loader(manifest, tmp_path, capsys):
                           "--store", str(tmp_path / "cuda"))
     if torch.cuda.is_available():
         assert code == 0
-        X_cpu, X_cuda = (embedstore.open(p).image_vectors("v1")[1] for p in (cpu, tmp_path / "cuda"))
+        X_cpu, X_cuda = (open_store(p).image_vectors("v1")[1] for p in (cpu, tmp_path / "cuda"))
         np.testing.assert_allclose(X_cuda, X_cpu, atol=2e-3)
     else:  # the model was asked for on a CUDA device, and loading it there failed
         assert one_line_error(code, err, "phantom-clip", "NVIDIA"), err
@@ -213,7 +214,7 @@ def test_precision_option_makes_a_version_of_that_dtype(manifest, tmp_path, caps
     for precision in ("fp32", "bf16"):
         code, _, _ = encode(capsys, str(manifest), *MODEL, "--precision", precision, "--store", str(store))
         assert code == 0
-    st = embedstore.open(store)
+    st = open_store(store)
     assert st.versions().select("version", "dtype").rows() == [("v1", "fp32"), ("v2", "bf16")]
     (_, fp32), (_, bf16) = st.image_vectors("v1"), st.image_vectors("v2")
     assert 0 < np.abs(fp32 - bf16).max() and (fp32 * bf16).sum(axis=1).min() > 0.99  # rounded, same model
@@ -227,10 +228,10 @@ def test_model_and_pretrained_options_pick_the_weights(manifest, tmp_path, capsy
     code, _, _ = encode(capsys, str(manifest), "--model", "ViT-S-32-alt", "--pretrained", "random", "--device", "cpu",
                         "--workers", "0", "--store", str(store))
     assert code == 0
-    st = embedstore.open(store)
+    st = open_store(store)
     assert st.versions().select("version", "model_name", "dim").rows() == [
         ("v1", tiny_model, 32), ("v2", "ViT-S-32-alt", 256)]
-    record = st.version_info("v2")["model_record"]
+    record = st.version("v2").model_record
     assert (record["pretrained"], record["revision"], record["source"]) == (
         "random", "random-seed-0", "open_clip:ViT-S-32-alt/random")
     code, _, err = encode(capsys, str(manifest), "--model", "ViT-S-32-alt", "--device", "cpu", "--store", str(store))
@@ -249,7 +250,7 @@ def test_version_option_appends_to_that_version_only_for_its_model(manifest, tmp
                   "--store", str(store))[0] == 0
     code, out, _ = encode(capsys, str(manifest), *MODEL, "--version", "v1", "--store", str(store), "--format", "json")
     assert code == 0 and (json.loads(out)["version"], json.loads(out)["encoded"]) == ("v1", 4)
-    assert embedstore.open(store).versions().select("version", "images").rows() == [("v1", 8), ("v2", 4)]
+    assert open_store(store).versions().select("version", "images").rows() == [("v1", 8), ("v2", 4)]
     code, _, err = encode(capsys, str(manifest), "--model", tiny_model, "--device", "cpu", "--version", "v1",
                           "--store", str(store))
     assert one_line_error(code, err, "version v1 was made by model 'phantom-clip'"), err

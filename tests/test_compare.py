@@ -109,15 +109,19 @@ def two(tmp_path_factory):
     for v in ("v1", "v2"):
         st.zeroshot(v, rule="pos-neg", n_boot=300)
         st.probe(v, n_boot=300)
-    st.zeroshot("v1", rule="cosine", n_boot=300)  # on v1 only: not compared
+    st.zeroshot("v1", rule="cosine", n_boot=300)  # on v1 only: compare runs it on v2 with v1's settings
     return st
 
 
 def test_compare_versions_pairs_runs_side_by_side_with_paired_intervals(two):
+    cosine_runs = "SELECT count(*) AS n FROM runs WHERE kind = 'zeroshot' AND config->>'rule' = 'cosine'"
+    assert two.sql(cosine_runs)["n"][0] == 1
     df = two.compare("v1", "v2")
-    assert set(df["run"].unique().to_list()) == {"zeroshot(rule=pos-neg)", "probe(classifier=logreg)"}
-    for kind in ("zeroshot", "probe"):
-        part = df.filter(pl.col("kind") == kind)
+    assert two.sql(cosine_runs)["n"][0] == 2  # v1's cosine run, now also on v2, with v1's settings
+    assert set(df["run"].unique().to_list()) == {"zeroshot(rule=pos-neg)", "zeroshot(rule=cosine)",
+                                                  "probe(classifier=logreg)"}
+    for kind, label in (("zeroshot", "zeroshot(rule=pos-neg)"), ("probe", "probe(classifier=logreg)")):
+        part = df.filter(pl.col("run") == label)
         stored = {v: two.sql(f"""SELECT finding, metric, value FROM metrics WHERE run_id =
                      (SELECT run_id FROM runs WHERE version = '{v}' AND kind = '{kind}'
                       AND (kind <> 'zeroshot' OR config->>'rule' = 'pos-neg') ORDER BY started DESC LIMIT 1)""")
@@ -165,7 +169,13 @@ def test_compare_refuses_one_version_twice_and_is_empty_without_shared_runs(two,
     syn = synthetic.make(n=200, n_findings=2, d=16, seed=1)
     synthetic.to_store(syn, st, name="a")
     synthetic.to_store(syn, st, name="b")
-    assert st.compare("v1", "v2").is_empty()
+    with pytest.raises(InputError, match="run the missing analyses first: embedstore probe") as err:
+        st.compare("v1", "v2", no_run=True)  # nothing run on either: it names the commands
+    assert "embedstore zeroshot" in str(err.value) and "\n" not in str(err.value)
+    assert st.sql("SELECT count(*) AS n FROM runs")["n"][0] == 0
+    df = st.compare("v1", "v2")  # runs the headline analyses on both, then pairs them
+    assert set(df["kind"]) == {"zeroshot", "probe"}
+    assert st.sql("SELECT version, count(*) AS n FROM runs GROUP BY ALL ORDER BY 1").rows() == [("v1", 5), ("v2", 5)]
 
 
 def test_cli_prints_paired_differences(two, capsys, monkeypatch):
@@ -183,8 +193,9 @@ def test_cli_prints_paired_differences(two, capsys, monkeypatch):
     rows = json.loads(capsys.readouterr().out)
     assert {r["kind"] for r in rows} == {"zeroshot", "probe"}
     assert {"value_1", "value_2", "diff", "diff_lo", "diff_hi", "p_value", "p_holm", "verdict"} <= set(rows[0])
-    # compact by default: overall summary metrics and per-finding AUROC only
-    assert all(r["metric"] == "auroc" for r in rows if r["finding"] is not None)
+    # json is the API's frame, every row; only the screen table is compact (summary metrics, AUROC)
+    assert len(rows) == two.compare("v1", "v2").height > len([line for line in out.splitlines() if "│" in line])
+    assert any(r["metric"] == "f1" for r in rows) and " f1 " not in out
     with pytest.raises(SystemExit) as exc:
         main(["compare", "--methods", "zeroshot:pos-neg,probe", "--version", "v2", "--store", str(two.path),
               "--format", "json"])
@@ -209,4 +220,4 @@ def test_compare_refuses_versions_whose_test_sets_differ(tmp_path, tiny_model):
         st.compare("v1", "v2")
     assert "\n" not in str(err.value)
     st.encode(ds, model=tiny_model, batch_size=16, workers=0)  # the two missing images added: compare works
-    assert st.compare("v1", "v2").is_empty()
+    assert not st.compare("v1", "v2").is_empty()

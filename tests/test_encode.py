@@ -58,17 +58,17 @@ def _table(store_path, version="v1"):
 
 
 def test_encode_stores_each_image_once_and_skips_on_rerun(tiny, tmp_path):
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
 
     name, loaded = tiny
     paths = write_pngs(tmp_path / "img", 6)
     st = Store(tmp_path / "store")
-    s1 = st.encode(make_dataset(paths), model=name, batch_size=4, workers=1).row(0, named=True)
+    s1 = st.encode(make_dataset(paths), model=name, batch_size=4, workers=1).as_dict()
     assert (s1["encoded"], s1["skipped"], s1["failed"]) == (6, 0, 0)
     ids, X = st.image_vectors("v1")
     by_id = dict(zip(st.images()["id"].to_list(), st.images()["path"].to_list()))
     np.testing.assert_allclose(X, _reference(loaded, [by_id[i] for i in ids]), atol=1e-5)
-    info = st.version_info("v1")
+    info = st.version_row("v1")
     assert info["logit_scale"] == pytest.approx(loaded.record.logit_scale) and info["dim"] == 32
     # prompts: several positive and several negative phrasings for every finding, all embedded
     df, M = st.text_vectors("v1")
@@ -77,10 +77,10 @@ def test_encode_stores_each_image_once_and_skips_on_rerun(tiny, tmp_path):
         assert pol.count("positive") >= 3 and pol.count("negative") >= 3
     assert len(M) == df.height
     # rerun: nothing encoded; new and changed images are (re-)encoded into the same version
-    s2 = st.encode(make_dataset(paths), model=name, batch_size=4, workers=0).row(0, named=True)
+    s2 = st.encode(make_dataset(paths), model=name, batch_size=4, workers=0).as_dict()
     assert (s2["version"], s2["encoded"], s2["skipped"]) == ("v1", 0, 6)
     more = write_pngs(tmp_path / "img", 8, seed=1)  # rewrites img000..img005 with new content, adds 2
-    s3 = st.encode(make_dataset(more), model=name, batch_size=4, workers=1).row(0, named=True)
+    s3 = st.encode(make_dataset(more), model=name, batch_size=4, workers=1).as_dict()
     assert (s3["version"], s3["encoded"], s3["skipped"]) == ("v1", 8, 0)
     ids, X = st.image_vectors("v1")
     assert len(ids) == 8
@@ -90,39 +90,40 @@ def test_encode_stores_each_image_once_and_skips_on_rerun(tiny, tmp_path):
 
 
 def test_other_model_makes_new_version(tiny, tmp_path):
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
     from embedstore.errors import InputError
 
     name, _ = tiny
     paths = write_pngs(tmp_path / "img", 3)
     st = Store(tmp_path / "store")
-    st.encode(make_dataset(paths), model=MODEL, workers=0)
-    s = st.encode(make_dataset(paths), model=name, workers=0).row(0, named=True)
+    last_encode = st.encode(make_dataset(paths), model=MODEL, workers=0)
+    s = st.encode(make_dataset(paths), model=name, workers=0).as_dict()
     assert (s["version"], s["encoded"]) == ("v2", 3)
     with pytest.raises(InputError, match=f"version v1 was made by model '{MODEL}'"):
-        st.encode(make_dataset(paths), model=name, workers=0, version="v1")
+        last_encode = st.encode(make_dataset(paths), model=name, workers=0, version="v1")
     assert st.versions()["images"].to_list() == [3, 3]
 
 
 def test_unreadable_images_are_recorded_and_the_rest_encoded(tiny, tmp_path):
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
 
     name, _ = tiny
     paths = write_pngs(tmp_path / "img", 5)
     paths[1].write_bytes(b"not a png at all")  # corrupt
     paths[3].unlink()  # vanished
     st = Store(tmp_path / "store")
-    st.encode(make_dataset(paths, extra_missing=1), model=name, batch_size=2, workers=1)
-    summary = st.last_encode
+    last_encode = st.encode(make_dataset(paths, extra_missing=1), model=name, batch_size=2, workers=1)
+    summary = last_encode
     assert (summary.encoded, summary.failed, summary.exit_code) == (3, 3, 3)
     errs = st.sql("SELECT image_id, stage, reason FROM errors ORDER BY image_id")
     assert errs["image_id"].to_list() == ["IM001", "IM003", "NOFILE0"]
     assert all(errs["reason"].str.len_chars() > 5)
-    assert sorted(st.images("id IN (SELECT id FROM image_embeddings)")["image_id"]) == ["IM000", "IM002", "IM004"]
+    encoded = st.sql("SELECT image_id FROM images WHERE id IN (SELECT id FROM image_embeddings)")["image_id"]
+    assert sorted(encoded) == ["IM000", "IM002", "IM004"]
     # fixing the file and re-running clears its error and encodes it
     write_pngs(tmp_path / "img", 5)
-    st.encode(make_dataset(paths), model=name, workers=0)
-    assert st.last_encode.encoded == 2 and st.last_encode.exit_code == 0
+    last_encode = st.encode(make_dataset(paths), model=name, workers=0)
+    assert last_encode.encoded == 2 and last_encode.exit_code == 0
     assert st.sql("SELECT count(*) AS n FROM errors WHERE image_id LIKE 'IM%'")["n"][0] == 0
 
 
@@ -264,7 +265,7 @@ def _release_group(pgid: int, store: Path) -> None:
 def test_exactly_once_after_sigkill(fork_server, killed_setup, tmp_path, mode):
     """A process killed at `mode`'s moment, then encode run again on its store (here, in this
     process): every image is stored exactly once, with the model's vectors, and verify passes."""
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
 
     root, paths, ref = killed_setup
     store = tmp_path / "store"
@@ -277,7 +278,7 @@ def test_exactly_once_after_sigkill(fork_server, killed_setup, tmp_path, mode):
     if expected_committed is not None:
         assert committed == expected_committed
     st = Store(store)
-    again = st.encode(make_dataset(paths), model=MODEL, batch_size=4, workers=0, device="cpu").row(0, named=True)
+    again = st.encode(make_dataset(paths), model=MODEL, batch_size=4, workers=0, device="cpu").as_dict()
     assert (again["encoded"], again["skipped"], again["failed"]) == (N_IMAGES - committed, committed, 0)
     rows = _table(store)
     assert [r[0] for r in rows] == [f"IM{i:03d}" for i in range(N_IMAGES)]  # every image exactly once

@@ -42,7 +42,7 @@ def tiny():
 def _store(tmp_path, tiny, images: list[tuple], boxes: list[tuple]):
     """A store of random-noise PNGs: `images` (image_id, (width, height), patient, split), prompts
     for Cardiomegaly only, Cardiomegaly `boxes` (image_id, x_min, y_min, x_max, y_max)."""
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
 
     rng = np.random.default_rng(0)
     records, size = [], {}

@@ -73,7 +73,7 @@ def blob_dataset(folder: Path, n: int, seed: int = 0):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, tiny_model):
     """A store with one encoded version (v1) of the session's tiny model (conftest.py)."""
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
 
     root = tmp_path_factory.mktemp("ft-base")
     Store(root / "store").encode(blob_dataset(root / "img", N_IMAGES), model=tiny_model, batch_size=32, workers=0)
@@ -81,7 +81,7 @@ def base(tmp_path_factory, tiny_model):
 
 
 def copy_store(base: Path, dest: Path):
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
 
     shutil.copytree(base / "store", dest)
     return Store(dest)
@@ -210,7 +210,7 @@ def test_a_random_head_reads_the_raw_tower_output(base, tmp_path):
     r = st.finetune("v1", objective="bce", train="vision", epochs=1, lr=2e-3, batch_size=16, seed=0, device="cpu",
                     workers=0, head_init="random")
     head, _ = load_version_head(st, r.version)
-    assert isinstance(head, torch.nn.Linear) and "head_init" not in st.version_info(r.version)["model_record"]["finetune"]
+    assert isinstance(head, torch.nn.Linear) and "head_init" not in st.version(r.version).model_record["finetune"]
     lm = load_version_model(st, r.version)
     ids = st.image_vectors(r.version)[0][:3]
     paths = st.images().filter(st.images()["id"].is_in(ids.tolist())).sort("id")["path"].to_list()
@@ -252,7 +252,7 @@ def test_contrastive_keeps_zero_shot_working_on_the_new_version(base, tmp_path, 
     st = copy_store(base, tmp_path / "store")
     r = st.finetune("v1", objective="contrastive", train="vision", epochs=2, lr=2e-3, batch_size=16, seed=0,
                     device="cpu", workers=0)
-    assert r.version == "v2" and st.version_info("v2")["parent"] == "v1"
+    assert r.version == "v2" and st.version_row("v2")["parent"] == "v1"
     # train=vision leaves the text tower alone: the prompts' vectors are the parent's, re-encoded
     t1, M1 = st.text_vectors("v1")
     t2, M2 = st.text_vectors("v2")
@@ -272,7 +272,7 @@ def test_contrastive_keeps_zero_shot_working_on_the_new_version(base, tmp_path, 
     assert exc.value.code == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["version"], out["parent"], out["objective"], out["trained_now"]) == ("v3", "v2", "bce", "1")
-    assert st.version_info("v3")["parent"] == "v2"
+    assert st.version_row("v3")["parent"] == "v2"
     # last-1-blocks leaves the first block of the image tower as it was in v2
     from safetensors.torch import load_file
 
@@ -315,11 +315,17 @@ def test_a_run_that_fails_while_writing_its_version_finishes_it_when_run_again(b
             st.finetune("v1", **args)
     assert st.versions().height == 2 and st.image_vectors("v2")[0].size == N_IMAGES
     assert st.runs().filter(st.runs()["kind"] == "finetune").height == 0  # not complete yet
+    assert st.versions()["status"].to_list() == ["complete", "building"]
+    assert st.resolve_version(None) == "v1"  # a half-written version never becomes the default
+    report = st.verify("v2")
+    assert report.filter(report["check"] == "complete")["ok"].to_list() == [False]
+    assert "embedstore versions --drop v2" in report.filter(report["check"] == "complete")["detail"][0]
     r = st.finetune("v1", **args)
     assert (r.version, r.encoded, r.trained_now, r.reused) == ("v2", 0, [], False)
     assert st.versions().height == 2
     S = _head_scores(st, "v2", st.image_vectors("v2")[0])
     assert np.isfinite(S).all()
+    assert st.verify("v2")["ok"].all() and st.resolve_version(None) == "v2"
 
 
 def test_a_finetuned_version_is_never_scored_on_the_images_it_was_fitted_on(tuned, tmp_path):

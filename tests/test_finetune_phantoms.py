@@ -49,7 +49,7 @@ def _zero_shot_scores(st, version: str, findings: list[str]) -> np.ndarray:
     _, X = st.image_vectors(version)
     texts, M = st.text_vectors(version)
     return zs.scores(X, zs.prompt_vectors(texts, M, findings, "ensemble", zs._preferred_templates()), "pos-neg",
-                     float(st.version_info(version)["logit_scale"]))
+                     float(st.version_row(version)["logit_scale"]))
 
 
 def _scores(st, run_id: str, ids: np.ndarray, findings: list[str]) -> np.ndarray:

@@ -102,7 +102,7 @@ def test_hnsw_filtered_search_returns_k(tmp_path):
 
     from embedstore.data.records import ImageRecord
 
-    st = Store(tmp_path / "s")
+    st = Storage(tmp_path / "s")
     n, d = 3000, 16
     recs = [ImageRecord(f"x{i}", None, "s", None, "frontal" if i % 100 == 0 else "lateral", None, None, {}) for i in range(n)]
     ids = st.upsert_images(recs)
@@ -180,7 +180,7 @@ def test_cli_image_file_query_ranks_by_the_files_vector(built, tmp_path, capsys)
     assert [h["image_id"] for h in hits[1:]] == st.query(like="IM005", k=4)["image_id"].to_list()
     outside = tmp_path / "outside.png"
     Image.fromarray(np.random.default_rng(9).integers(0, 256, (30, 26), dtype=np.uint8), "L").save(outside)
-    loaded = load_model(st.version_info("v1")["model_name"])
+    loaded = load_model(st.version_row("v1")["model_name"])
     v = loaded.encode_images(model_input(outside, loaded.preprocess)[None])[0]
     ids, X = st.image_vectors("v1")
     by_id = dict(zip(st.images()["id"].to_list(), st.images()["image_id"].to_list()))

@@ -384,20 +384,27 @@ def test_malformed_xml_in_folder_and_tarball(tmp_path):
     bad = tmp_path / "d" / "ecgen-radiology" / "2.xml"
     bad.write_text('<eCitation><uId id="CXR2"/><MeSH></eCitation>')
     with pytest.raises(InputError) as err:
-        read_dataset(str(tmp_path / "d"))
+        read_dataset(str(tmp_path / "d"), strict=True)
     assert "2.xml" in _one_line(err) and "malformed XML" in str(err.value)
+    ds = read_dataset(str(tmp_path / "d"))  # not strict: the bad report is listed, the rest read
+    assert [r.image_id for r in ds.records] == ["CXR1_IM-0001-1001"]
+    assert len(ds.bad_reports) == 1 and ds.bad_reports[0]["file"].endswith("2.xml")
+    assert "malformed XML" in ds.bad_reports[0]["reason"]
     with tarfile.open(tmp_path / "r.tgz", "w:gz") as tf:
         tf.add(tmp_path / "d" / "ecgen-radiology", arcname="ecgen-radiology")
     with pytest.raises(InputError) as err:
-        read_dataset(str(tmp_path / "r.tgz"))
+        read_dataset(str(tmp_path / "r.tgz"), strict=True)
     assert "r.tgz:ecgen-radiology/2.xml" in _one_line(err)
+    assert read_dataset(str(tmp_path / "r.tgz")).bad_reports[0]["file"].endswith("r.tgz:ecgen-radiology/2.xml")
 
 
 def test_bad_image_id_and_unknown_scheme(tmp_path):
     write_openi_folder(tmp_path / "d", [(1, [("IMG_0001", "x")], [])], pngs=False)
     with pytest.raises(InputError) as err:
-        read_dataset(str(tmp_path / "d"))
+        read_dataset(str(tmp_path / "d"), strict=True)
     assert "IMG_0001" in _one_line(err)
+    bad = read_dataset(str(tmp_path / "d")).bad_reports  # not strict: listed, not raised
+    assert len(bad) == 1 and "IMG_0001" in bad[0]["reason"]
     write_openi_folder(tmp_path / "e", [(1, [("CXR1_IM-0001-1001", "x")], [])], pngs=False)
     with pytest.raises(InputError, match="automatic, mesh"):
         read_dataset(str(tmp_path / "e"), labels="chexpert14")

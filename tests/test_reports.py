@@ -16,7 +16,7 @@ from report_text import has_key, rows, specs, tables, titled
 
 from embedstore.errors import InputError, StoreError
 from embedstore.reports import charts
-from embedstore.reports.build import agreement_source, build_report
+from embedstore.reports.build import agreement_source
 from embedstore.reports.html import Chart, Report, Section, chart_spec, render
 
 NOT_EVALUABLE = " (not evaluable)"
@@ -282,15 +282,15 @@ def test_gallery_images_are_inline_and_bounded(phantom_store, phantom_report):
 
 
 def test_version_selection(phantom_store, tmp_path):
-    both = build_report(phantom_store, compare=("v1", "v2"), out=tmp_path / "c.html").path.read_text()
+    both = phantom_store.report(compare=("v1", "v2"), out=tmp_path / "c.html").path.read_text()
     assert "probe(classifier=logreg) @ v2" in both and "probe(classifier=logreg) @ v1" in both
-    only = build_report(phantom_store, version="v1", out=tmp_path / "v.html").path.read_text()
+    only = phantom_store.report(version="v1", out=tmp_path / "v.html").path.read_text()
     body = only.split("<main>")[1]
     assert "@ v2" not in body and "Overall metrics of version v2" not in body
     with pytest.raises(InputError, match="'v9'"):
-        build_report(phantom_store, version="v9", out=tmp_path / "x.html")
+        phantom_store.report(version="v9", out=tmp_path / "x.html")
     with pytest.raises(InputError, match="does not exist"):
-        build_report(phantom_store, out=tmp_path / "no" / "x.html")
+        phantom_store.report(out=tmp_path / "no" / "x.html")
     assert not (tmp_path / "x.html").exists()
 
 
@@ -302,7 +302,7 @@ def iu_report(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("iu")
     store = iu_sized(tmp)
-    built = build_report(store, out=tmp / "report.html")
+    built = store.report(out=tmp / "report.html")
     return store, built, built.path.read_text(encoding="utf-8")
 
 
@@ -402,7 +402,7 @@ def bare_store(tmp_path_factory):
 
 
 def test_missing_analyses_are_notes_not_errors(bare_store, tmp_path):
-    built = build_report(bare_store, out=tmp_path / "r.html")
+    built = bare_store.report(out=tmp_path / "r.html")
     text = built.path.read_text()
     assert built.charts == 3  # the data-set charts only
     assert "not run yet: run <code>embedstore zeroshot</code>" in text
@@ -415,7 +415,7 @@ def test_missing_analyses_are_notes_not_errors(bare_store, tmp_path):
 def test_report_is_written_with_the_users_umask(bare_store, tmp_path, umask, mode):
     old = os.umask(umask)
     try:
-        built = build_report(bare_store, out=tmp_path / "r.html")
+        built = bare_store.report(out=tmp_path / "r.html")
     finally:
         os.umask(old)
     assert built.path.stat().st_mode & 0o777 == mode
@@ -426,7 +426,7 @@ def test_empty_store_is_a_clear_error(tmp_path):
     import embedstore
 
     with pytest.raises(StoreError, match="embedstore encode"):
-        build_report(embedstore.open(tmp_path / "empty"), out=tmp_path / "r.html")
+        embedstore.open(tmp_path / "empty").report(out=tmp_path / "r.html")
 
 
 def test_cli_writes_report_and_reports_bad_version(bare_store, tmp_path, capsys):

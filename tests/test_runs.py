@@ -10,7 +10,7 @@ import synthetic_vectors as synthetic
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
 
     st = Store(tmp_path_factory.mktemp("runs") / "store")
     synthetic.to_store(synthetic.make(n=900, n_findings=4, d=16, seed=4), st)
@@ -21,25 +21,25 @@ def test_run_is_reused_then_replaced_with_force(store):
     from embedstore.analyses.probe import probe
     from embedstore.analyses.runs import runs
 
-    first = probe(store, n_boot=50)
-    again = probe(store, n_boot=50)
+    first = probe(store, n_boot=50)[0]
+    again = probe(store, n_boot=50)[0]
     assert not first.reused and again.reused and again.run_id == first.run_id
     assert again.metrics.sort(["finding", "metric"], nulls_last=True).equals(
         first.metrics.sort(["finding", "metric"], nulls_last=True))
-    forced = probe(store, n_boot=50, force=True)
+    forced = probe(store, n_boot=50, force=True)[0]
     assert not forced.reused and forced.run_id != first.run_id
     listed = runs(store, "probe")["run_id"].to_list()
     assert forced.run_id in listed and first.run_id not in listed  # replaced, not duplicated
     n_old = store.sql(f"select count(*) as n from metrics where run_id = '{first.run_id}'")["n"][0]
     assert n_old == 0
-    other = probe(store, n_boot=60)  # another config is another run
+    other = probe(store, n_boot=60)[0]  # another config is another run
     assert not other.reused and other.run_id != forced.run_id
 
 
 def test_every_result_table_is_reachable_by_sql(store):
     from embedstore.analyses.probe import load_probe, probe
 
-    r = probe(store, n_boot=50)
+    r = probe(store, n_boot=50)[0]
     scores = store.sql(f"select * from image_scores where run_id = '{r.run_id}' order by id, finding")
     assert scores.height > 0
     fit = load_probe(store, r.run_id)
@@ -62,8 +62,9 @@ def test_zeroshot_runs_per_rule_and_labels_change_invalidates(store):
     assert all(r.reused for r in zeroshot(store, calibrate_on="val", n_boot=20))
     thr = res[3].metrics.filter(res[3].metrics["metric"] == "threshold")
     assert thr.height == 4
-    df = store.zeroshot(rule="pos-neg", calibrate_on="val", n_boot=20)  # the facade
-    assert set(df["rule"].unique()) == {"pos-neg"} and store.last_runs[0].reused
+    facade = store.zeroshot(rule="pos-neg", calibrate_on="val", n_boot=20)  # the API: the same stored run
+    assert len(facade) == 1 and facade[0].reused and facade[0].run_id == res[3].run_id
+    assert set(facade.to_polars()["rule"].unique()) == {"pos-neg"}
 
 
 def test_bad_split_is_a_one_line_error(store):

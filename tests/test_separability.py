@@ -77,12 +77,12 @@ def test_per_finding_rows_by_hand(syn):
 
 def test_fitted_parts_see_train_rows_only(syn, monkeypatch, tmp_path):
     """Through the store: LDA, the kNN index and PCA receive exactly the train split's vectors."""
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
 
     st = Store(tmp_path / "store")
     synthetic.to_store(syn, st)
     seen = spy_on_fitted_parts(monkeypatch)
-    assert_fitted_on_train_scored_on_test(st, seen, sp.separability(st, tsne_max=60))
+    assert_fitted_on_train_scored_on_test(st, seen, sp.separability(st, tsne_max=60)[0])
 
 
 def test_per_finding_figures_on_a_hand_worked_example():
@@ -258,13 +258,13 @@ def test_separability_run_passes_its_parameters_and_is_reused(tmp_path):
     from dataclasses import replace
 
     from embedstore.analyses.runs import load_data
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
 
     syn = synthetic.make(n=500, n_findings=3, d=8, seed=5, uncertain_rate=0.1)
     st = Store(tmp_path / "store")
     version = synthetic.to_store(syn, st)
     synthetic.to_store(replace(syn, X=np.roll(syn.X, 1, axis=0)), st, name="later")
-    run = sp.separability(st, version, k=7, uncertain="positive", tsne_max=30, seed=2)
+    run = sp.separability(st, version, k=7, uncertain="positive", tsne_max=30, seed=2)[0]
     assert run.kind == "separability" and run.version == version and not run.reused
     data = load_data(st, version)
     Y01, known = mt.apply_policy(data.Y, "positive")
@@ -278,10 +278,10 @@ def test_separability_run_passes_its_parameters_and_is_reused(tmp_path):
         {"k": 7, "uncertain": "positive", "where": None, "tsne_max": 30, "seed": 2, "lda_shrinkage": 0.1,
          "findings": data.findings}
     assert run.config["data"] == data.fingerprint()
-    again = sp.separability(st, version, k=7, uncertain="positive", tsne_max=30, seed=2)
+    again = sp.separability(st, version, k=7, uncertain="positive", tsne_max=30, seed=2)[0]
     assert again.reused and again.run_id == run.run_id and {"metrics", "projections"} <= set(again.tables)
     assert st.sql(f"SELECT kind FROM runs WHERE run_id = '{run.run_id}'")["kind"][0] == "separability"
-    forced = sp.separability(st, version, k=7, uncertain="positive", tsne_max=30, seed=2, force=True)
+    forced = sp.separability(st, version, k=7, uncertain="positive", tsne_max=30, seed=2, force=True)[0]
     assert not forced.reused and forced.run_id != run.run_id
-    default = sp.separability(st, version, tsne_max=30)
+    default = sp.separability(st, version, tsne_max=30)[0]
     assert (default.config["k"], default.config["seed"], default.config["uncertain"]) == (15, 0, "mask")

@@ -47,7 +47,7 @@ def stored_splits(st) -> dict[str, tuple[str, str, str, str]]:
 
 
 def test_encoding_a_subset_then_all_keeps_every_shared_images_split(tmp_path, tiny_model):
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
     from embedstore.data.datasets import read_dataset
 
     pngs = write_pngs(tmp_path / "img", 80, size=24)
@@ -62,27 +62,27 @@ def test_encoding_a_subset_then_all_keeps_every_shared_images_split(tmp_path, ti
     st = Store(tmp_path / "store")
     first = st.encode(str(subset), model=MODEL, workers=0)
     before = stored_splits(st)
-    assert first["split_by_hash"][0] == 0
+    assert first.split_by_hash == 0
     assert {v[2] for v in before.values()} == {"stratified"} and before == {
         k: (alone[k], alone[k], "stratified", f"patient:p{int(k[2:]) // 2}") for k in alone}
-    st.encode(str(full), model=MODEL, workers=0)
+    last_encode = st.encode(str(full), model=MODEL, workers=0)
     after = stored_splits(st)
     assert {k: after[k] for k in before} == before  # every shared image kept its split
     assert all(v[0] == v[1] for v in after.values())  # images.split mirrors splits.split
     new = {k: v for k, v in after.items() if k not in before}
     assert len(new) == 30 and {v[2] for v in new.values()} == {"hash"}
-    assert st.last_encode.split_by_hash == 30
+    assert last_encode.split_by_hash == 30
     # stored seed and fractions are those of the first (stratified) assignment
     methods = st.split_methods()
     assert methods.select("method", "seed", "fractions", "images").rows() == [
         ("stratified", 0, "[0.7, 0.1, 0.2]", 50), ("hash", 0, "[0.7, 0.1, 0.2]", 30)]
     # encoding again, or into another version (another model), moves nothing
-    st.encode(str(full), model=tiny_model, workers=0)
-    assert st.last_encode.version == "v2" and stored_splits(st) == after and st.last_encode.split_by_hash == 0
+    last_encode = st.encode(str(full), model=tiny_model, workers=0)
+    assert last_encode.version == "v2" and stored_splits(st) == after and last_encode.split_by_hash == 0
 
 
 def test_manifest_split_is_kept_group_column_honoured_and_new_groups_hashed(tmp_path, capsys):
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
     from embedstore.cli import main
     from embedstore.data.datasets import read_dataset
 
@@ -91,7 +91,7 @@ def test_manifest_split_is_kept_group_column_honoured_and_new_groups_hashed(tmp_
     given = write_manifest(tmp_path / "given.csv", pngs, range(0, 12), split_of=lambda i: ("test", "train")[i // 6],
                            group_of=group)
     st = Store(tmp_path / "store")
-    st.encode(str(given), model=MODEL, workers=0)
+    last_encode = st.encode(str(given), model=MODEL, workers=0)
     kept = stored_splits(st)
     assert {k: v[:3] for k, v in kept.items()} == {
         f"IM{i:03d}": (("test", "train")[i // 6],) * 2 + ("given",) for i in range(12)}
@@ -119,10 +119,10 @@ def test_manifest_split_is_kept_group_column_honoured_and_new_groups_hashed(tmp_
 
     # A data set that gives splits again: its new images (site 5) take them, as given; the stored
     # images keep theirs although it says otherwise.
-    st.encode(str(write_manifest(tmp_path / "val.csv", pngs, range(0, 36), split_of=lambda i: "val", group_of=group)),
+    last_encode = st.encode(str(write_manifest(tmp_path / "val.csv", pngs, range(0, 36), split_of=lambda i: "val", group_of=group)),
               model=MODEL, workers=0)
     again = stored_splits(st)
-    assert {k: again[k] for k in after} == after and st.last_encode.split_by_hash == 0
+    assert {k: again[k] for k in after} == after and last_encode.split_by_hash == 0
     assert {again[f"IM{i:03d}"][1:3] for i in range(30, 36)} == {("val", "given")}
 
     # one more site without a split: the table output says how many were hashed, on stderr
@@ -135,17 +135,17 @@ def test_manifest_split_is_kept_group_column_honoured_and_new_groups_hashed(tmp_
 
 
 def test_a_new_image_of_a_stored_patient_joins_its_split(tmp_path):
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
 
     pngs = write_pngs(tmp_path / "img", 21, size=24)
     st = Store(tmp_path / "store")
-    st.encode(str(write_manifest(tmp_path / "a.csv", pngs, range(0, 20, 2))), model=MODEL, workers=0)
+    last_encode = st.encode(str(write_manifest(tmp_path / "a.csv", pngs, range(0, 20, 2))), model=MODEL, workers=0)
     before = stored_splits(st)
-    st.encode(str(write_manifest(tmp_path / "b.csv", pngs, range(0, 21))), model=MODEL, workers=0)
+    last_encode = st.encode(str(write_manifest(tmp_path / "b.csv", pngs, range(0, 21))), model=MODEL, workers=0)
     after = stored_splits(st)
     for i in range(1, 20, 2):  # image i of patient p<i // 2>, whose image i - 1 was stored first
         assert after[f"IM{i:03d}"][1:3] == (before[f"IM{i - 1:03d}"][1], "group")
-    assert after["IM020"][2] == "hash" and st.last_encode.split_by_hash == 1
+    assert after["IM020"][2] == "hash" and last_encode.split_by_hash == 1
 
 
 def test_stratified_splits_of_1000_phantom_studies(tmp_path):
@@ -237,7 +237,7 @@ def test_splits_command_counts_positives_and_warns_below_min(tmp_path, capsys, m
                 for f in ("Cardiomegaly", "Effusion") for s in FRACTIONS}
     images = {(f, s): sum(r.split == s and r.labels.get(f) == 1 for r in ds.records)
               for f in ("Cardiomegaly", "Effusion") for s in FRACTIONS}
-    table = st.splits(min_positives=3)
+    table = st.splits(min_positives=3).to_polars()
     assert table["finding"].to_list() == ["Cardiomegaly", "Effusion", "Nodule"]
     for row in table.iter_rows(named=True):
         for s in FRACTIONS:
@@ -264,7 +264,7 @@ def test_splits_command_counts_positives_and_warns_below_min(tmp_path, capsys, m
 
 
 def test_a_store_from_before_frozen_splits_keeps_its_images_splits(tmp_path):
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
     from embedstore.data.records import ImageRecord
 
     def records(split):

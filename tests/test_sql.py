@@ -79,3 +79,19 @@ def test_cli_versions_and_sql_formats(built):
     assert out.returncode == 0 and out.stdout.splitlines()[1].startswith("v1,")
     out = _cli("sql", "--file", "per-view-counts", "--store", str(st.path), "--format", "json")
     assert out.returncode == 0 and '"images"' in out.stdout
+
+
+def test_table_cells_and_headers_print_as_written(built, capsys):
+    """rich markup (`[/]`, `[bold]`) and emoji codes (`:x:`) in data or column names are text."""
+    from embedstore.cli import main
+
+    st, _ = built
+    cells = ["Opacity [/RUL]", ":x: :smile:", "[bold]x[/bold]", "[/]"]
+    select = ", ".join(f"'{c}' AS c{i}" for i, c in enumerate(cells))
+    with pytest.raises(SystemExit) as exc:
+        main(["sql", f'SELECT {select}, 1 AS "[red]h[/red]"', "--store", str(st.path)])
+    out = capsys.readouterr().out
+    assert exc.value.code == 0
+    for text in [*cells, "[red]h[/red]"]:
+        assert text in out, (text, out)
+    assert "❌" not in out and "😄" not in out

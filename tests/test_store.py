@@ -27,16 +27,16 @@ def _unit(n, d, seed=0):
 
 @pytest.fixture
 def st(tmp_path):
-    return Store(tmp_path / "s")
+    return Storage(tmp_path / "s")
 
 
 def test_store_path_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("EMBEDSTORE_STORE", str(tmp_path / "env"))
-    assert Store().path == (tmp_path / "env").resolve()
-    assert Store(tmp_path / "given").path == (tmp_path / "given").resolve()
+    assert Storage().path == (tmp_path / "env").resolve()
+    assert Storage(tmp_path / "given").path == (tmp_path / "given").resolve()
     monkeypatch.delenv("EMBEDSTORE_STORE")
     monkeypatch.chdir(tmp_path)
-    assert Store().path == (tmp_path / ".embedstore").resolve()
+    assert Storage().path == (tmp_path / ".embedstore").resolve()
 
 
 def test_ids_are_stable_and_labels_replaced(st):
@@ -59,6 +59,8 @@ def test_vectors_round_trip_and_versions(st):
     v1 = st.create_version(None, {"name": "m", "embed_dim": 8, "logit_scale": 50.0}, {"size": 8}, "fp32", "encode")
     v2 = st.create_version(v1, {"name": "m-ft", "embed_dim": 8}, None, "fp32", "finetune")
     assert (v1, v2) == ("v1", "v2")
+    st.complete_version(v1)
+    st.complete_version(v2)
     X = _unit(6, 8)
     sid = np.array([ids[f"im{i}"] for i in range(6)])[::-1]
     st.add_image_vectors(v1, sid, [f"h{i}" for i in range(6)], X)
@@ -70,10 +72,10 @@ def test_vectors_round_trip_and_versions(st):
     st.add_image_vectors(v1, sid[:1], ["h-new"], X[1:2])
     got_ids2, got2 = st.image_vectors(v1)
     assert len(got_ids2) == 6 and np.array_equal(got2[got_ids2 == sid[0]][0], X[1])
-    info = st.version_info(v2)
-    assert info["parent"] == v1 and info["kind"] == "finetune" and info["model_record"]["name"] == "m-ft"
-    assert st.version_info(None)["version"] == v2
-    assert st.version_info(v1)["logit_scale"] == 50.0
+    info = st.version(v2)
+    assert info.parent == v1 and info.kind == "finetune" and info.model_record["name"] == "m-ft"
+    assert st.version(None).id == v2
+    assert st.version(v1).logit_scale == 50.0
     with pytest.raises(StoreError, match="known: v1, v2"):
         st.resolve_version("v9")
     vs = st.versions()
@@ -125,7 +127,7 @@ def test_second_writer_and_reader_get_store_busy(st, tmp_path):
     holder = textwrap.dedent(f"""
         import sys, time
         from embedstore.store import Storage
-        st = Store({str(st.path)!r})
+        st = Storage({str(st.path)!r})
         with st.connect(write=True):
             print("held", flush=True)
             time.sleep(30)

@@ -32,7 +32,7 @@ def store(tmp_path_factory):
     it in the store, and the toml's second template."""
     from embedstore.analyses.probe import probe
     from embedstore.analyses.zeroshot import zeroshot
-    from embedstore.api import Store
+    from store_helpers import open_store as Store
 
     syn = synthetic.make(n=1600, n_findings=5, d=16, seed=7, images_per_patient=2)
     rare = syn.Y[:, 4]
@@ -51,7 +51,7 @@ def store(tmp_path_factory):
     # a later version with other vectors: the runs below name theirs and must read it, not the latest
     synthetic.to_store(replace(syn, X=np.roll(syn.X, 1, axis=0), M=np.roll(syn.M, 1, axis=0)), st, name="later")
     runs = {f"zeroshot:{r.config['rule']}": r for r in zeroshot(st, version, n_boot=20)}
-    runs["probe"] = probe(st, version, n_boot=20)
+    runs["probe"] = probe(st, version, n_boot=20)[0]
     return st, version, runs
 
 
@@ -286,7 +286,7 @@ def _check_configs_and_reuse(st, version: str, runs: dict) -> None:
             assert run.config["classifier"] == "logreg" and run.config["class_weight"] == "balanced"
             assert run.config["grid"] == list(C_GRID) and run.config["patience"] == PATIENCE == 2
     again = {f"zeroshot:{r.config['rule']}": r for r in zeroshot(st, version, n_boot=20)}
-    again["probe"] = probe(st, version, n_boot=20)
+    again["probe"] = probe(st, version, n_boot=20)[0]
     for method, run in again.items():
         assert run.reused and run.run_id == runs[method].run_id, method
         assert {"metrics", "run_findings"} <= set(run.tables), method
@@ -335,7 +335,7 @@ def _check_probe_tables(st, version: str, run_id: str) -> None:
     X = _vectors(st.sql(f"SELECT vector FROM image_embeddings WHERE version = '{version}' "
                         "AND id IN (SELECT id FROM images WHERE split = 'test') ORDER BY id"))
     np.testing.assert_allclose(load_probe(st, run_id).predict_proba(X), d["score"], rtol=1e-4, atol=1e-6)
-    knn = probe(st, version, classifier="knn", n_boot=20)
+    knn = probe(st, version, classifier="knn", n_boot=20)[0]
     assert knn.config["grid"] == list(K_GRID) and knn.config["class_weight"] is None and "patience" not in knn.config
     assert st.sql(f"SELECT count(*) AS n FROM probe_weights WHERE run_id = '{knn.run_id}'")["n"][0] == 0
     assert _stored_metrics(st, knn.run_id)[(None, "param")] in K_GRID

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from store_helpers import build_store
 
-from embedstore.api import Store
+from store_helpers import open_store as Store
 
 FIRST_ROW = "(SELECT min(id) FROM image_embeddings WHERE version = 'v1')"
 LAST_ROW = "(SELECT max(id) FROM image_embeddings WHERE version = 'v1')"
@@ -83,7 +83,7 @@ def nan_in_text_vector(st):
 
 def nan_in_cached_query_vector(st):
     """A query text's cached vector (not a prompt's): the next `query` of that text would use it."""
-    vector = ", ".join(["'nan'::FLOAT"] + ["0.0"] * (st.version_info("v1")["dim"] - 1))
+    vector = ", ".join(["'nan'::FLOAT"] + ["0.0"] * (st.version_row("v1")["dim"] - 1))
     _write(st, f"INSERT INTO text_embeddings (version, text_hash, text, vector) "
                f"VALUES ('v1', 'cached-query', 'a cached query', [{vector}])")
 

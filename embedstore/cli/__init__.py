@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         if DEBUG["on"]:
             raise
         _fail(_describe(err), 2 if isinstance(err, OSError) else 1)
-    if isinstance(code, int) and code:  # typer.Exit(code) from a command, e.g. 3 for partial success
-        sys.exit(code)
+    # Always exit, as click's standalone mode does: typer.Exit(code) from a command (3 for partial
+    # success) or 0, so callers and tests see one way a command ends.
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _fail(message: str, code: int) -> None:

@@ -23,7 +23,12 @@ def emit_result(result: Any, fmt: Format | str) -> bool:
     fmt = Format(fmt)
     if fmt is Format.table:
         return False
-    if hasattr(result, "to_dict") and fmt is Format.json:  # results with nested parts (inspect)
+    if isinstance(result, pl.DataFrame):
+        pass
+    elif hasattr(result, "as_dict"):  # one run's summary (encode, finetune): one JSON object or row
+        emit(result.as_dict(), fmt)
+        return True
+    elif hasattr(result, "to_dict") and fmt is Format.json:  # results with nested parts (inspect)
         emit(result.to_dict(), fmt)
         return True
     frame = result if isinstance(result, pl.DataFrame) else result.to_polars()

@@ -205,6 +205,10 @@ class SplitsReport:
     def to_polars(self):
         return self.findings
 
+    def to_dict(self) -> dict:
+        """Both tables, as `--format json` prints them."""
+        return {"findings": self.findings.to_dicts(), "methods": self.methods.to_dicts()}
+
     @property
     def warning(self) -> str | None:
         return below_min_warning(self.findings, self.min_positives)

@@ -8,7 +8,8 @@ NORM_TOL = 1e-3
 
 
 def verify(st, version: str | None = None):
-    """One row per (version, check): ok and a detail. Checks, in order: row count as recorded,
+    """One row per (version, check): ok and a detail. Checks, in order: the version is complete
+    (and a fine-tune holds all its parent's images and texts), row count as recorded,
     index file present, checksum as recorded, index count as recorded, index ids == DuckDB ids,
     index vectors == DuckDB vectors, every embedded id is an image; then for the image vectors
     and for every text vector (prompts and cached queries): each has the recorded dimension, no
@@ -37,6 +38,7 @@ def _checks(st, version: str):
     images_readable = _lengths_ok(image_lengths, info["dim"])
     ids, X = st.image_vectors(version) if images_readable else (_image_ids(st, version), None)
     path = st.index_path(version)
+    yield from _completeness(st, version, info, len(ids))
     yield "rows", info["count"] == len(ids), f"versions.count={info['count']}, image_embeddings rows={len(ids)}"
     if not path.exists():
         yield "index file", False, f"missing {path}"
@@ -60,6 +62,20 @@ def _checks(st, version: str):
     yield from _vector_checks("image", X, info["dim"], image_lengths)
     M = _text_matrix(st, version) if _lengths_ok(text_lengths, info["dim"]) else None
     yield from _vector_checks("text", M, info["dim"], text_lengths)
+
+
+def _completeness(st, version: str, info: dict, images: int):
+    """Is the version whole? Finished (`complete`, not `building`: a run that was killed or failed
+    leaves it building); a fine-tune holds every image and text of its parent."""
+    fix = f"run the same command again to finish it, or `embedstore versions --drop {version}`"
+    yield ("complete", info["status"] == "complete",
+           "complete" if info["status"] == "complete" else f"{info['status']}: {images} images so far; {fix}")
+    if info["kind"] != "finetune" or not info["parent"]:
+        return
+    parent = st.version_row(info["parent"])["count"]
+    yield "images as parent", images == parent, f"{images} of the parent {info['parent']}'s {parent} images"
+    missing = st.texts_missing(info["parent"], version).height
+    yield "texts as parent", missing == 0, f"{missing} of {info['parent']}'s texts not embedded"
 
 
 def _lengths(st, table: str, version: str) -> dict[int, int]:
