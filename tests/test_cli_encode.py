@@ -19,7 +19,6 @@ import polars as pl
 import pytest
 
 from embedstore.cli import main
-from embedstore.store import Storage
 from store_helpers import open_store
 
 MODEL = ["--model", "phantom-clip", "--device", "cpu", "--workers", "0"]

@@ -100,7 +100,7 @@ def test_other_model_makes_new_version(tiny, tmp_path):
     s = st.encode(make_dataset(paths), model=name, workers=0).as_dict()
     assert (s["version"], s["encoded"]) == ("v2", 3)
     with pytest.raises(InputError, match=f"version v1 was made by model '{MODEL}'"):
-        last_encode = st.encode(make_dataset(paths), model=name, workers=0, version="v1")
+        st.encode(make_dataset(paths), model=name, workers=0, version="v1")
     assert st.versions()["images"].to_list() == [3, 3]
 
 

@@ -59,6 +59,7 @@ def _store(tmp_path, tiny, images: list[tuple], boxes: list[tuple]):
                             "template": [""] * 3, "text": ["cardiomegaly", "enlarged heart", "normal heart size"]})
     st.upsert_prompts(prompts)
     st.add_text_vectors(version, prompts, tiny.encode_texts(prompts["text"].to_list()))
+    st.complete_version(version)
     st.write_boxes(pl.DataFrame([{"image_id": i, "finding": "Cardiomegaly", "x_min": float(x0), "y_min": float(y0),
                                   "x_max": float(x1), "y_max": float(y1), "reader": "r", "width": size[i][0],
                                   "height": size[i][1]} for i, x0, y0, x1, y1 in boxes]))
@@ -116,39 +117,39 @@ def test_second_call_reads_the_cache_without_a_forward_pass(tmp_path, tiny, stor
 
 def test_explain_writes_an_overlay_on_the_original_image(tmp_path, tiny, store):
     out = tmp_path / "o.png"
-    res = commands.explain("img0", "Cardiomegaly", store=store, out=str(out), loaded=tiny)
-    assert out.is_file() and res["boxes"] == 1 and res["cached"] is False
+    res = commands.explain(store, "img0", "Cardiomegaly", out=str(out), loaded=tiny)
+    assert out.is_file() and res.boxes == 1 and res.cached is False
     with Image.open(out) as im:
         assert im.size == (300, 200) and im.mode == "RGB"
-    assert 0 <= res["peak_x"] < 300 and 0 <= res["peak_y"] < 200
-    again = commands.explain("img0", "Cardiomegaly", store=store, out=str(out), loaded=tiny)
-    assert again["cached"] is True and (again["peak_x"], again["peak_y"]) == (res["peak_x"], res["peak_y"])
+    assert 0 <= res.peak_x < 300 and 0 <= res.peak_y < 200
+    again = commands.explain(store, "img0", "Cardiomegaly", out=str(out), loaded=tiny)
+    assert again.cached is True and (again.peak_x, again.peak_y) == (res.peak_x, res.peak_y)
 
 
 def test_explain_errors(tmp_path, tiny, store):
     with pytest.raises(InputError, match="'nope'.*not in store"):
-        commands.explain("nope", "Cardiomegaly", store=store, loaded=tiny)
+        commands.explain(store, "nope", "Cardiomegaly", loaded=tiny)
     with pytest.raises(InputError, match="'Pneumothorax' has no positive prompt"):
-        commands.explain("img0", "Pneumothorax", store=store, loaded=tiny, out=str(tmp_path / "x.png"))
+        commands.explain(store, "img0", "Pneumothorax", loaded=tiny, out=str(tmp_path / "x.png"))
     with pytest.raises(InputError, match="no stored probe"):
-        commands.explain("img0", "Cardiomegaly", target="probe", store=store, loaded=tiny)
+        commands.explain(store, "img0", "Cardiomegaly", target="probe", loaded=tiny)
     with pytest.raises(InputError, match="no fine-tuned classifier head"):
-        commands.explain("img0", "Cardiomegaly", target="finetuned", store=store, loaded=tiny)
+        commands.explain(store, "img0", "Cardiomegaly", target="finetuned", loaded=tiny)
     assert not (tmp_path / "x.png").exists()
 
 
 def test_agreement_run_is_stored_and_reused(tiny, store):
-    run, per_item = commands.agreement(store=store, loaded=tiny, n_boot=50)
+    run, per_item = commands.agreement(store, loaded=tiny, n_boot=50)
     assert not run.reused and per_item.height == 2 * 4  # two boxed items x (model, random, random_box, centre)
     metrics = run.metrics
     assert {"pointing", "pointing@random", "pointing@random_box", "pointing@centre", "energy", "iou@centre",
             "pixel_auroc", "pixel_auprc@random_box"} <= set(metrics["metric"])
-    again, items2 = commands.agreement(store=store, loaded=tiny, n_boot=50)
+    again, items2 = commands.agreement(store, loaded=tiny, n_boot=50)
     assert again.reused and again.run_id == run.run_id and items2 is None
     calls = []
     hook = tiny.model.visual.register_forward_hook(lambda *a: calls.append(1))
     try:  # another threshold: a new run, but the heatmaps come from the cache
-        other, _ = commands.agreement(store=store, loaded=tiny, n_boot=50, threshold="otsu")
+        other, _ = commands.agreement(store, loaded=tiny, n_boot=50, threshold="otsu")
     finally:
         hook.remove()
     assert other.run_id != run.run_id and not other.reused and calls == []
@@ -162,15 +163,15 @@ def test_probe_target_reads_the_latest_stored_probe(tmp_path, tiny, store):
     store.write_run("probe", "v1", {"c": 1}, dt.datetime.now(), 0.1, {"probe_weights": weights})
     target = commands.build_target(store, "v1", "probe", "Cardiomegaly")
     assert target.intercept == 0.5 and target.coef.shape == (32,)
-    res = commands.explain("img1", "Cardiomegaly", target="probe", store=store, loaded=tiny, out=str(tmp_path / "p.png"))
-    assert res["target"] == "probe" and (tmp_path / "p.png").is_file()
+    res = commands.explain(store, "img1", "Cardiomegaly", target="probe", loaded=tiny, out=str(tmp_path / "p.png"))
+    assert res.target == "probe" and (tmp_path / "p.png").is_file()
 
 
 def test_agreement_rejects_boxes_outside_the_image(tiny, store):
     store.write_boxes(pl.DataFrame({"image_id": ["img2"], "finding": ["Cardiomegaly"], "x_min": [10.0], "y_min": [10.0],
                                     "x_max": [140.0], "y_max": [50.0], "reader": ["r"], "width": [128], "height": [128]}))
     with pytest.raises(InputError, match="outside the 128x128 image"):
-        commands.agreement(store=store, loaded=tiny, n_boot=10)
+        commands.agreement(store, loaded=tiny, n_boot=10)
 
 
 def test_cli_reports_bad_input_in_one_line(store, capsys):
@@ -193,7 +194,7 @@ def _model_rows(per_item):
 
 
 def test_agreement_scores_the_test_split_and_counts_what_it_left_out(tiny, split_store):
-    result = commands.agreement(store=split_store, loaded=tiny, n_boot=50)
+    result = commands.agreement(split_store, loaded=tiny, n_boot=50)
     run, per_item = result  # still unpacks as before
     assert result.split == "test" and run.config["split"] == "test"
     assert sorted(_model_rows(per_item)["image_id"]) == ["x0", "x1", "x2"] and result.scored == 3
@@ -202,17 +203,17 @@ def test_agreement_scores_the_test_split_and_counts_what_it_left_out(tiny, split
     cut = run.metrics.filter((pl.col("metric") == "val_threshold") & pl.col("finding").is_null())
     assert cut.height == 1 and 0.0 <= cut["value"][0] <= 1.0
     assert {"dice@val_threshold", "dice@val_threshold@random_box"} <= set(run.metrics["metric"])
-    everything = commands.agreement(store=split_store, loaded=tiny, n_boot=50, split="all")
+    everything = commands.agreement(split_store, loaded=tiny, n_boot=50, split="all")
     assert everything.scored == 9 and everything.left_out == {} and everything.run.run_id != run.run_id
-    train = commands.agreement(store=split_store, loaded=tiny, n_boot=50, split="train")
+    train = commands.agreement(split_store, loaded=tiny, n_boot=50, split="train")
     assert train.scored == 4 and train.left_out == {"val": 2, "test": 3}
     with pytest.raises(InputError, match="--split 'tests' is not one of train, val, test, all"):
-        commands.agreement(store=split_store, loaded=tiny, split="tests")
+        commands.agreement(split_store, loaded=tiny, split="tests")
 
 
 def test_agreement_of_a_split_without_boxes_says_where_the_boxes_are(tiny, store):
     with pytest.raises(InputError, match=r"no boxed image is in split 'val' \(boxed items by split: test 2\)"):
-        commands.agreement(store=store, loaded=tiny, split="val")
+        commands.agreement(store, loaded=tiny, split="val")
 
 
 def test_agreement_bootstraps_patients(tiny, split_store, monkeypatch):
@@ -226,7 +227,7 @@ def test_agreement_bootstraps_patients(tiny, split_store, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(agr, "agreement", spy)
-    commands.agreement(store=split_store, loaded=tiny, n_boot=50)
+    commands.agreement(split_store, loaded=tiny, n_boot=50)
     groups = seen["groups"]
     assert groups["x0"] == groups["x1"] != groups["x2"]  # x0 and x1 are one patient: resampled together
     assert sorted(seen["val_boxes"]["image_id"].unique()) == ["v0", "v1"]

@@ -183,11 +183,12 @@ def test_bce_head_beats_a_linear_head_on_the_parent_tower(tuned):
 
 def test_head_and_model_of_a_version_load_for_query_and_explain(tuned):
     from embedstore.data.images import read_image
-    from embedstore.finetune.run import load_version_head, load_version_model
+    from embedstore.models import load_model
+    from embedstore.models.heads import load_head
 
     st, before, r = tuned
-    lm = load_version_model(st, "v2")
-    head, findings = load_version_head(st, "v2")
+    lm = load_model(st.version("v2"))
+    head, findings = load_head(st.version("v2"))
     assert findings == FINDINGS
     ids = before[0][:3]
     paths = st.images().filter(st.images()["id"].is_in(ids.tolist())).sort("id")["path"].to_list()
@@ -198,20 +199,21 @@ def test_head_and_model_of_a_version_load_for_query_and_explain(tuned):
     from embedstore.errors import InputError
 
     with pytest.raises(InputError, match="no fine-tuned classifier head"):
-        load_version_head(st, "v1")
+        load_head(st.version("v1"))
 
 
 def test_a_random_head_reads_the_raw_tower_output(base, tmp_path):
     from embedstore.data.images import read_image
-    from embedstore.finetune.run import load_version_head, load_version_model
-    from embedstore.finetune.objectives import UnitInputHead
+    from embedstore.models import load_model
+    from embedstore.models.heads import load_head
+    from embedstore.models.heads import UnitInputHead
 
     st = copy_store(base, tmp_path / "store")
     r = st.finetune("v1", objective="bce", train="vision", epochs=1, lr=2e-3, batch_size=16, seed=0, device="cpu",
                     workers=0, head_init="random")
-    head, _ = load_version_head(st, r.version)
+    head, _ = load_head(st.version(r.version))
     assert isinstance(head, torch.nn.Linear) and "head_init" not in st.version(r.version).model_record["finetune"]
-    lm = load_version_model(st, r.version)
+    lm = load_model(st.version(r.version))
     ids = st.image_vectors(r.version)[0][:3]
     paths = st.images().filter(st.images()["id"].is_in(ids.tolist())).sort("id")["path"].to_list()
     x = torch.stack([lm.preprocess(read_image(p).convert("RGB")) for p in paths])
@@ -260,7 +262,7 @@ def test_contrastive_keeps_zero_shot_working_on_the_new_version(base, tmp_path, 
     np.testing.assert_allclose(M1, M2, atol=1e-5)
     assert np.abs(st.image_vectors("v2")[1] - st.image_vectors("v1")[1]).max() > 0.05
     assert not (st.path / "checkpoints" / "v2" / "head.safetensors").exists()
-    metrics = st.zeroshot("v2", rule="pos-neg", n_boot=50)
+    metrics = st.zeroshot("v2", rule="pos-neg", n_boot=50).to_polars()
     assert metrics.filter(metrics["metric"] == "macro_auroc").height == 1
     # a fine-tuned version is itself a parent (its model loads from its checkpoint), from the CLI
     from embedstore.cli import main
@@ -345,8 +347,8 @@ def test_a_finetuned_version_is_never_scored_on_the_images_it_was_fitted_on(tune
     assert "\n" not in str(err.value) and "score the test split" in str(err.value)
     with pytest.raises(InputError, match=r"version v2 on 0 image\(s\) .* and 40 it was early-stopped on"):
         st.zeroshot("v2", rule="pos-neg", split="val", calibrate_on=None, n_boot=20)
-    assert st.zeroshot("v1", rule="pos-neg", split="train", n_boot=20).height > 0  # the parent never saw them
-    assert st.zeroshot("v2", rule="pos-neg", calibrate_on="val", n_boot=20).height > 0
+    assert st.zeroshot("v1", rule="pos-neg", split="train", n_boot=20).to_polars().height > 0  # the parent never saw them
+    assert st.zeroshot("v2", rule="pos-neg", calibrate_on="val", n_boot=20).to_polars().height > 0
 
     # A child of v2 that (wrongly) trained on one test image: refused on test by every analysis,
     # and on train through its parent v2.

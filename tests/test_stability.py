@@ -6,14 +6,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-import embedstore
 import synthetic_vectors as synthetic
+from store_helpers import open_store
 from embedstore.analyses.stability import resplit
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    st = embedstore.open(tmp_path_factory.mktemp("stab"))
+    st = open_store(tmp_path_factory.mktemp("stab"))
     synthetic.to_store(synthetic.make(n=900, n_findings=4, d=24, seed=3, signal=1.2), st)
     return st
 
