@@ -147,12 +147,14 @@ class Store:
                      min_positives=min_positives, force=force)
 
     def separability(self, version: str | None = None, k: int = 15, uncertain: str = "mask",
-                     where: str | None = None, force: bool = False):
+                     where: str | None = None, tsne_max: int = 300, force: bool = False):
         """`embedstore separability`: silhouette, Fisher ratio, kNN agreement, centroid distances,
-        cluster indices and projections, fitted on train, scored on test; `Runs` with one run."""
+        cluster indices and projections (PCA of every test image, t-SNE of a seeded sample of at
+        most `tsne_max`), fitted on train, scored on test; `Runs` with one run."""
         from embedstore.analyses.separability import separability
 
-        return separability(self._storage, version, k=k, uncertain=uncertain, where=where, force=force)
+        return separability(self._storage, version, k=k, uncertain=uncertain, where=where, tsne_max=tsne_max,
+                            force=force)
 
     def runs(self, kind: str | None = None):
         """`embedstore runs`: every stored run, newest first (optionally of one kind)."""

@@ -42,12 +42,12 @@ def tiny_model(tmp_path_factory) -> str:
 def small_phantoms(tmp_path_factory):
     """16 phantom studies (`phantoms/`, 64 px, with boxes) and their store (`store/`: v1 by
     phantom-clip, no analysis run): the CLI tests' data. Read-only: copy the store to write."""
-    import embedstore
+    from store_helpers import open_store
     from embedstore.synth import synth
 
     root = tmp_path_factory.mktemp("small-phantoms")
     synth(str(root / "phantoms"), studies=16, seed=4, size=64, workers=1)
-    embedstore.open(root / "store").encode(str(root / "phantoms"), model="phantom-clip", workers=0, device="cpu")
+    open_store(root / "store").encode(str(root / "phantoms"), model="phantom-clip", workers=0, device="cpu")
     return root
 
 
@@ -57,11 +57,11 @@ def small_two_versions(small_phantoms, tiny_model, tmp_path_factory):
     the pos-neg zero-shot and probe runs on both, which `compare v1 v2` pairs. Read-only."""
     import shutil
 
-    import embedstore
+    from store_helpers import open_store
 
     path = tmp_path_factory.mktemp("small-two-versions") / "store"
     shutil.copytree(small_phantoms / "store", path)
-    st = embedstore.open(path)
+    st = open_store(path)
     st.encode(str(small_phantoms / "phantoms"), model=tiny_model, workers=0, device="cpu")
     for version in ("v1", "v2"):
         st.zeroshot(version, rule="pos-neg", n_boot=10, min_positives=1)

@@ -35,11 +35,11 @@ N_IU = 7470
 
 def site_b_study(root: Path) -> Path:
     """`root/phantoms` (STUDIES site-B phantom studies, 128 px) and `root/store` (v1: phantom-clip)."""
-    import embedstore
+    from store_helpers import open_store
     from embedstore.synth import synth
 
     synth(str(root / "phantoms"), studies=STUDIES, seed=SEED, size=128, workers=1, shift="site-b")
-    embedstore.open(root / "store").encode(str(root / "phantoms"), model="phantom-clip", workers=0)
+    open_store(root / "store").encode(str(root / "phantoms"), model="phantom-clip", workers=0)
     return root
 
 
@@ -78,10 +78,10 @@ def _analyses(st, version: str) -> None:
 
 def iu_sized(root: Path):
     """7,470 images x 18 findings of synthetic vectors with the classifier and separability runs."""
-    import embedstore
+    from store_helpers import open_store
     import synthetic_vectors as synthetic
 
-    st = embedstore.open(root / "store")
+    st = open_store(root / "store")
     synthetic.to_store(synthetic.make(n=N_IU, n_findings=18, d=64, seed=1), st, name="iu-sized")
     st.zeroshot("v1", n_boot=N_BOOT)
     st.probe("v1", n_boot=N_BOOT)
@@ -91,9 +91,9 @@ def iu_sized(root: Path):
 
 def labels_only(root: Path):
     """Images, labels and a version, and no analysis run at all."""
-    import embedstore
+    from store_helpers import open_store
     import synthetic_vectors as synthetic
 
-    st = embedstore.open(root / "store")
+    st = open_store(root / "store")
     synthetic.to_store(synthetic.make(n=300, n_findings=4, d=16, seed=2), st, name="labels-only")
     return st

@@ -143,7 +143,7 @@ FORK_SERVER = textwrap.dedent("""
 
     def run_encoder(mode, imgdir, store):
         count = [0]
-        orig_add = Store.add_image_vectors
+        orig_add = Storage.add_image_vectors
         def add(self, *a, **k):
             r = orig_add(self, *a, **k)
             count[0] += 1
@@ -151,13 +151,13 @@ FORK_SERVER = textwrap.dedent("""
             if mode == f"after{{count[0]}}":
                 os.kill(os.getpid(), signal.SIGKILL)
             return r
-        Store.add_image_vectors = add
-        orig_err = Store.write_errors
+        Storage.add_image_vectors = add
+        orig_err = Storage.write_errors
         def werr(self, version, rows, con=None):
             if mode == "in-transaction" and con is not None and count[0] == 1:
                 os.kill(os.getpid(), signal.SIGKILL)  # second batch inserted, not committed
             return orig_err(self, version, rows, con=con)
-        Store.write_errors = werr
+        Storage.write_errors = werr
         orig_write, orig_replace = faiss.write_index, os.replace
         def write(index, path):
             orig_write(index, path)
@@ -170,7 +170,7 @@ FORK_SERVER = textwrap.dedent("""
         faiss.write_index = write
         idx.os.replace = replace
         paths = sorted(Path(imgdir).glob("*.png"))
-        encode(make_dataset(paths), store=store, model=MODEL, batch_size=4, workers=1, device="cpu", progress=False)
+        encode(Storage(store), make_dataset(paths), model=MODEL, batch_size=4, workers=1, device="cpu", progress=False)
         print("done", flush=True)
 
     print("ready", flush=True)

@@ -246,15 +246,20 @@ def test_bce_objective_learns_the_easy_findings(tmp_path):
 
 
 def test_zero_shot_head_starts_at_the_pos_neg_zero_shot_scores():
-    from embedstore.finetune.objectives import ContrastiveObjective, ImageClassifier, zero_shot_head
+    from embedstore.finetune.objectives import ImageClassifier, zero_shot_head
     from embedstore.models.zeroshot import pos_neg_logits
 
     model, tok = tiny_model()
     model.eval()
     images = tiny_data(8, seed=3, texts=False).collate([{"index": i} for i in range(8)])["images"]
     head = ImageClassifier(model.visual, 16, 2, normalize=True, init=zero_shot_head(model, tok, PROMPTS)).eval()
-    pos, neg = ContrastiveObjective(model, tok, PROMPTS).prompt_embeddings(torch.device("cpu"))
+    def averaged(texts):  # CLIP's prompt ensemble, by hand: the mean of unit vectors, re-normalised
+        unit = torch.nn.functional.normalize(model.encode_text(tok(list(texts))), dim=-1)
+        return torch.nn.functional.normalize(unit.mean(0), dim=0)
+
     with torch.no_grad():
+        pos = torch.stack([averaged(p) for p, _ in PROMPTS.values()])
+        neg = torch.stack([averaged(n) for _, n in PROMPTS.values()])
         expected = torch.sigmoid(pos_neg_logits(model.encode_image(images), pos, neg, model.logit_scale.exp()))
         got = torch.sigmoid(head(images))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

@@ -65,12 +65,12 @@ def _scores(st, run_id: str, ids: np.ndarray, findings: list[str]) -> np.ndarray
 def test_zero_shot_head_gives_the_stored_pos_neg_scores(base):
     """The head a bce fine-tune starts from, applied to v1's stored vectors, equals the store's
     own pos-neg zero-shot logits (analyses/zeroshot.py, from stored prompt vectors)."""
-    import embedstore
+    from store_helpers import open_store
     from embedstore.finetune.data import prompt_sets
     from embedstore.finetune.objectives import zero_shot_head
     from embedstore.models import load_model
 
-    st = embedstore.open(base / "store")
+    st = open_store(base / "store")
     findings = st.findings()
     _, X = st.image_vectors("v1")
     expected = _zero_shot_scores(st, "v1", findings)

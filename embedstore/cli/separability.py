@@ -22,6 +22,7 @@ def separability(
     k: int = typer.Option(15, "--k", min=1, help="Neighbours for kNN label agreement."),
     uncertain: str = UNCERTAIN,
     where: Optional[str] = WHERE,
+    tsne_max: int = typer.Option(300, "--tsne-max", min=2, help="t-SNE of at most this many test images (a seeded sample)."),
     force: bool = FORCE,
     store: Optional[str] = STORE,
     fmt: Format = FORMAT,
@@ -29,7 +30,8 @@ def separability(
     """Class separation: per-finding silhouette, Fisher ratio, kNN agreement; single-finding cluster indices."""
     import polars as pl
 
-    runs = open_store(store).separability(version, k=k, uncertain=uncertain, where=where, force=force)
+    runs = open_store(store).separability(version, k=k, uncertain=uncertain, where=where, tsne_max=tsne_max,
+                                            force=force)
     if emit_result(runs, fmt):
         return
     result = runs[0]

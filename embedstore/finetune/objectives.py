@@ -90,7 +90,6 @@ class ImageClassifier(nn.Module):
 
 
 @torch.no_grad()
-@torch.no_grad()
 def prompt_vectors(model: nn.Module, tokenizer, prompts: dict[str, tuple[Sequence[str], Sequence[str]]],
                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """(positive [F, D], negative [F, D]): each finding's phrasings (finding -> (positives,
