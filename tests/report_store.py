@@ -8,7 +8,7 @@ tower (`FINETUNE_ARGS`) into v2, the fine-tune tests' subject (test_finetune_pha
 
 `report_study(st, phantoms)`, on a copy of the fine-tuned store: every zero-shot rule, the probe
 and separability on v1 and on v2 (v2's head scores are its `finetune` run); Grad-CAM agreement
-with the phantoms' boxes (`explain.commands.agreement`, which names the baselines
+with the phantoms' boxes (`explain.service.agreement`, which names the baselines
 `pointing@random`, `iou@centre`, ...) on the boxes of the first `AGREEMENT_IMAGES` annotated
 images, and its overlay gallery: the report tests' store. At this size a finding needs at least
 `MIN_POSITIVES` positive patients on the test split to be evaluable, so the store holds both
@@ -50,13 +50,12 @@ def finetune(st):
 
 def report_study(st, phantoms: Path, work: Path):
     """The analyses of v1 and v2, the agreement run and its gallery, added to `st` (see the module docstring)."""
-    from embedstore.explain.service import agreement, write_gallery
+    from embedstore.explain.service import agreement
 
     for version in ("v1", "v2"):
         _analyses(st, version)
     boxes = _first_boxes(phantoms / "boxes.csv", work / "boxes.csv", AGREEMENT_IMAGES)
-    run, _ = agreement(boxes=str(boxes), box_format="canonical", target="probe", version="v1", store=st, n_boot=N_BOOT)
-    write_gallery(st, run, limit=4)
+    agreement(st, str(boxes), box_format="canonical", target="probe", version="v1", n_boot=N_BOOT, gallery=4)
     return st
 
 

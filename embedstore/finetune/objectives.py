@@ -104,6 +104,7 @@ def prompt_vectors(model: nn.Module, tokenizer, prompts: dict[str, tuple[Sequenc
     return tuple(torch.from_numpy(np.stack(out[k])).to(device) for k in ("positive", "negative"))
 
 
+@torch.no_grad()  # an initial value, not part of any graph
 def zero_shot_head(model: nn.Module, tokenizer, prompts: dict, device: torch.device | str = "cpu"):
     """(weight [F, D], bias [F]) of the pos-neg zero-shot classifier as a linear head on unit vectors.
 
