@@ -323,7 +323,7 @@ def probe(store, version: str | None = None, classifier: str = "logreg", grid: t
     scoring = Scoring("test", calibrate_on, operating_point, uncertain, blank, n_boot, seed,
                       MIN_POSITIVES if min_positives is None else min_positives)
     data = data or load_data(store, version, where)
-    refuse_fitted(store, data, data.ids[data.split == "test"], "probe")
+    refuse_fitted(store, data.version, data.ids[data.split == "test"], "probe")
     grid = tuple(grid or (C_GRID if classifier == "logreg" else K_GRID))
     config = {**scoring.run_config(), "classifier": classifier, "grid": list(grid), "where": where,
               "findings": data.findings, "data": data.fingerprint(),
