@@ -47,6 +47,8 @@ def stability(
     emit(result.summary.with_columns(pl.col(pl.Float64).round(4)), fmt, title=f"over {repeats} splits")
     verdict = "holds on every split" if result.ranking_holds else "changes between splits"
     print(f"ranking by macro AUROC {verdict}: " + " | ".join(" > ".join(r) for r in result.rankings))
+    print(f"macro metrics average the {len(result.findings)} finding(s) evaluable on every split: "
+          + (", ".join(result.findings) or "none"))
 
 
 @app.command("seed-table")
