@@ -55,15 +55,22 @@ def stability(
 def seed_table(
     version: Optional[str] = typer.Option(None, "--version", "-v",
                                           help="Base version (or a fine-tuned one: then its parent is the base)."),
+    uncertain: str = UNCERTAIN,
+    blank: str = BLANK,
+    where: Optional[str] = WHERE,
     store: Optional[str] = STORE,
     fmt: Format = FORMAT,
 ) -> None:
     """The seed study's table from stored runs: zero-shot (raw-dot), linear probe and fine-tuned, each
-    cut at its default threshold as the seed did, plus the like-for-like macro F1 (thresholds on val)."""
+    cut at its default threshold as the seed did, plus the like-for-like macro F1 (thresholds on val).
+    Only runs made with the given label policy and --where are used (the seed's: --uncertain negative
+    --blank negative)."""
     import polars as pl
 
-    table = open_store(store).seed_table(version)
+    table = open_store(store).seed_table(version, uncertain=uncertain, blank=blank, where=where)
     if not emit_result(table, fmt):
         emit(table.drop("missing"), fmt, title="the seed's table (test split)")
+        print("macro F1 averages each run's evaluable findings; exact match, LRAP and coverage error span all "
+              "findings (test images with no masked label)")
     for row in table.filter(pl.col("missing").is_not_null()).iter_rows(named=True):
         print(f"{row['method']}: not run yet: run `{row['missing']}`", file=sys.stderr)
