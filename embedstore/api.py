@@ -171,12 +171,14 @@ class Store:
         return stability(self._storage, version, repeats=repeats, seed=seed, where=where, uncertain=uncertain,
                          blank=blank, min_positives=min_positives)
 
-    def seed_table(self, version: str | None = None):
+    def seed_table(self, version: str | None = None, uncertain: str = "mask", blank: str = "mask",
+                   where: str | None = None):
         """`embedstore seed-table`: the seed study's table (macro-F1, exact match, LRAP, coverage
-        error, inter/intra ratio for zero-shot, probe and fine-tuned) from stored runs."""
+        error, inter/intra ratio for zero-shot, probe and fine-tuned) from stored runs made under
+        one label policy and image filter (the seed's: uncertain="negative", blank="negative")."""
         from embedstore.analyses.seed_table import seed_table
 
-        return seed_table(self._storage, version)
+        return seed_table(self._storage, version, uncertain=uncertain, blank=blank, where=where)
 
     def compare(self, v1: str | None = None, v2: str | None = None, methods: list[str] | None = None,
                 version: str | None = None, n_boot: int = 1000, no_run: bool = False):

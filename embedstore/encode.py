@@ -38,6 +38,7 @@ class EncodeResult:
     seconds: float = 0.0
     index_rebuilt: bool = False
     split_by_hash: int = 0  # new images of new groups in a store that already had splits (hash of the group)
+    split_given_overridden: int = 0  # new images whose given split disagreed with their group's stored one
     errors: list[dict] = field(default_factory=list)
 
     @property
@@ -55,7 +56,8 @@ class EncodeResult:
         return out
 
     def to_polars(self):
-        """One row: version, encoded, skipped, failed, texts, seconds, index_rebuilt, split_by_hash, images_per_s."""
+        """One row: version, encoded, skipped, failed, texts, seconds, index_rebuilt, split_by_hash,
+        split_given_overridden, images_per_s."""
         import polars as pl
 
         return pl.DataFrame([self.as_dict()])
@@ -174,6 +176,7 @@ def encode(
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     from embedstore.data.records import Dataset
+    from embedstore.data.splits import GROUP_OVER_GIVEN
 
     # Everything that can fail on bad input fails before the first write: the store stays as it was.
     ds = source if isinstance(source, Dataset) else _read_dataset(source, dataset=dataset, labels=labels, images=images,
@@ -185,13 +188,13 @@ def encode(
     if version is not None:
         _check_version(st, loaded, precision, version)
     with st.connect(write=True):  # the lock is held for the whole run
-        hashed_before = st.images_placed_by("hash")
+        before = {m: st.images_placed_by(m) for m in ("hash", GROUP_OVER_GIVEN)}
         ids = st.upsert_images(ds.records, _assignment(ds))
-        split_by_hash = st.images_placed_by("hash") - hashed_before
+        placed = {m: st.images_placed_by(m) - n for m, n in before.items()}
         if box_df is not None:
             st.write_boxes(box_df)
         ver = _choose_version(st, loaded, precision, version)
-        summary = EncodeResult(version=ver, split_by_hash=split_by_hash)
+        summary = EncodeResult(version=ver, split_by_hash=placed["hash"], split_given_overridden=placed[GROUP_OVER_GIVEN])
         summary.texts = encode_prompts(st, ver, loaded, ds.findings)
         st.clear_errors(ver, [r.image_id for r in ds.records])  # errors describe the latest attempt
         missing = [

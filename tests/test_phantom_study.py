@@ -166,28 +166,12 @@ BASELINES = ("random", "random_box", "centre")
 
 
 @pytest.mark.slow  # the 300-study store: ~8 s to encode
-def test_gradcam_pointing_beats_every_baseline(store, phantoms):
-    """Clear margin over ALL boxed items (the items this check was written for, before agreement
-    scored the test split by default): the model's 95 % patient-bootstrap interval lies above
-    every baseline's estimate, and its estimate is at least 1.3 times the best baseline's."""
-    store.probe()
-    run, _ = store.agreement(boxes=str(phantoms / "boxes.csv"), box_format="canonical", target="probe",
-                             n_boot=200, split="all")
-    overall = _overall_intervals(run)
-    for metric in ("pointing", "energy"):
-        value, lo, _ = overall[metric]
-        best_baseline = max(overall[f"{metric}@{b}"][0] for b in BASELINES)
-        assert lo > best_baseline, (metric, overall)
-        assert value >= 1.3 * best_baseline, (metric, overall)
-
-
-@pytest.mark.slow  # the 300-study store: ~8 s to encode
 def test_gradcam_beats_the_baselines_on_held_out_test_items(store, phantoms):
     """The default: test-split images only (51 of the 309 boxed items at 300 studies; 235 are the
     probe's training images, 23 val). The estimate keeps its 1.3x margin over every baseline and
     its interval clears the chance baselines, but with 51 items clustered by patient the interval
-    no longer clears the centre prior (pointing 0.21 [0.06, 0.37] vs centre 0.10; energy 0.07
-    [0.03, 0.13] vs centre 0.04), which the all-items check above still asserts."""
+    no longer clears the centre prior (pointing 0.22 [0.12, 0.37] vs centre 0.13; energy 0.11
+    [0.06, 0.17] vs centre 0.07). No check scores all items: most are the probe's training images."""
     store.probe()
     result = store.agreement(boxes=str(phantoms / "boxes.csv"), box_format="canonical", target="probe", n_boot=200)
     images = store.images().select("image_id", "split")

@@ -290,13 +290,15 @@ def _rerun(store, kind: str, version: str, config: dict) -> None:
     fn(store, version, **kwargs)
 
 
+FLAGS = {"rule": "--rule", "templates": "--templates", "classifier": "--classifier", "k": "--k",
+         "calibrate_on": "--calibrate-on", "operating_point": "--operating-point", "uncertain": "--uncertain",
+         "blank": "--blank", "where": "--where", "n_boot": "--n-boot", "min_positives": "--min-positives"}
+
+
 def _command(kind: str, version: str, config: dict) -> str:
     """The CLI command that makes the run `config` describes on `version`."""
-    flags = {"rule": "--rule", "templates": "--templates", "classifier": "--classifier", "k": "--k",
-             "calibrate_on": "--calibrate-on", "operating_point": "--operating-point", "uncertain": "--uncertain",
-             "blank": "--blank", "where": "--where", "n_boot": "--n-boot", "min_positives": "--min-positives"}
-    parts = [f"{flags[k]} {config[k] if config[k] is not None else 'none'}"
-             for k in RERUN_KEYS[kind] if k in flags and k in config and config[k] not in (None, "mask")]
+    parts = [f"{FLAGS[k]} {config[k] if config[k] is not None else 'none'}"
+             for k in RERUN_KEYS[kind] if k in FLAGS and k in config and config[k] not in (None, "mask")]
     return f"embedstore {kind} --version {version} " + " ".join(parts)
 
 
@@ -381,6 +383,43 @@ def _method_run(store, version: str, spec: str) -> dict:
                      if name == "finetuned" else f"--methods {spec}: no stored run on version {version}; run `{command}` first")
 
 
+# How a run's scores became decisions and metrics: two methods are compared paired only when these agree,
+# else the difference mixes the methods with their operating points, label policies or image sets.
+SCORING_KEYS = ("calibrate_on", "operating_point", "uncertain", "blank", "min_positives", "where")
+
+
+def scoring_settings(run: dict) -> dict:
+    """The SCORING_KEYS values a run was scored with (None where not recorded, e.g. no operating
+    point without calibration). A fine-tuned head recording none was scored by the shared defaults."""
+    from embedstore.analyses.scoring import Scoring
+
+    cfg = run["config"]
+    if run["kind"] == "finetune":
+        cfg = {**Scoring().run_config(), **cfg}
+    return {k: cfg.get(k) for k in SCORING_KEYS}
+
+
+def _flag(key: str, value) -> str:
+    """The CLI flag that sets `key` to `value` (shell-quoted)."""
+    if key == "where" and value is None:
+        return "no --where"
+    text = "none" if value is None else str(value)
+    return f'{FLAGS[key]} "{text}"' if " " in text else f"{FLAGS[key]} {text}"
+
+
+def require_scored_alike(spec_1: str, run_1: dict, spec_2: str, run_2: dict) -> None:
+    """InputError naming the settings two methods' runs were scored with differently, and the fix."""
+    a, b = scoring_settings(run_1), scoring_settings(run_2)
+    differ = [k for k in SCORING_KEYS if a[k] != b[k]]
+    if not differ:
+        return
+    said = "; ".join(f"{k} {a[k]!r} vs {b[k]!r}" for k in differ)
+    flags = lambda side: " ".join(_flag(k, side[k]) for k in differ if not (k == "operating_point" and side[k] is None))
+    raise InputError(f"--methods {spec_1},{spec_2}: their runs ({run_1['run_id']}, {run_2['run_id']}) were scored "
+                     f"differently ({said}); re-run {spec_2} with {flags(a)} (or {spec_1} with {flags(b)}) so both "
+                     "sides are scored alike")
+
+
 def compare_methods(store, version: str | None, methods: list[str], n_boot: int = 1000, seed: int = 0,
                     alpha: float = 0.05) -> pl.DataFrame:
     """Paired differences between methods on one version's test images, for every pair in the
@@ -393,6 +432,7 @@ def compare_methods(store, version: str | None, methods: list[str], n_boot: int 
     frames = []
     for i, (spec_1, run_1) in enumerate(runs):
         for spec_2, run_2 in runs[i + 1:]:
+            require_scored_alike(spec_1, run_1, spec_2, run_2)
             part = _paired_runs(store, run_1, run_2, n_boot, seed, alpha)
             frames.append(part.select(pl.lit(spec_1).alias("method_1"), pl.lit(spec_2).alias("method_2"), pl.all(),
                                       pl.lit(run_1["run_id"]).alias("run_1"), pl.lit(run_2["run_id"]).alias("run_2")))

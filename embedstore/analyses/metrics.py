@@ -276,6 +276,22 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = CALIBRA
     return float((r["n"] * np.abs(r["observed"] - r["mean_predicted"])).sum() / max(len(y), 1))
 
 
+def ece_replicates(Y01: np.ndarray, known: np.ndarray, prob: np.ndarray, W: np.ndarray,
+                   bins: int = CALIBRATION_BINS) -> np.ndarray:
+    """[B, F] ECE of every finding for each weight row of W [B, n] (masked entries left out): per
+    bin, |weighted positives - weighted predicted sum|, summed and divided by the total weight
+    (count x |observed - predicted| is the same thing). One matrix product for all findings."""
+    p = np.where(known, np.asarray(prob, dtype=np.float64), 0.0)
+    n, F = p.shape
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    onehot = (np.searchsorted(edges[1:-1], p)[:, :, None] == np.arange(bins)) & known[:, :, None]  # [n, F, bins]
+    parts = np.stack([onehot, onehot * p[:, :, None], onehot * Y01[:, :, None]], axis=2)  # [n, F, 3, bins]
+    sums = (np.asarray(W, dtype=np.float32) @ parts.reshape(n, -1).astype(np.float32)).astype(np.float64)
+    sums = sums.reshape(W.shape[0], F, 3, bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.abs(sums[:, :, 2] - sums[:, :, 1]).sum(axis=2) / sums[:, :, 0].sum(axis=2)
+
+
 class _Rows:
     """Collects metric rows; an interval only where replicates are given."""
 
@@ -345,6 +361,7 @@ def _per_finding(out: _Rows, Y01, known, S, preds, prob, W, ones, findings, eval
         sums = W @ np.concatenate([SQ, K], axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             brier_reps = sums[:, :SQ.shape[1]].astype(np.float64) / sums[:, SQ.shape[1]:]
+        ece_reps = ece_replicates(Y01, known, prob, W)
     macro: dict[str, tuple[list, list]] = {}
 
     def keep(name, point, reps):
@@ -372,10 +389,10 @@ def _per_finding(out: _Rows, Y01, known, S, preds, prob, W, ones, findings, eval
             brier = float(((p - y) ** 2).mean()) if y.size else np.nan
             out.add(finding, "brier", brier, brier_reps[:, j] if ev else None)
             ece = expected_calibration_error(y, p) if y.size else np.nan
-            out.add(finding, "ece", ece)
+            out.add(finding, "ece", ece, ece_reps[:, j] if ev else None)
             if ev:
                 keep("macro_brier", brier, brier_reps[:, j])
-                keep("macro_ece", ece, None)
+                keep("macro_ece", ece, ece_reps[:, j])
         row = table.row(j, named=True)
         out.add(finding, "support", row["positives"])
         out.add(finding, "positive_groups", row["positive_groups"])

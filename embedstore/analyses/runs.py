@@ -71,13 +71,13 @@ def require_split(data: VersionData, name: str, purpose: str) -> np.ndarray:
     return split_mask(data.split, name, data.version, purpose)
 
 
-def refuse_fitted(store, data: VersionData, scored: np.ndarray, what: str) -> None:
-    """InputError when any scored image is one the version's model (or an ancestor's) was trained or
-    early-stopped on: its scores there measure memory, not generalisation."""
-    fitted = store.fitted_ids(data.version)
+def refuse_fitted(store, version: str, scored: np.ndarray, what: str) -> None:
+    """InputError when any scored image (store ids) is one the version's model (or an ancestor's) was
+    trained or early-stopped on: its scores there measure memory, not generalisation."""
+    fitted = store.fitted_ids(version)
     seen = {role: int(np.isin(scored, ids).sum()) for role, ids in fitted.items()}
     if any(seen.values()):
-        raise InputError(f"{what} would score version {data.version} on {seen['train']} image(s) it (or a version it was "
+        raise InputError(f"{what} would score version {version} on {seen['train']} image(s) it (or a version it was "
                          f"fine-tuned from) was trained on and {seen['val']} it was early-stopped on, of "
                          f"{len(scored)} scored; score the test split instead")
 

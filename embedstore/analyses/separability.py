@@ -267,7 +267,7 @@ def separability(store, version: str | None = None, k: int = KNN_K, uncertain: s
     data = data or load_data(store, version, where)
     tr = require_split(data, "train", "to fit LDA, kNN and PCA")
     te = require_split(data, "test", "to score")
-    refuse_fitted(store, data, data.ids[te], "separability")
+    refuse_fitted(store, data.version, data.ids[te], "separability")
     config = {"k": k, "uncertain": uncertain, "where": where, "tsne_max": tsne_max, "seed": seed,
               "lda_shrinkage": LDA_SHRINKAGE, "findings": data.findings, "data": data.fingerprint()}
 

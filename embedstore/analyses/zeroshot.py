@@ -185,7 +185,7 @@ def zeroshot(store, version: str | None = None, rule: str | list[str] = "all", t
                       MIN_POSITIVES if min_positives is None else min_positives)
     data = data or load_data(store, version, where)
     texts, M = store.text_vectors(data.version)
-    refuse_fitted(store, data, data.ids[data.split == split], f"zeroshot on split {split!r}")
+    refuse_fitted(store, data.version, data.ids[data.split == split], f"zeroshot on split {split!r}")
     used = texts.filter(pl.col("finding").is_in(data.findings))
     base = {**scoring.run_config(), "where": where, "findings": data.findings, "data": data.fingerprint(),
             "prompts": sorted(used["text_hash"].to_list())}

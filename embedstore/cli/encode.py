@@ -45,6 +45,10 @@ def encode(
     if result.split_by_hash and fmt is Format.table:
         print(f"splits: {result.split_by_hash} new image(s) of groups new to the store were placed by a hash of "
               "their group (the store already had splits; no stored split moved)", file=sys.stderr)
+    if result.split_given_overridden:  # a warning in every format: the data set's split was not honoured
+        print(f"warning: {result.split_given_overridden} new image(s) were given a split other than the one their "
+              "patient (group) already has in the store; they joined the group's split so no patient spans two "
+              "splits (see `embedstore splits`, method group-over-given)", file=sys.stderr)
     if result.errors and fmt is Format.table:
         for err in result.errors[:10]:
             print(f"failed: {err['image_id']} ({err['path']}): {err['reason']}", file=sys.stderr)

@@ -22,6 +22,7 @@ DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 GROUP_KINDS = ("group", "patient", "study")  # in order of precedence
 # How an image got its split (the `splits.method` column).
 STRATIFIED, GIVEN, HASH, GROUP, ADOPTED = "stratified", "given", "hash", "group", "adopted"
+GROUP_OVER_GIVEN = "group-over-given"  # a given split that disagreed with the group's stored one
 
 
 def check_fractions(fractions) -> tuple[float, float, float]:
@@ -45,12 +46,17 @@ def assign_splits(records: list[ImageRecord], seed: int = 0, fractions=DEFAULT_F
     kinds joined by "+" where records differ, or "given").
 
     Splits already given for every record (a manifest's `split` column, MIMIC-CXR's official
-    split) are kept. Otherwise the groups are stratified over all findings at once
+    split) are kept; given for only some, they are refused (InputError). Otherwise the groups are stratified over all findings at once
     (`stratify_groups`), so the same seed and data give the same splits on any machine, and one
     group never spans two splits.
     """
     fr = check_fractions(fractions)
-    if records and all(r.split for r in records):
+    given = sum(1 for r in records if r.split)
+    if 0 < given < len(records):  # restratifying would silently drop the splits that were given
+        lacking = next(r for r in records if not r.split)
+        raise InputError(f"{given} of {len(records)} images have a split and the rest do not (e.g. {lacking.image_id}); "
+                         "give every image a split (train, val or test) or none, to have them all stratified")
+    if records and given == len(records):
         bad = next((r for r in records if r.split not in SPLITS), None)
         if bad is not None:
             raise InputError(f"image {bad.image_id}: split {bad.split!r} is not one of {', '.join(SPLITS)}")
@@ -152,29 +158,31 @@ class Placement:
 
 
 def place(records: list[ImageRecord], assigned: Assignment, stored: Stored) -> list[Placement]:
-    """One placement per record. An image already stored keeps its split; a new one takes its
-    given split (method given); else joins its group's stored split (group); else, in a store
-    without splits, takes the reader's split (the reader's method); else a hash of its group (hash).
+    """One placement per record. An image already stored keeps its split; a new image of a group
+    already stored joins that group's split (group), even where the data set gives it another
+    (method `group-over-given`, counted for a warning): one patient never spans two splits, or
+    its train images would leak into test. Else a new image takes its given split (given); else,
+    in a store without splits, the reader's split (the reader's method); else a hash of its group.
     """
     seed = stored.seed if stored.seed is not None else (assigned.seed or 0)
     fractions = check_fractions(stored.fractions or assigned.fractions or DEFAULT_FRACTIONS)
-    fresh_store = not stored.by_image
-    out = []
-    for r in records:
-        group = group_of(r)
-        if r.image_id in stored.by_image:
-            out.append(Placement(group, stored.by_image[r.image_id], "kept", new=False))
-        elif r.split and assigned.method == GIVEN:
-            out.append(Placement(group, _valid(r), GIVEN, new=True))
-        elif group in stored.by_group:
-            out.append(Placement(group, stored.by_group[group], GROUP, new=True))
-        elif r.split and fresh_store:
-            out.append(Placement(group, _valid(r), assigned.method, new=True, seed=assigned.seed,
-                                 fractions=_json(assigned.fractions)))
-        else:
-            out.append(Placement(group, hash_split(group, seed, fractions), HASH, new=True, seed=seed,
-                                 fractions=_json(fractions)))
-    return out
+    return [_place_one(r, assigned, stored, seed, fractions, fresh_store=not stored.by_image) for r in records]
+
+
+def _place_one(r: ImageRecord, assigned: Assignment, stored: Stored, seed: int, fractions, fresh_store: bool) -> Placement:
+    group = group_of(r)
+    if r.image_id in stored.by_image:
+        return Placement(group, stored.by_image[r.image_id], "kept", new=False)
+    given = _valid(r) if r.split and assigned.method == GIVEN else None
+    if group in stored.by_group:
+        joined = stored.by_group[group]
+        return Placement(group, joined, GROUP_OVER_GIVEN if given not in (None, joined) else GROUP, new=True)
+    if given:
+        return Placement(group, given, GIVEN, new=True)
+    if r.split and fresh_store:
+        return Placement(group, _valid(r), assigned.method, new=True, seed=assigned.seed,
+                         fractions=_json(assigned.fractions))
+    return Placement(group, hash_split(group, seed, fractions), HASH, new=True, seed=seed, fractions=_json(fractions))
 
 
 def _valid(record: ImageRecord) -> str:

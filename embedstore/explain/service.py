@@ -223,7 +223,7 @@ def agreement(st, boxes: str | None = None, box_format: str = "auto", target: st
     """
     import polars as pl
 
-    from embedstore.analyses.runs import cached_run
+    from embedstore.analyses.runs import cached_run, refuse_fitted
     from embedstore.explain import agreement as agr
     from embedstore.explain.cache import HeatmapCache, cached_heatmaps
     from embedstore.explain.heatmaps import method_class
@@ -242,6 +242,8 @@ def agreement(st, boxes: str | None = None, box_format: str = "auto", target: st
     rows = _image_rows(st, box_df["image_id"].to_list())
     images = _with_groups(st, rows)
     scored, val, left_out = _split_boxes(box_df, images, split)
+    scored_ids = images.filter(pl.col("image_id").is_in(scored["image_id"].unique().to_list()))["id"].to_numpy()
+    refuse_fitted(st, version, scored_ids, f"agreement on split {split!r}")  # a tuned model's own images
     needed = pl.concat([scored, val]).select("image_id", "finding").unique()
     paths = dict(zip(images["image_id"].to_list(), images["path"].to_list()))
     loaded = loaded or _load_model(st, version)
