@@ -36,7 +36,7 @@ def _checks(st, version: str):
     image_lengths = _lengths(st, "image_embeddings", version)
     text_lengths = _lengths(st, "text_embeddings", version)
     images_readable = _lengths_ok(image_lengths, info["dim"])
-    ids, X = st.image_vectors(version) if images_readable else (_image_ids(st, version), None)
+    ids, X = st.image_vectors(version) if images_readable else (st.matching_ids(version, None), None)
     path = st.index_path(version)
     yield from _completeness(st, version, info, len(ids))
     yield "rows", info["count"] == len(ids), f"versions.count={info['count']}, image_embeddings rows={len(ids)}"
@@ -84,11 +84,6 @@ def _lengths(st, table: str, version: str) -> dict[int, int]:
 
 def _lengths_ok(lengths: dict[int, int], dim: int | None) -> bool:
     return set(lengths) <= {dim} if dim is not None else len(lengths) <= 1
-
-
-def _image_ids(st, version: str) -> np.ndarray:
-    return np.array(st._column("SELECT id FROM image_embeddings WHERE version = ? ORDER BY id", [version]),
-                    dtype=np.int64)
 
 
 def _text_matrix(st, version: str) -> np.ndarray:
