@@ -175,12 +175,13 @@ def encode(
     """
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    from embedstore.data.datasets import read_dataset
     from embedstore.data.records import Dataset
-    from embedstore.data.splits import GROUP_OVER_GIVEN
+    from embedstore.data.splits import GROUP_OVER_GIVEN, Assignment
 
     # Everything that can fail on bad input fails before the first write: the store stays as it was.
-    ds = source if isinstance(source, Dataset) else _read_dataset(source, dataset=dataset, labels=labels, images=images,
-                                                                  strict=strict)
+    ds = source if isinstance(source, Dataset) else read_dataset(source, dataset=dataset, labels=labels, images=images,
+                                                                 strict=strict)
     box_df = _read_boxes(boxes, box_format, ds)
     from embedstore.models import load_model
 
@@ -189,7 +190,8 @@ def encode(
         _check_version(st, loaded, precision, version)
     with st.connect(write=True):  # the lock is held for the whole run
         before = {m: st.images_placed_by(m) for m in ("hash", GROUP_OVER_GIVEN)}
-        ids = st.upsert_images(ds.records, _assignment(ds))
+        # the store records how the reader drew the data set's splits when it freezes them
+        ids = st.upsert_images(ds.records, Assignment(ds.split_method, ds.split_seed, ds.split_fractions))
         placed = {m: st.images_placed_by(m) - n for m, n in before.items()}
         if box_df is not None:
             st.write_boxes(box_df)
@@ -215,13 +217,6 @@ def encode(
         summary.index_rebuilt = st.refresh_index(ver, before, summary.encoded)
         st.complete_version(ver)  # a killed run leaves it `building`: never the default until run again
     return summary
-
-
-def _assignment(ds):
-    """How the reader drew the data set's splits, for the store to record when it freezes them."""
-    from embedstore.data.splits import Assignment
-
-    return Assignment(ds.split_method, ds.split_seed, ds.split_fractions)
 
 
 def _check_version(st, loaded, precision: str, version: str) -> None:
@@ -342,9 +337,3 @@ def _read_boxes(boxes: str | None, box_format: str, ds):
     from embedstore.data.datasets import read_boxes
 
     return read_boxes(boxes, box_format=box_format)
-
-
-def _read_dataset(source, **kw):
-    from embedstore.data.datasets import read_dataset
-
-    return read_dataset(source, **kw)

@@ -136,10 +136,7 @@ def search(st, version: str, q: np.ndarray, k: int, where: str | None = None,
 
 def exact_search(st, version: str, q: np.ndarray, k: int, subset: np.ndarray | None):
     """Exact top-k over DuckDB's vectors (the subset only, when given)."""
-    if subset is None:
-        ids, X = st.image_vectors(version)
-    else:
-        ids, X = st.image_vectors_for(version, subset)
+    ids, X = st.image_vectors(version) if subset is None else st.image_vectors_for(version, subset)
     s = X @ np.asarray(q, dtype=np.float32).ravel()
     k = min(k, len(s))
     top = np.argpartition(-s, k - 1)[:k] if k else np.zeros(0, np.int64)

@@ -9,6 +9,7 @@ May import: embedstore.api, errors (and typer, rich).
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -38,25 +39,12 @@ def _root(
         raise typer.Exit()
 
 
-# Register the commands (each module, named after its commands, adds them to `app`), in the order of the study.
-from embedstore.cli import inspect as _inspect  # noqa: E402,F401
-from embedstore.cli import preview as _preview  # noqa: E402,F401
-from embedstore.cli import synth as _synth  # noqa: E402,F401
-from embedstore.cli import encode as _encode  # noqa: E402,F401
-from embedstore.cli import query as _query  # noqa: E402,F401
-from embedstore.cli import sql as _sql  # noqa: E402,F401
-from embedstore.cli import versions as _versions  # noqa: E402,F401  versions, verify
-from embedstore.cli import splits as _splits  # noqa: E402,F401
-from embedstore.cli import zeroshot as _zeroshot  # noqa: E402,F401
-from embedstore.cli import probe as _probe  # noqa: E402,F401
-from embedstore.cli import separability as _separability  # noqa: E402,F401
-from embedstore.cli import runs as _runs  # noqa: E402,F401  runs, stability, seed-table
-from embedstore.cli import compare as _compare  # noqa: E402,F401
-from embedstore.cli import finetune as _finetune  # noqa: E402,F401
-from embedstore.cli import explain as _explain  # noqa: E402,F401
-from embedstore.cli import agreement as _agreement  # noqa: E402,F401
-from embedstore.cli import report as _report  # noqa: E402,F401
-from embedstore.cli import demo as _demo  # noqa: E402,F401
+# The command modules, in the order of the study: each, named after its commands, adds them to `app`
+# (`versions`: versions and verify; `runs`: runs, stability and seed-table).
+COMMAND_MODULES = ("inspect", "preview", "synth", "encode", "query", "sql", "versions", "splits", "zeroshot", "probe",
+                   "separability", "runs", "compare", "finetune", "explain", "agreement", "report", "demo")
+for _module in COMMAND_MODULES:
+    importlib.import_module(f"embedstore.cli.{_module}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,7 +6,6 @@ from typing import Optional
 
 import typer
 
-
 from embedstore.cli import app
 from embedstore.cli.options import FORMAT, STORE, VERSION, open_store
 from embedstore.cli.output import Format, emit, emit_result

@@ -11,7 +11,7 @@ import os
 import tarfile
 
 from embedstore.data.boxes import BOX_FORMATS, read_boxes  # noqa: F401  (re-exported)
-from embedstore.data.labels import CHEXPERT_FINDINGS, DEFAULT_TOP_K, check_policy, label_value
+from embedstore.data.labels import CHEXPERT_FINDINGS, DEFAULT_TOP_K, check_policy, row_labels
 from embedstore.data.records import Dataset
 from embedstore.data.splits import DEFAULT_FRACTIONS, assign_splits, check_fractions
 from embedstore.data.table_files import is_table, read_table, table_name
@@ -132,12 +132,7 @@ def apply_label_table(ds: Dataset, path: str, uncertain: str = "ignore") -> None
         k = (row[key] or "").strip()
         if key == "uid" and k.isdigit():
             k = f"CXR{k}"  # Kaggle / Open-i report number -> Open-i uId
-        labels = {}
-        for f in findings:
-            v = label_value(row[f], uncertain, (path, i + 2, f))
-            if v is not None:
-                labels[f] = v
-        table[k] = labels
+        table[k] = row_labels(row, findings, uncertain, path, i + 2)
     by_image = key == "image_id"
     matched = 0
     for r in ds.records:

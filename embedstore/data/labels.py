@@ -93,6 +93,11 @@ def check_policy(uncertain: str) -> str:
     return uncertain
 
 
+def row_labels(row: dict, findings, uncertain: str, path, line: int) -> dict[str, int]:
+    """finding -> 1 / 0 / -1 of a table row's CheXpert-style cells (`label_value`); blank cells left out."""
+    return {f: v for f in findings if (v := label_value(row[f], uncertain, (path, line, f))) is not None}
+
+
 def label_value(cell: str | None, uncertain: str, where) -> int | None:
     """1 / 0 / -1 from a CheXpert-style cell (`1.0`, `0`, `-1.0`, blank = None), after the policy.
 

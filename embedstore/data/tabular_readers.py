@@ -12,8 +12,8 @@ import glob
 import os
 import re
 
-from embedstore.data.labels import (CHEXPERT_FINDINGS, NIH_FINDINGS, NIH_NO_FINDING, label_value,
-                                    mesh_findings, mesh_labels, mesh_terms)
+from embedstore.data.labels import (CHEXPERT_FINDINGS, NIH_FINDINGS, NIH_NO_FINDING, mesh_findings, mesh_labels,
+                                    mesh_terms, row_labels)
 from embedstore.data.locate import ImageIndex, check_images_dir
 from embedstore.data.records import Dataset, ImageRecord
 from embedstore.data.table_files import read_table, require_columns, table_name
@@ -157,15 +157,8 @@ def read_chexpert(path: str, df=None, images: str | None = None, uncertain: str 
     index = ImageIndex(check_images_dir(images)) if mimic and images else None
     records = []
     for line, row in _rows(df):
-        labels = {}
-        for f in CHEXPERT_FINDINGS:
-            v = label_value(row[f], uncertain, (path, line, f))
-            if v is not None:
-                labels[f] = v
-        if mimic:
-            rec = _mimic_record(path, line, row, index)
-        else:
-            rec = _chexpert_record(path, line, row, base)
+        labels = row_labels(row, CHEXPERT_FINDINGS, uncertain, path, line)  # a bad cell fails before a bad path
+        rec = _mimic_record(path, line, row, index) if mimic else _chexpert_record(path, line, row, base)
         rec.labels = labels
         records.append(rec)
     seen: set[str] = set()
@@ -296,11 +289,7 @@ def read_manifest(path: str, df=None, images: str | None = None, uncertain: str 
             pos = {t.strip() for t in (row["labels"] or "").split(";") if t.strip()}
             labels = {f: int(f in pos) for f in findings}
         else:
-            labels = {}
-            for f in findings:
-                v = label_value(row[f], uncertain, (path, line, f))
-                if v is not None:
-                    labels[f] = v
+            labels = row_labels(row, findings, uncertain, path, line)
         view, projection = _manifest_view(path, line, row)
         records.append(ImageRecord(
             image_id=image_id, path=os.path.abspath(file) if os.path.isfile(file) else None,

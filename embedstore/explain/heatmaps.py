@@ -60,16 +60,11 @@ def _read(image) -> Any:
     """A PIL image from a path (through `embedstore.data.images.read_image`) or a PIL image."""
     if not isinstance(image, (str, Path)):
         return image
+    from embedstore.data.images import read_image
+
     path = Path(image)
     if not path.is_file():
         raise InputError(f"image file {path} does not exist")
-    try:
-        from embedstore.data.images import read_image
-    except ImportError:  # images.py not there yet: plain PIL, which is what it does for PNG/JPEG
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return im.convert("L")
     return read_image(path)
 
 

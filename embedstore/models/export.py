@@ -12,6 +12,7 @@ and writes DIR; copy DIR to the offline machine and use `--model local-dir:DIR`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -97,10 +98,7 @@ def _write_hf_text(model, text_cfg: dict, tokenizer, folder: Path) -> None:
         from transformers import AutoTokenizer
 
         try:
-            if Path(name).is_dir():
-                with hub_offline():
-                    tok = AutoTokenizer.from_pretrained(name)
-            else:
+            with hub_offline() if Path(name).is_dir() else contextlib.nullcontext():
                 tok = AutoTokenizer.from_pretrained(name)
         except Exception as err:  # noqa: BLE001
             raise ModelUnavailable(f"export: cannot load the tokenizer {name!r} ({type(err).__name__}); "
@@ -116,13 +114,11 @@ def _write_hf_text(model, text_cfg: dict, tokenizer, folder: Path) -> None:
 
 
 def _replace(tmp: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
         out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,13 +16,11 @@ network for them; an HF text tower is pointed at the folder's own `config.json` 
 from __future__ import annotations
 
 import contextlib
-
 import difflib
 import functools
 import hashlib
 import json
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,7 +258,7 @@ def _load_hub(spec: Spec, device: str, precision: str):
 
     device = resolve_device(device)
     try:
-        with _hub_offline(cached):
+        with hub_offline() if cached else contextlib.nullcontext():
             model = open_clip.create_model(f"hf-hub:{spec.target}", device=device, precision=precision)
             tokenizer = open_clip.get_tokenizer(f"hf-hub:{spec.target}")
     except Exception as err:  # noqa: BLE001 - hub, network and transformers raise many kinds
@@ -283,19 +281,6 @@ def _hub_reachable() -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure to connect means "not reachable now"
         return False
-
-
-@contextlib.contextmanager
-def _hub_offline(on: bool):
-    """Tell huggingface_hub to stay off the network (the model is in the local cache)."""
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = before or on
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
 
 
 def _cached_weights(repo: str) -> Path | None:
@@ -368,7 +353,7 @@ def _embed_dim(model, model_cfg: dict) -> int:
 
 
 # ---- helpers -----------------------------------------------------------------------------
-@contextmanager
+@contextlib.contextmanager
 def hub_offline():
     """Force the Hugging Face hub offline (env var and the constant read at import time)."""
     import huggingface_hub.constants as hc
@@ -422,8 +407,5 @@ def file_sha256(path: Path) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()

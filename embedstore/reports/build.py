@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 
 from embedstore.errors import InputError, StoreError
+from embedstore.files import atomic_path
 from embedstore.progress import Progress
 from embedstore.reports import charts
 from embedstore.reports.data import MACRO, OTHER_KINDS, PAIRED_METRICS, POOLED, ReportData, parse_config
@@ -400,15 +401,6 @@ def _sections(data: ReportData, progress: bool = False) -> list[Section]:
     return sections
 
 
-def _write_with_umask(out: Path, text: str) -> None:
-    """Write beside the target, then rename: a failed build leaves no half-written report; the
-    file gets the user's umask, as a plain open() would give."""
-    from embedstore.files import atomic_path
-
-    with atomic_path(out) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def build_report(store, version: str | None = None, compare: tuple[str, str] | list[str] | None = None,
                  out: str | os.PathLike = "report.html", title: str = "embedstore report",
                  progress: bool = False) -> BuiltReport:
@@ -431,6 +423,7 @@ def build_report(store, version: str | None = None, compare: tuple[str, str] | l
     sections = _sections(data, progress)
     what = f"versions {' vs '.join(data.versions)}" if data.compare else f"version {', '.join(data.versions) or '(none)'}"
     report = Report(title, subtitle=f"{what} · generated {time.strftime('%Y-%m-%d %H:%M')}", sections=sections)
-    _write_with_umask(out, render(report))
+    with atomic_path(out) as tmp:  # a failed build leaves no half-written report; the user's umask applies
+        tmp.write_text(render(report), encoding="utf-8")
     notes = [b.text for sec in sections for b in sec.blocks if isinstance(b, Note)]
     return BuiltReport(out, len(report.charts), out.stat().st_size, notes)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 import numpy as np
 
 from embedstore.errors import InputError
 from embedstore.store import schema
-from embedstore.store.rows import first, now
+from embedstore.store.rows import first, now, registered
 
 # An image's group where `splits` has none (images stored before splits were frozen).
 GROUP_SQL = "coalesce('patient:' || i.patient_id, 'study:' || i.study_id, 'image:' || i.image_id)"
@@ -48,21 +49,20 @@ class ImageTables:
             meta = pl.DataFrame({c: [getattr(r, c) for r in records] for c in columns},
                                 schema={c: pl.String for c in columns})
             meta = meta.with_columns(pl.Series("split", [p.split for p in placements], dtype=pl.String))
-            con.register("new_meta", meta)
-            con.execute(
-                """UPDATE images SET path = n.path, study_id = n.study_id, patient_id = n.patient_id,
-                       view = n.view, projection = n.projection, split = n.split, source = n.source,
-                       findings = n.findings, impression = n.impression
-                   FROM new_meta n WHERE images.image_id = n.image_id"""
-            )
-            con.execute(
-                """INSERT INTO images (id, image_id, path, study_id, patient_id, view, projection, split,
-                       source, findings, impression)
-                   SELECT nextval('images_id_seq'), image_id, path, study_id, patient_id, view, projection, split,
-                       source, findings, impression FROM new_meta n
-                   WHERE n.image_id NOT IN (SELECT image_id FROM images)"""
-            )
-            con.unregister("new_meta")
+            with registered(con, new_meta=meta):
+                con.execute(
+                    """UPDATE images SET path = n.path, study_id = n.study_id, patient_id = n.patient_id,
+                           view = n.view, projection = n.projection, split = n.split, source = n.source,
+                           findings = n.findings, impression = n.impression
+                       FROM new_meta n WHERE images.image_id = n.image_id"""
+                )
+                con.execute(
+                    """INSERT INTO images (id, image_id, path, study_id, patient_id, view, projection, split,
+                           source, findings, impression)
+                       SELECT nextval('images_id_seq'), image_id, path, study_id, patient_id, view, projection, split,
+                           source, findings, impression FROM new_meta n
+                       WHERE n.image_id NOT IN (SELECT image_id FROM images)"""
+                )
             self._write_splits(con, records, placements)
             ids = dict(con.sql("SELECT image_id, id FROM images").fetchall())
             self._write_labels(con, records, ids)
@@ -94,16 +94,15 @@ class ImageTables:
                for r, p in zip(records, placements) if p.new]
         frame = pl.DataFrame(new, schema={"image_id": pl.String, "group_id": pl.String, "split": pl.String,
                                           "method": pl.String, "seed": pl.Int32, "fractions": pl.String}, orient="row")
-        con.register("new_splits", frame)
-        con.execute(
-            """INSERT INTO splits SELECT i.id, n.group_id, n.split, n.method, n.seed, n.fractions, ?
-               FROM new_splits n JOIN images i USING (image_id) WHERE i.id NOT IN (SELECT id FROM splits)""", [now()])
-        con.unregister("new_splits")
+        with registered(con, new_splits=frame):
+            con.execute(
+                """INSERT INTO splits SELECT i.id, n.group_id, n.split, n.method, n.seed, n.fractions, ?
+                   FROM new_splits n JOIN images i USING (image_id) WHERE i.id NOT IN (SELECT id FROM splits)""",
+                [now()])
 
     def images_placed_by(self, method: str) -> int:
         """How many images got their split by `method` (stratified, given, hash, group, adopted)."""
-        with self.connect() as con:
-            return first(con.sql("SELECT count(*) FROM splits WHERE method = ?", params=[method]))[0]
+        return self._scalar("SELECT count(*) FROM splits WHERE method = ?", [method])
 
     def split_methods(self):
         """One row per way splits were assigned: method, seed, fractions, images, and how many of
@@ -127,11 +126,9 @@ class ImageTables:
 
     def split_ids(self, version: str, split: str) -> np.ndarray:
         """int64 ids of the images in `split` that have a vector in `version`, sorted."""
-        with self.connect() as con:
-            rows = con.sql(
-                f"""WITH g AS ({GROUPS_SQL}) SELECT e.id FROM image_embeddings e JOIN g USING (id)
-                   WHERE e.version = ? AND g.split = ? ORDER BY e.id""", params=[version, split]).fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
+        ids = self._column(f"""WITH g AS ({GROUPS_SQL}) SELECT e.id FROM image_embeddings e JOIN g USING (id)
+                               WHERE e.version = ? AND g.split = ? ORDER BY e.id""", [version, split])
+        return np.array(ids, dtype=np.int64)
 
     def _write_labels(self, con, records: list, ids: dict[str, int]) -> None:
         import polars as pl
@@ -139,12 +136,9 @@ class ImageTables:
         rows = [(ids[r.image_id], f, v) for r in records for f, v in r.labels.items()]
         frame = pl.DataFrame(rows, schema={"id": pl.Int64, "finding": pl.String, "value": pl.Int8}, orient="row")
         touched = pl.DataFrame({"id": [ids[r.image_id] for r in records]}, schema={"id": pl.Int64})
-        con.register("touched", touched)
-        con.register("new_labels", frame)
-        con.execute("DELETE FROM labels WHERE id IN (SELECT id FROM touched)")
-        con.execute("INSERT INTO labels SELECT id, finding, value FROM new_labels")
-        con.unregister("touched")
-        con.unregister("new_labels")
+        with registered(con, touched=touched, new_labels=frame):
+            con.execute("DELETE FROM labels WHERE id IN (SELECT id FROM touched)")
+            con.execute("INSERT INTO labels SELECT id, finding, value FROM new_labels")
         self._ensure_labels_view(con)
 
     def _ensure_labels_view(self, con) -> None:
@@ -172,11 +166,9 @@ class ImageTables:
         with `labels`, the findings' columns of `labels_wide`)."""
         from embedstore.store.predicates import checked
 
-        columns = {r[0] for r in con.sql("SELECT column_name FROM information_schema.columns WHERE table_name = ?",
-                                         params=["labels_wide" if labels else "images"]).fetchall()}
-        if labels:
-            columns |= {r[0] for r in con.sql("SELECT column_name FROM information_schema.columns "
-                                              "WHERE table_name = 'images'").fetchall()}
+        tables = ["labels_wide", "images"] if labels else ["images"]
+        columns = {r[0] for r in con.sql("SELECT column_name FROM information_schema.columns WHERE list_contains(?, "
+                                         "table_name)", params=[tables]).fetchall()}
         return checked(con, where, columns)
 
     def image_groups(self):
@@ -190,18 +182,13 @@ class ImageTables:
         import polars as pl
 
         want = pl.DataFrame({"image_id": pl.Series(sorted(set(map(str, image_ids))), dtype=pl.String)})
-        with self.connect() as con:
-            con.register("if_want", want)
-            try:
-                return con.sql("""SELECT i.id, i.image_id, i.path, i.width, i.height
-                                  FROM images i JOIN if_want USING (image_id) ORDER BY i.image_id""").pl()
-            finally:
-                con.unregister("if_want")
+        with self.connect() as con, registered(con, if_want=want):
+            return con.sql("""SELECT i.id, i.image_id, i.path, i.width, i.height
+                              FROM images i JOIN if_want USING (image_id) ORDER BY i.image_id""").pl()
 
     def findings(self) -> list[str]:
         """Every finding that has at least one label, sorted."""
-        with self.connect() as con:
-            return [r[0] for r in con.sql("SELECT DISTINCT finding FROM labels ORDER BY finding").fetchall()]
+        return self._column("SELECT DISTINCT finding FROM labels ORDER BY finding")
 
     def label_matrix(self, ids: np.ndarray, findings: list[str] | None = None) -> np.ndarray:
         """float32 [n, F]: 1 / 0 / -1 as stored, NaN where the label is missing."""
@@ -214,17 +201,9 @@ class ImageTables:
             return out
         want = pl.DataFrame({"id": ids, "row": np.arange(len(ids))})
         cols = pl.DataFrame({"finding": findings, "col": np.arange(len(findings))})
-        with self.connect() as con:
-            con.register("lm_want", want)
-            con.register("lm_cols", cols)
-            try:
-                long = con.sql(
-                    """SELECT w.row, c.col, l.value FROM labels l JOIN lm_want w USING (id)
-                       JOIN lm_cols c USING (finding) WHERE l.value IS NOT NULL"""
-                ).pl()
-            finally:
-                con.unregister("lm_want")
-                con.unregister("lm_cols")
+        with self.connect() as con, registered(con, lm_want=want, lm_cols=cols):
+            long = con.sql("""SELECT w.row, c.col, l.value FROM labels l JOIN lm_want w USING (id)
+                              JOIN lm_cols c USING (finding) WHERE l.value IS NOT NULL""").pl()
         out[long["row"].to_numpy(), long["col"].to_numpy()] = long["value"].to_numpy().astype(np.float32)
         return out
 
@@ -241,11 +220,9 @@ class ImageTables:
         if missing:
             raise InputError(f"boxes frame lacks columns {missing}; expected {cols}")
         frame = df.select(cols).with_columns(pl.col("image_id").cast(pl.String))
-        with self.transaction() as con:
-            con.register("new_boxes", frame)
+        with self.transaction() as con, registered(con, new_boxes=frame):
             con.execute("DELETE FROM boxes WHERE image_id IN (SELECT image_id FROM new_boxes)")
             con.execute(f"INSERT INTO boxes SELECT {', '.join(cols)} FROM new_boxes")
-            con.unregister("new_boxes")
         return frame.height
 
     def clear_errors(self, version: str, image_ids: list[str]) -> None:
@@ -253,10 +230,8 @@ class ImageTables:
         import polars as pl
 
         frame = pl.DataFrame({"image_id": image_ids}, schema={"image_id": pl.String})
-        with self.transaction() as con:
-            con.register("run_ids", frame)
+        with self.transaction() as con, registered(con, run_ids=frame):
             con.execute("DELETE FROM errors WHERE version = ? AND image_id IN (SELECT image_id FROM run_ids)", [version])
-            con.unregister("run_ids")
 
     def write_errors(self, version: str | None, rows: list[dict], con=None) -> None:
         """Append rows (image_id, path, stage, reason) to `errors`."""
@@ -264,8 +239,5 @@ class ImageTables:
             return
         stamp = now()
         values = [(version, r.get("image_id"), r.get("path"), r.get("stage", "decode"), r["reason"], stamp) for r in rows]
-        if con is None:
-            with self.transaction() as c:
-                c.executemany("INSERT INTO errors VALUES (?, ?, ?, ?, ?, ?)", values)
-        else:
-            con.executemany("INSERT INTO errors VALUES (?, ?, ?, ?, ?, ?)", values)
+        with contextlib.nullcontext(con) if con is not None else self.transaction() as c:
+            c.executemany("INSERT INTO errors VALUES (?, ?, ?, ?, ?, ?)", values)

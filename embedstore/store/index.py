@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from embedstore.files import atomic_path
-from embedstore.store.rows import first
 
 # Exact inner product up to this many vectors; HNSW above (build time grows, search stays fast).
 FLAT_MAX = 200_000
@@ -127,13 +126,10 @@ class IndexFiles:
 
     def index_state(self, version: str) -> dict:
         """Recorded index checksum/count against DuckDB's row count (no file hashing)."""
-        with self.connect() as con:
-            rec = first(con.sql(
-                """SELECT index_checksum, index_count,
-                          (SELECT count(*) FROM image_embeddings WHERE version = ?) FROM versions WHERE version = ?""",
-                params=[version, version],
-            ))
-        checksum, index_count, rows = rec
+        [(checksum, index_count, rows)] = self._rows(
+            """SELECT index_checksum, index_count,
+                      (SELECT count(*) FROM image_embeddings WHERE version = ?) FROM versions WHERE version = ?""",
+            [version, version])
         return {"checksum": checksum, "index_count": index_count, "rows": rows, "exists": self.index_path(version).exists()}
 
     def index_is_current(self, version: str, check_file: bool = True) -> bool:

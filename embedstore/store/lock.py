@@ -19,12 +19,8 @@ class WriteLock:
     def __init__(self, path: Path):
         self.path = path
         self._fd: int | None = None
-        self.depth = 0
 
     def acquire(self) -> None:
-        if self._fd is not None:
-            self.depth += 1
-            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -35,13 +31,10 @@ class WriteLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         os.fsync(fd)
-        self._fd, self.depth = fd, 1
+        self._fd = fd
 
     def release(self) -> None:
         if self._fd is None:
-            return
-        self.depth -= 1
-        if self.depth > 0:
             return
         os.ftruncate(self._fd, 0)
         fcntl.flock(self._fd, fcntl.LOCK_UN)

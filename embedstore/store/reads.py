@@ -13,8 +13,7 @@ class SummaryReads:
     """Read-only summaries over the tables (a part of `Storage`)."""
 
     def image_count(self) -> int:
-        with self.connect() as con:
-            return int(con.sql("SELECT count(*) FROM images").fetchall()[0][0])
+        return int(self._scalar("SELECT count(*) FROM images"))
 
     def version_rows(self):
         """Every version with its model record (JSON text), oldest first."""
@@ -30,9 +29,7 @@ class SummaryReads:
 
     def scored_run_ids(self, run_ids: list[str]) -> list[str]:
         """The runs among these that stored per-image scores."""
-        with self.connect() as con:
-            return [r[0] for r in con.sql("SELECT DISTINCT run_id FROM image_scores WHERE list_contains(?, run_id)",
-                                          params=[list(run_ids)]).fetchall()]
+        return self._column("SELECT DISTINCT run_id FROM image_scores WHERE list_contains(?, run_id)", [list(run_ids)])
 
     def label_prevalence(self):
         """finding, split ('none' when unsplit), positives, labelled (0/1) images."""

@@ -1,7 +1,8 @@
-"""Reading DuckDB results into numpy: the first row, and vector columns as matrices."""
+"""Reading DuckDB results into numpy (vector columns as matrices), and polars frames as DuckDB views."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 
 import numpy as np
@@ -17,6 +18,18 @@ def first(rel):
     """The first row of a DuckDB relation, or None (relations have no fetchone in DuckDB 2)."""
     rows = rel.limit(1).fetchall()
     return rows[0] if rows else None
+
+
+@contextlib.contextmanager
+def registered(con, **frames):
+    """The polars `frames` as views of `con` (by keyword name) for the block, unregistered after."""
+    for name, frame in frames.items():
+        con.register(name, frame)
+    try:
+        yield con
+    finally:
+        for name in frames:
+            con.unregister(name)
 
 
 def matrix(column, dim: int | None) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import Any
 from embedstore.errors import StoreError
 from embedstore.store import schema
 from embedstore.store.keys import stable_hash
-from embedstore.store.rows import first
+from embedstore.store.rows import registered
 
 
 class RunTables:
@@ -20,12 +20,9 @@ class RunTables:
 
     def find_run(self, kind: str, version: str, config: dict) -> str | None:
         """The latest run of `kind` on `version` with exactly this config, if any."""
-        with self.connect() as con:
-            row = first(con.sql(
-                "SELECT run_id FROM runs WHERE kind = ? AND version = ? AND config_hash = ? ORDER BY started DESC LIMIT 1",
-                params=[kind, version, stable_hash(config)],
-            ))
-        return row[0] if row else None
+        return self._scalar(
+            "SELECT run_id FROM runs WHERE kind = ? AND version = ? AND config_hash = ? ORDER BY started DESC LIMIT 1",
+            [kind, version, stable_hash(config)])
 
     def write_run(self, kind: str, version: str, config: dict, started, duration_s: float,
                   tables: dict[str, Any]) -> str:
@@ -58,10 +55,9 @@ class RunTables:
                 extra = [c for c in frame.columns if c not in cols]
                 if extra:
                     raise StoreError(f"write_run: table {name} has no columns {extra}; it has {cols}")
-                con.register("run_rows", frame)
                 sel = ", ".join(schema.quote_ident(c) for c in frame.columns)
-                con.execute(f"INSERT INTO {name} ({sel}) SELECT {sel} FROM run_rows")
-                con.unregister("run_rows")
+                with registered(con, run_rows=frame):
+                    con.execute(f"INSERT INTO {name} ({sel}) SELECT {sel} FROM run_rows")
         return run_id
 
     def delete_run(self, run_id: str) -> None:
@@ -81,16 +77,7 @@ class RunTables:
 
     def metrics_of(self, run_ids: list[str]):
         """run_id, finding, metric, value, lo, hi of the given runs."""
-        import polars as pl
-
-        frame = pl.DataFrame({"run_id": list(run_ids)}, schema={"run_id": pl.String})
-        with self.connect() as con:
-            con.register("wanted_runs", frame)
-            try:
-                return con.sql("""SELECT m.run_id, m.finding, m.metric, m.value, m.lo, m.hi FROM metrics m
-                                  JOIN wanted_runs USING (run_id)""").pl()
-            finally:
-                con.unregister("wanted_runs")
+        return self.result_rows("metrics", run_ids)
 
     def run_tables(self, run_id: str, names) -> dict:
         """The named result tables of one run (those the store has), without run_id."""

@@ -151,3 +151,17 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         """Run a read query and return a polars DataFrame."""
         with self.connect() as con:
             return con.sql(sql, params=params).pl()
+
+    def _rows(self, sql: str, params: list | None = None) -> list[tuple]:
+        """Run a read query and return its rows."""
+        with self.connect() as con:
+            return con.sql(sql, params=params).fetchall()
+
+    def _column(self, sql: str, params: list | None = None) -> list:
+        """Run a read query and return its first column."""
+        return [r[0] for r in self._rows(sql, params)]
+
+    def _scalar(self, sql: str, params: list | None = None):
+        """Run a read query and return the first column of its first row (None when it has none)."""
+        rows = self._rows(sql, params)
+        return rows[0][0] if rows else None

@@ -6,7 +6,7 @@ import numpy as np
 
 from embedstore.errors import StoreError
 from embedstore.store.keys import text_hash
-from embedstore.store.rows import first, ids_and_matrix, matrix
+from embedstore.store.rows import ids_and_matrix, matrix, registered
 
 
 class VectorTables:
@@ -16,8 +16,7 @@ class VectorTables:
 
     def encoded_hashes(self, version: str) -> dict[int, str]:
         """id -> content hash of every image already encoded in `version`."""
-        with self.connect() as con:
-            return dict(con.sql("SELECT id, content_hash FROM image_embeddings WHERE version = ?", params=[version]).fetchall())
+        return dict(self._rows("SELECT id, content_hash FROM image_embeddings WHERE version = ?", [version]))
 
     def add_image_vectors(self, version: str, ids: np.ndarray, hashes: list[str], X: np.ndarray,
                           sizes: list[tuple[int, int]] | None = None, errors: list[dict] | None = None) -> int:
@@ -38,14 +37,14 @@ class VectorTables:
         })
         with self.transaction() as con:
             if len(ids):
-                con.register("batch", frame)
-                con.execute("DELETE FROM image_embeddings WHERE version = ? AND id IN (SELECT id FROM batch)", [version])
-                con.execute("INSERT INTO image_embeddings SELECT ?, id, content_hash, vector FROM batch", [version])
-                con.execute(
-                    """UPDATE images SET content_hash = b.content_hash, width = coalesce(b.width, images.width),
-                           height = coalesce(b.height, images.height) FROM batch b WHERE images.id = b.id"""
-                )
-                con.unregister("batch")
+                with registered(con, batch=frame):
+                    con.execute("DELETE FROM image_embeddings WHERE version = ? AND id IN (SELECT id FROM batch)",
+                                [version])
+                    con.execute("INSERT INTO image_embeddings SELECT ?, id, content_hash, vector FROM batch", [version])
+                    con.execute(
+                        """UPDATE images SET content_hash = b.content_hash, width = coalesce(b.width, images.width),
+                               height = coalesce(b.height, images.height) FROM batch b WHERE images.id = b.id"""
+                    )
             self.write_errors(version, errors or [], con=con)
             con.execute(
                 "UPDATE versions SET count = (SELECT count(*) FROM image_embeddings WHERE version = ?) WHERE version = ?",
@@ -56,29 +55,23 @@ class VectorTables:
     def image_vectors(self, version: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64 [n], X float32 [n, d]) of `version`, ordered by id."""
         version = self.resolve_version(version)
-        with self.connect() as con:
-            dim = first(con.sql("SELECT dim FROM versions WHERE version = ?", params=[version]))[0]
-            table = con.sql(
-                "SELECT id, vector FROM image_embeddings WHERE version = ? ORDER BY id", params=[version]
-            ).pl()
-        return ids_and_matrix(table, dim)
+        table = self._df("SELECT id, vector FROM image_embeddings WHERE version = ? ORDER BY id", [version])
+        return ids_and_matrix(table, self._dim(version))
+
+    def _dim(self, version: str) -> int | None:
+        return self._scalar("SELECT dim FROM versions WHERE version = ?", [version])
 
     def image_vectors_for(self, version: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Like `image_vectors` but only for the given ids (those encoded in `version`)."""
         import polars as pl
 
         want = pl.DataFrame({"id": np.asarray(ids, dtype=np.int64)})
-        with self.connect() as con:
-            dim = first(con.sql("SELECT dim FROM versions WHERE version = ?", params=[version]))[0]
-            con.register("ivf_want", want)
-            try:
-                table = con.sql(
-                    "SELECT e.id, e.vector FROM image_embeddings e JOIN ivf_want USING (id) WHERE e.version = ? ORDER BY e.id",
-                    params=[version],
-                ).pl()
-            finally:
-                con.unregister("ivf_want")
-        return ids_and_matrix(table, dim)
+        with self.connect() as con, registered(con, ivf_want=want):
+            table = con.sql(
+                "SELECT e.id, e.vector FROM image_embeddings e JOIN ivf_want USING (id) WHERE e.version = ? ORDER BY e.id",
+                params=[version],
+            ).pl()
+        return ids_and_matrix(table, self._dim(version))
 
     def add_text_vectors(self, version: str, df, M: np.ndarray) -> int:
         """Store text embeddings (df has `text`; `text_hash` is computed when absent).
@@ -94,18 +87,14 @@ class VectorTables:
             "text_hash": pl.Series(hashes, dtype=pl.String), "text": pl.Series(texts, dtype=pl.String),
             "vector": pl.Series(list(M), dtype=pl.List(pl.Float32)),
         }).unique("text_hash", keep="first")
-        with self.transaction() as con:
-            con.register("tb", frame)
+        with self.transaction() as con, registered(con, tb=frame):
             con.execute("DELETE FROM text_embeddings WHERE version = ? AND text_hash IN (SELECT text_hash FROM tb)", [version])
             con.execute("INSERT INTO text_embeddings SELECT ?, text_hash, text, vector FROM tb", [version])
-            con.unregister("tb")
         return frame.height
 
     def text_hashes(self, version: str) -> set[str]:
         """The text keys the version has an embedding for."""
-        with self.connect() as con:
-            return {r[0] for r in con.sql("SELECT text_hash FROM text_embeddings WHERE version = ?",
-                                          params=[version]).fetchall()}
+        return set(self._column("SELECT text_hash FROM text_embeddings WHERE version = ?", [version]))
 
     def texts_missing(self, source: str, version: str):
         """text_hash, text of every text `source` has an embedding for and `version` has not."""
@@ -120,34 +109,23 @@ class VectorTables:
         frame = df.select("finding", "polarity", "template", "text").with_columns(
             pl.col("text").map_elements(text_hash, return_dtype=pl.String).alias("text_hash")
         )
-        with self.transaction() as con:
-            con.register("np_", frame)
+        with self.transaction() as con, registered(con, np_=frame):
             con.execute("INSERT OR IGNORE INTO prompts SELECT finding, polarity, template, text, text_hash FROM np_")
-            con.unregister("np_")
 
     def text_vectors(self, version: str | None = None):
         """(DataFrame[text_hash, text, finding, polarity, template], M float32 [m, d]): the stored
         prompts of `version` (prompts without an embedding in it are left out)."""
         version = self.resolve_version(version)
-        with self.connect() as con:
-            dim = first(con.sql("SELECT dim FROM versions WHERE version = ?", params=[version]))[0]
-            table = con.sql(
-                """SELECT t.text_hash, p.text, p.finding, p.polarity, p.template, t.vector
-                   FROM text_embeddings t JOIN prompts p USING (text_hash)
-                   WHERE t.version = ? ORDER BY p.finding, p.polarity DESC, p.text""",
-                params=[version],
-            ).pl()
-        df = table.drop("vector")
-        M = matrix(table["vector"], dim)
-        return df, M
+        table = self._df("""SELECT t.text_hash, p.text, p.finding, p.polarity, p.template, t.vector
+                            FROM text_embeddings t JOIN prompts p USING (text_hash)
+                            WHERE t.version = ? ORDER BY p.finding, p.polarity DESC, p.text""", [version])
+        return table.drop("vector"), matrix(table["vector"], self._dim(version))
 
     def stored_text_vector(self, version: str, text: str) -> np.ndarray | None:
         """The stored embedding of exactly this text (case and spacing ignored), if any."""
-        with self.connect() as con:
-            row = first(con.sql(
-                "SELECT vector FROM text_embeddings WHERE version = ? AND text_hash = ?", params=[version, text_hash(text)]
-            ))
-        return None if row is None else np.asarray(row[0], dtype=np.float32)
+        vector = self._scalar("SELECT vector FROM text_embeddings WHERE version = ? AND text_hash = ?",
+                              [version, text_hash(text)])
+        return None if vector is None else np.asarray(vector, dtype=np.float32)
 
     # ---- what `query` reads ------------------------------------------------------------------
     def finding_prompts(self, version: str, name: str):
@@ -161,12 +139,11 @@ class VectorTables:
 
     def stored_image_vector(self, version: str, image_id: str) -> tuple[int, np.ndarray | None] | None:
         """(id, vector in `version` or None) of a stored image; None when there is no such image."""
-        with self.connect() as con:
-            row = first(con.sql(
-                """SELECT i.id, e.vector FROM images i LEFT JOIN image_embeddings e
-                     ON e.id = i.id AND e.version = ? WHERE i.image_id = ?""", params=[version, image_id]))
-        if row is None:
+        rows = self._rows("""SELECT i.id, e.vector FROM images i LEFT JOIN image_embeddings e
+                               ON e.id = i.id AND e.version = ? WHERE i.image_id = ? LIMIT 1""", [version, image_id])
+        if not rows:
             return None
+        row = rows[0]
         return int(row[0]), None if row[1] is None else np.asarray(row[1], dtype=np.float32)
 
     def matching_ids(self, version: str, where: str | None) -> np.ndarray:
@@ -193,14 +170,10 @@ class VectorTables:
 
         hits = pl.DataFrame({"rank": np.arange(1, len(ids) + 1), "score": np.asarray(scores, np.float32),
                              "id": np.asarray(ids, np.int64)})
-        with self.connect() as con:
-            con.register("hits", hits)
-            try:
-                return con.sql(
-                    """SELECT h.rank, h.score, i.image_id, i.path, i.view,
-                              coalesce(string_agg(l.finding, ', ' ORDER BY l.finding) FILTER (WHERE l.value = 1), '')
-                                  AS labels, h.id
-                       FROM hits h JOIN images i ON i.id = h.id LEFT JOIN labels l ON l.id = h.id
-                       GROUP BY h.rank, h.score, i.image_id, i.path, i.view, h.id ORDER BY h.rank""").pl()
-            finally:
-                con.unregister("hits")
+        with self.connect() as con, registered(con, hits=hits):
+            return con.sql(
+                """SELECT h.rank, h.score, i.image_id, i.path, i.view,
+                          coalesce(string_agg(l.finding, ', ' ORDER BY l.finding) FILTER (WHERE l.value = 1), '')
+                              AS labels, h.id
+                   FROM hits h JOIN images i ON i.id = h.id LEFT JOIN labels l ON l.id = h.id
+                   GROUP BY h.rank, h.score, i.image_id, i.path, i.view, h.id ORDER BY h.rank""").pl()

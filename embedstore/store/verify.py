@@ -36,7 +36,7 @@ def _checks(st, version: str):
     image_lengths = _lengths(st, "image_embeddings", version)
     text_lengths = _lengths(st, "text_embeddings", version)
     images_readable = _lengths_ok(image_lengths, info["dim"])
-    ids, X = st.image_vectors(version) if images_readable else (_image_ids(st, version), None)
+    ids, X = st.image_vectors(version) if images_readable else (st.matching_ids(version, None), None)
     path = st.index_path(version)
     yield from _completeness(st, version, info, len(ids))
     yield "rows", info["count"] == len(ids), f"versions.count={info['count']}, image_embeddings rows={len(ids)}"
@@ -54,10 +54,8 @@ def _checks(st, version: str):
             yield ("index count", info["index_count"] == index.ntotal,
                    f"versions.index_count={info['index_count']}, index file {index.ntotal}")
             yield from _index_checks(index, ids, X)
-    with st.connect() as con:
-        orphans = con.sql(
-            "SELECT count(*) FROM image_embeddings e ANTI JOIN images i ON i.id = e.id WHERE e.version = ?",
-            params=[version]).fetchall()[0][0]
+    orphans = st._scalar("SELECT count(*) FROM image_embeddings e ANTI JOIN images i ON i.id = e.id "
+                         "WHERE e.version = ?", [version])
     yield "ids are images", orphans == 0, f"{orphans} embedded ids without an images row"
     yield from _vector_checks("image", X, info["dim"], image_lengths)
     M = _text_matrix(st, version) if _lengths_ok(text_lengths, info["dim"]) else None
@@ -80,9 +78,7 @@ def _completeness(st, version: str, info: dict, images: int):
 
 def _lengths(st, table: str, version: str) -> dict[int, int]:
     """{vector length: rows} of `version` in `table` (image_embeddings or text_embeddings)."""
-    with st.connect() as con:
-        rows = con.sql(f"SELECT len(vector), count(*) FROM {table} WHERE version = ? GROUP BY ALL",
-                       params=[version]).fetchall()
+    rows = st._rows(f"SELECT len(vector), count(*) FROM {table} WHERE version = ? GROUP BY ALL", [version])
     return {int(n): int(c) for n, c in rows}
 
 
@@ -90,19 +86,11 @@ def _lengths_ok(lengths: dict[int, int], dim: int | None) -> bool:
     return set(lengths) <= {dim} if dim is not None else len(lengths) <= 1
 
 
-def _image_ids(st, version: str) -> np.ndarray:
-    with st.connect() as con:
-        rows = con.sql("SELECT id FROM image_embeddings WHERE version = ? ORDER BY id", params=[version]).fetchall()
-    return np.array([r[0] for r in rows], dtype=np.int64)
-
-
 def _text_matrix(st, version: str) -> np.ndarray:
     """Every text vector of `version`: the prompts' and the cached queries' (which `query` reuses)."""
     from embedstore.store.rows import matrix
 
-    with st.connect() as con:
-        table = con.sql("SELECT vector FROM text_embeddings WHERE version = ? ORDER BY text_hash",
-                        params=[version]).pl()
+    table = st._df("SELECT vector FROM text_embeddings WHERE version = ? ORDER BY text_hash", [version])
     return matrix(table["vector"], None)
 
 

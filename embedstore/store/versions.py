@@ -12,7 +12,7 @@ import numpy as np
 
 from embedstore.errors import StoreError
 from embedstore.store.keys import stable_hash
-from embedstore.store.rows import first, now
+from embedstore.store.rows import first, now, registered
 
 FIT_ROLES = ("train", "val")  # `fit_images.role`: the images a fine-tune trained and early-stopped on
 
@@ -62,9 +62,7 @@ class VersionTables:
         )
 
     def _version_status(self) -> dict[str, str]:
-        with self.connect() as con:
-            rows = con.sql("SELECT version, status FROM versions ORDER BY created, version").fetchall()
-        return dict(rows)
+        return dict(self._rows("SELECT version, status FROM versions ORDER BY created, version"))
 
     def resolve_version(self, version: str | None) -> str:
         """`version` if it exists, else the latest complete one; StoreError listing the known ones.
@@ -105,11 +103,10 @@ class VersionTables:
         version = self.resolve_version(version)
         row = self.version_row(version)
         with self.transaction() as con:
-            children = [r[0] for r in con.sql("SELECT version FROM versions WHERE parent = ?", params=[version]).fetchall()]
+            children = self._column("SELECT version FROM versions WHERE parent = ?", [version])
             if children:
                 raise StoreError(f"version {version} is the parent of {', '.join(children)}; drop those first")
-            runs = [r[0] for r in con.sql("SELECT run_id FROM runs WHERE version = ?", params=[version]).fetchall()]
-            for run_id in runs:
+            for run_id in self._column("SELECT run_id FROM runs WHERE version = ?", [version]):
                 self.delete_run(run_id)
             for table in ("image_embeddings", "text_embeddings", "fit_images", "errors", "versions"):
                 con.execute(f"DELETE FROM {table} WHERE version = ?", [version])
@@ -138,31 +135,23 @@ class VersionTables:
 
     def next_version_id(self, con=None) -> str:
         """The id the next `create_version` gives ("v1", "v2", ...): read under the store's lock."""
-        if con is None:
-            with self.connect() as c:
-                return self.next_version_id(c)
-        rows = con.sql("SELECT version FROM versions").fetchall()
+        sql = "SELECT version FROM versions"
+        rows = con.sql(sql).fetchall() if con is not None else self._rows(sql)
         nums = [int(m.group(1)) for (v,) in rows if (m := re.fullmatch(r"v(\d+)", v))]
         return f"v{max(nums, default=0) + 1}"
 
     def finetuned_with_key(self, key: str, run_kind: str) -> list[tuple[str, bool]]:
         """(version, whether its `run_kind` run is written) of every fine-tuned version made with
         `key`, newest first."""
-        with self.connect() as con:
-            return [(v, bool(done)) for v, done in con.sql(
-                """SELECT v.version, EXISTS (SELECT 1 FROM runs r WHERE r.version = v.version AND r.kind = ?)
-                   FROM versions v WHERE v.kind = 'finetune' AND v.finetune_key = ? ORDER BY v.created DESC""",
-                params=[run_kind, key]).fetchall()]
+        return [(v, bool(done)) for v, done in self._rows(
+            """SELECT v.version, EXISTS (SELECT 1 FROM runs r WHERE r.version = v.version AND r.kind = ?)
+               FROM versions v WHERE v.kind = 'finetune' AND v.finetune_key = ? ORDER BY v.created DESC""",
+            [run_kind, key])]
 
     def find_version(self, model_record: dict, dtype: str, kind: str = "encode") -> str | None:
         """The version made by exactly this model record and dtype, if any."""
-        h = stable_hash({"record": model_record, "dtype": dtype})
-        with self.connect() as con:
-            row = first(con.sql(
-                "SELECT version FROM versions WHERE record_hash = ? AND kind = ? ORDER BY created LIMIT 1",
-                params=[h, kind],
-            ))
-        return row[0] if row else None
+        return self._scalar("SELECT version FROM versions WHERE record_hash = ? AND kind = ? ORDER BY created LIMIT 1",
+                            [stable_hash({"record": model_record, "dtype": dtype}), kind])
 
     def create_version(self, parent: str | None, model_record: dict, preprocess: Any, dtype: str, kind: str,
                        fit_ids: dict[str, np.ndarray] | None = None, checkpoint: str | None = None) -> str:
@@ -206,19 +195,17 @@ class VersionTables:
         frame = pl.DataFrame(
             [(int(i), role) for role, ids in fit_ids.items() for i in np.asarray(ids).tolist()],
             schema={"id": pl.Int64, "role": pl.String}, orient="row")
-        con.register("fit_rows", frame)
-        con.execute("INSERT INTO fit_images SELECT ?, id, role FROM fit_rows", [version])
-        con.unregister("fit_rows")
+        with registered(con, fit_rows=frame):
+            con.execute("INSERT INTO fit_images SELECT ?, id, role FROM fit_rows", [version])
 
     def fitted_ids(self, version: str) -> dict[str, np.ndarray]:
         """role ("train", "val") -> sorted int64 ids the version's model was fitted or early-stopped
         on, its ancestors' included (`versions.parent`): a model tuned from a tuned parent has seen
         the parent's images too."""
-        with self.connect() as con:
-            rows = con.sql(
-                """WITH RECURSIVE lineage(version) AS (
-                       SELECT ?::TEXT
-                       UNION SELECT v.parent FROM versions v JOIN lineage l USING (version) WHERE v.parent IS NOT NULL)
-                   SELECT DISTINCT role, id FROM fit_images WHERE version IN (SELECT version FROM lineage)
-                   ORDER BY role, id""", params=[version]).fetchall()
+        rows = self._rows(
+            """WITH RECURSIVE lineage(version) AS (
+                   SELECT ?::TEXT
+                   UNION SELECT v.parent FROM versions v JOIN lineage l USING (version) WHERE v.parent IS NOT NULL)
+               SELECT DISTINCT role, id FROM fit_images WHERE version IN (SELECT version FROM lineage)
+               ORDER BY role, id""", [version])
         return {role: np.array([i for r, i in rows if r == role], dtype=np.int64) for role in FIT_ROLES}
