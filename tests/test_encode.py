@@ -96,7 +96,7 @@ def test_other_model_makes_new_version(tiny, tmp_path):
     name, _ = tiny
     paths = write_pngs(tmp_path / "img", 3)
     st = Store(tmp_path / "store")
-    last_encode = st.encode(make_dataset(paths), model=MODEL, workers=0)
+    st.encode(make_dataset(paths), model=MODEL, workers=0)
     s = st.encode(make_dataset(paths), model=name, workers=0).as_dict()
     assert (s["version"], s["encoded"]) == ("v2", 3)
     with pytest.raises(InputError, match=f"version v1 was made by model '{MODEL}'"):
