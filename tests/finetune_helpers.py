@@ -77,3 +77,35 @@ def kill_after_first_epoch(store_path: Path, args: dict, parent: str = "v1") -> 
     work = [p for p in (store_path / "checkpoints").iterdir() if p.name.startswith(".work-") and p.is_dir()]
     assert len(work) == 1
     return json.loads((work[0] / "train" / "state.json").read_text())
+
+
+KILLED_WRITING = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {tests!r})
+    import torch
+    torch.set_num_threads({threads})
+    from embedstore.api import Store
+    from embedstore.store import Storage
+
+    add = Storage.add_image_vectors
+
+    def add_then_die(self, *a, **k):  # the new version's first batch is committed, then SIGKILL
+        n = add(self, *a, **k)
+        print("BATCH", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return n
+
+    Storage.add_image_vectors = add_then_die
+    Store({store!r}).finetune({parent!r}, **{args!r})
+""")
+
+
+def kill_while_writing_version(store_path: Path, args: dict, parent: str = "v1") -> None:
+    """Run `finetune(parent, **args)` in a subprocess that SIGKILLs itself right after the new
+    version's first batch of vectors is committed (training done, the version half written)."""
+    import torch
+
+    script = KILLED_WRITING.format(tests=str(TESTS), store=str(store_path), parent=parent, args=args,
+                                   threads=torch.get_num_threads())
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL and proc.stdout.strip() == "BATCH", proc.stderr[-2000:]

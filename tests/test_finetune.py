@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
-from finetune_helpers import kill_after_first_epoch, parent_snapshot, torch_threads  # noqa: E402
+from finetune_helpers import (  # noqa: E402
+    kill_after_first_epoch, kill_while_writing_version, parent_snapshot, torch_threads)
 
 FINDINGS = ["Cardiomegaly", "Effusion"]
 N_IMAGES = 160  # split train / train / val / test by index: 80 / 40 / 40
@@ -328,6 +329,27 @@ def test_a_run_that_fails_while_writing_its_version_finishes_it_when_run_again(b
     S = _head_scores(st, "v2", st.image_vectors("v2")[0])
     assert np.isfinite(S).all()
     assert st.verify("v2")["ok"].all() and st.resolve_version(None) == "v2"
+
+
+@pytest.mark.slow  # a fine-tune in a subprocess, SIGKILLed, then finished: ~10 s
+def test_a_finetune_killed_while_writing_its_version_is_never_the_default(base, tmp_path, capsys):
+    """SIGKILLed with its new version half written: v2 stays `building`, the default and `query`
+    stay on v1, `verify` fails on v2 naming the fix; the same command again completes v2."""
+    from embedstore.cli import main
+
+    st = copy_store(base, tmp_path / "store")
+    args = dict(objective="bce", train="vision", epochs=1, lr=2e-3, batch_size=16, seed=0, device="cpu", workers=0)
+    kill_while_writing_version(st.path, args)
+    assert st.versions()["status"].to_list() == ["complete", "building"]
+    assert 0 < st.image_vectors("v2")[0].size < N_IMAGES  # really half written
+    assert st.resolve_version(None) == "v1"
+    with pytest.raises(SystemExit) as exc:
+        main(["verify", "--store", str(st.path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "verify failed: version v2: complete: building" in err, err
+    r = st.finetune("v1", **args)
+    assert r.version == "v2" and st.versions()["status"].to_list() == ["complete", "complete"]
+    assert st.verify()["ok"].all() and st.resolve_version(None) == "v2"
 
 
 def test_a_finetuned_version_is_never_scored_on_the_images_it_was_fitted_on(tuned, tmp_path):
