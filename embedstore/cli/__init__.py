@@ -50,6 +50,9 @@ from embedstore.cli import splits as _splits  # noqa: E402,F401
 from embedstore.cli import zeroshot as _zeroshot  # noqa: E402,F401
 from embedstore.cli import probe as _probe  # noqa: E402,F401
 from embedstore.cli import separability as _separability  # noqa: E402,F401
+from embedstore.cli import duplicates as _duplicates  # noqa: E402,F401
+from embedstore.cli import label_issues as _label_issues  # noqa: E402,F401  label-issues
+from embedstore.cli import infer_views as _infer_views  # noqa: E402,F401  infer-views
 from embedstore.cli import runs as _runs  # noqa: E402,F401  runs, stability, seed-table
 from embedstore.cli import compare as _compare  # noqa: E402,F401
 from embedstore.cli import finetune as _finetune  # noqa: E402,F401
