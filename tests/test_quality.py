@@ -238,3 +238,18 @@ def test_open_i_views_from_the_real_dicom_metadata_match_an_independent_count():
             expected[view] += 1
     got = {v: sum(r.view == v and r.view_source == "file" for r in ds.records) for v in expected}
     assert got == expected and expected["frontal"] > 3000 and expected["lateral"] > 500
+
+
+@pytest.mark.slow
+def test_report_shows_leaks_side_by_side_suspect_labels_and_view_coverage(world, tmp_path):
+    from embedstore.reports.build import build_report
+
+    leaks = world.store.duplicates(across_splits=True)
+    top = world.store.label_issues().candidates.head(3)
+    world.store.infer_views()
+    text = build_report(world.store._storage, out=tmp_path / "r.html").path.read_text(encoding="utf-8")
+    assert "Data-set quality" in text and f"{leaks.groups.height} across splits" in text
+    first = leaks.pairs.sort("similarity", descending=True).row(0, named=True)
+    assert f"{first['image_id_a']} ({first['split_a']})" in text and f"{first['image_id_b']} ({first['split_b']})" in text
+    assert all(image_id in text for image_id in top["image_id"].to_list())
+    assert "inferred (infer-views)" in text
