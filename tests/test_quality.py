@@ -244,7 +244,7 @@ def test_open_i_views_from_the_real_dicom_metadata_match_an_independent_count():
 def test_report_shows_leaks_side_by_side_suspect_labels_and_view_coverage(world, tmp_path):
     from embedstore.reports.build import build_report
 
-    leaks = world.store.duplicates(across_splits=True)
+    leaks = world.store.duplicates(across_splits=True, force=True)  # the newest run, which the report shows
     top = world.store.label_issues().candidates.head(3)
     world.store.infer_views()
     text = build_report(world.store._storage, out=tmp_path / "r.html").path.read_text(encoding="utf-8")
