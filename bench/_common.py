@@ -43,6 +43,44 @@ def append_results(title: str, lines: list[str]) -> None:
     print("\n".join(lines))
 
 
+def vector_bench_args(description: str):
+    """The options of a benchmark over a synthetic store, run in a child process (`--child PATH`)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--n", type=int, default=7470)
+    ap.add_argument("--findings", type=int, default=18)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--no-results", action="store_true", help="Print only; do not append to RESULTS.md.")
+    return ap.parse_args()
+
+
+def synthetic_store_child(script: str, n: int, findings: int, dim: int) -> dict:
+    """Write a store of n synthetic unit vectors (tests/synthetic_vectors: clustered by label,
+    IU-Xray-like imbalance, two images per patient) to a temporary folder, run `script --child
+    PATH` in a fresh process (so torch is imported only if the timed code imports it), and return
+    the JSON of its last stdout line."""
+    import json
+    import subprocess
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))  # synthetic_vectors: a test helper, not shipped
+    import synthetic_vectors as synthetic
+
+    from embedstore.store import Storage
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "store")
+        syn = synthetic.make(n=n, n_findings=findings, d=dim, seed=0, signal=0.5, images_per_patient=2)
+        synthetic.to_store(syn, Storage(path))
+        proc = subprocess.run([sys.executable, script, "--child", path], capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(proc.stderr)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def ensure_images_module() -> None:
     """Until embedstore.data.images ships, fall back to the tests' PNG stand-in."""
     try:

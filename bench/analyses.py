@@ -13,29 +13,16 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # synthetic_vectors: a test helper, not shipped
 
 SETTINGS = 6  # 4 zero-shot rules + probe + separability, each re-encoding the images in the seed
-
-
-def build_store(path: str, n: int, findings: int, dim: int) -> None:
-    import synthetic_vectors as synthetic
-
-    from embedstore.store import Storage
-
-    syn = synthetic.make(n=n, n_findings=findings, d=dim, seed=0, signal=0.5, images_per_patient=2)
-    synthetic.to_store(syn, Storage(path))
 
 
 def child(path: str) -> None:
@@ -80,23 +67,13 @@ def encode_seconds_per_image(n_images: int = 4) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=7470)
-    ap.add_argument("--findings", type=int, default=18)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--no-results", action="store_true", help="Print only; do not append to RESULTS.md.")
-    args = ap.parse_args()
+    from _common import synthetic_store_child, vector_bench_args
+
+    args = vector_bench_args(__doc__.splitlines()[0])
     if args.child:
         child(args.child)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "store")
-        build_store(path, args.n, args.findings, args.dim)
-        proc = subprocess.run([sys.executable, __file__, "--child", path], capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(proc.stderr)
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = synthetic_store_child(__file__, args.n, args.findings, args.dim)
     per_image = encode_seconds_per_image()
     seed_s = SETTINGS * args.n * per_image
     ours = res["times"]["total"]

@@ -40,13 +40,13 @@ class Store:
     # ---- data sets: what a reader finds, what the model sees, phantoms -------------------------
     def inspect(self, source: str | None = None, dataset: str = "auto", labels: str | None = None,
                 images: str | None = None, uncertain: str = "ignore", top_k: int = 14, seed: int = 0,
-                boxes: str | None = None, box_format: str = "auto"):
-        """`embedstore inspect`: studies, images, views, per-finding counts and splits of a data set
-        as its reader finds it, and/or a box file's counts; an `Inspection`."""
+                boxes: str | None = None, box_format: str = "auto", views: str | None = None):
+        """`embedstore inspect`: studies, images, views (known, given by a `views` file), per-finding
+        counts and splits of a data set as its reader finds it, and/or a box file's counts; an `Inspection`."""
         from embedstore.data.inspect import inspect
 
         return inspect(source, dataset=dataset, labels=labels, images=images, uncertain=uncertain, top_k=top_k,
-                       seed=seed, boxes=boxes, box_format=box_format)
+                       seed=seed, boxes=boxes, box_format=box_format, views=views)
 
     def preview(self, path: str, out: str | None = None, model: str | None = None, pretrained: str | None = None,
                 size: int | None = None):
@@ -56,27 +56,34 @@ class Store:
         return preview(path, out=out, model=model, pretrained=pretrained, size=size)
 
     def synth(self, out: str, studies: int = 100, seed: int = 0, size: int = 256, dicom: bool = False,
-              labels_from: str | None = None, workers: int = 2, shift: str = "none", progress: bool = False):
+              labels_from: str | None = None, workers: int = 2, shift: str = "none", repeat_patients: float = 0.0,
+              label_noise: float = 0.0, progress: bool = False):
         """`embedstore synth`: phantom radiographs with known findings and boxes in the Open-i
-        layout under `out`; a `SynthSummary`."""
+        layout under `out`; a `SynthSummary`. `repeat_patients` gives that fraction of patients a
+        follow-up study, `label_noise` flips each written label with that probability; the truth
+        goes to `out/truth/` (never read by the readers)."""
         from embedstore.synth import synth
 
         return synth(out, studies=studies, seed=seed, size=size, dicom=dicom, labels_from=labels_from,
-                     workers=workers, shift=shift, progress=progress)
+                     workers=workers, shift=shift, repeat_patients=repeat_patients, label_noise=label_noise,
+                     progress=progress)
 
     # ---- the store ------------------------------------------------------------------------------
     def encode(self, source: str, dataset: str = "auto", model: str = "biomedclip", pretrained: str | None = None,
                labels: str | None = None, images: str | None = None, boxes: str | None = None,
                box_format: str = "auto", batch_size: int = 32, workers: int | None = None, device: str = "auto",
-               precision: str = "fp32", version: str | None = None, strict: bool = False, progress: bool = False):
+               precision: str = "fp32", version: str | None = None, strict: bool = False, views: str | None = None,
+               progress: bool = False):
         """`embedstore encode`: every image and prompt of a data set once; an `EncodeResult`
         (version, encoded, skipped, failed, texts, seconds, ...; `exit_code` 0 or 3). A report that
-        cannot be read is recorded in `errors` and the rest encoded, unless `strict`."""
+        cannot be read is recorded in `errors` and the rest encoded, unless `strict`. `views`: a CSV of
+        image id to DICOM View Position (Open-i's nlmcxr_dicom_metadata.csv.gz) giving the views."""
         from embedstore.encode import encode
 
         return encode(self._storage, source, dataset=dataset, model=model, pretrained=pretrained, labels=labels,
                       images=images, boxes=boxes, box_format=box_format, batch_size=batch_size, workers=workers,
-                      device=device, precision=precision, version=version, strict=strict, progress=progress)
+                      device=device, precision=precision, version=version, strict=strict, views=views,
+                      progress=progress)
 
     def query(self, text: str | None = None, image: str | None = None, like: str | None = None, k: int = 10,
               where: str | None = None, version: str | None = None):
@@ -115,12 +122,13 @@ class Store:
 
     def splits(self, min_positives: int = 10):
         """`embedstore splits`: positives per finding in train, val and test (patient groups and
-        images) and how the splits were assigned; a `SplitsReport`."""
-        from embedstore.data.splits import SplitsReport, positives_table
+        images), how the splits were assigned, and the views known, given and inferred per split; a
+        `SplitsReport`."""
+        from embedstore.data.splits import SplitsReport, positives_table, view_table
 
         st = self._storage
         return SplitsReport(positives_table(st.split_positives(), st.findings(), min_positives), st.split_methods(),
-                            min_positives)
+                            min_positives, view_table(st.view_coverage()))
 
     # ---- analyses over stored vectors (no model, no torch) ---------------------------------------
     def zeroshot(self, version: str | None = None, rule: str = "all", templates: str | None = None,
@@ -195,6 +203,38 @@ class Store:
         if v1 is None or v2 is None:
             raise InputError("compare needs two versions (compare V1 V2) or --methods A,B on one version")
         return cmp.compare(self._storage, v1, v2, n_boot=n_boot, run_missing=not no_run)
+
+    # ---- data-set quality from stored vectors (no model, no torch) ------------------------------
+    def duplicates(self, version: str | None = None, threshold: str | float = "auto", across_splits: bool = False,
+                   regroup: bool = False, space: str = "whitened", force: bool = False):
+        """`embedstore duplicates`: near-duplicate image pairs (FAISS k-NN and range search) and their
+        groups, each with its splits, studies and labels, stored as a run; `threshold` "auto" is
+        picked from the nearest-neighbour similarities (`.rule` says how); `across_splits`: only
+        groups that cross splits (probable leaks); `regroup`: write each group as one split group.
+        A `Duplicates` (`.to_polars()`: one row per group; `.pairs`, `.summary`)."""
+        from embedstore.analyses.duplicates import duplicates
+
+        return duplicates(self._storage, version, threshold=threshold, across_splits=across_splits, regroup=regroup,
+                          space=space, force=force)
+
+    def label_issues(self, version: str | None = None, folds: int = 5, seed: int = 0, where: str | None = None,
+                     force: bool = False):
+        """`embedstore label-issues`: labels Cleanlab finds suspect, from the probe's out-of-sample
+        probabilities (folds of patients, else studies, over train and val; test never used),
+        stored as a run. A `LabelIssues` (`.to_polars()`: flagged (image, finding) labels, most
+        suspect first; `.images`: ranked images; `.skipped`: findings that could not be cross-validated)."""
+        from embedstore.analyses.label_issues import label_issues
+
+        return label_issues(self._storage, version, folds=folds, seed=seed, where=where, force=force)
+
+    def infer_views(self, version: str | None = None, folds: int = 5, seed: int = 0, force: bool = False):
+        """`embedstore infer-views`: a view probe fitted on the known views of train and val, its
+        accuracy on held-out known views, and the inferred view (with its confidence) of every image
+        whose view is unknown, in `images.inferred_view` (never over a known view). An
+        `InferredViews` (`.to_polars()`: the inferred views; `.summary`)."""
+        from embedstore.analyses.views import infer_views
+
+        return infer_views(self._storage, version, folds=folds, seed=seed, force=force)
 
     # ---- models: fine-tune, Grad-CAM --------------------------------------------------------------
     def finetune(self, from_version: str | None = None, objective: str = "bce", train: str = "vision",

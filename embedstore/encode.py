@@ -156,6 +156,7 @@ def encode(
     version: str | None = None,
     progress: bool = True,
     strict: bool = False,
+    views: str | None = None,
 ) -> EncodeResult:
     """Encode every image of a data set (and its label prompts) once into the store `st` (Storage).
 
@@ -166,7 +167,8 @@ def encode(
     of a store with splits are placed by a hash of their id (`EncodeResult.split_by_hash`).
 
     A report that cannot be read is recorded in `errors` (stage read) and the rest is encoded
-    (exit 3, partial success), unless `strict`, which stops at the first.
+    (exit 3, partial success), unless `strict`, which stops at the first. `views` gives the images'
+    views from a CSV of image id to DICOM View Position (`data.views`).
 
     `boxes` is an annotation file loaded into the store's `boxes` table beside the images; when it
     is not given, a `boxes.csv` next to the data set (the layout `embedstore synth` writes) is used.
@@ -181,7 +183,7 @@ def encode(
 
     # Everything that can fail on bad input fails before the first write: the store stays as it was.
     ds = source if isinstance(source, Dataset) else read_dataset(source, dataset=dataset, labels=labels, images=images,
-                                                                 strict=strict)
+                                                                 strict=strict, views=views)
     box_df = _read_boxes(boxes, box_format, ds)
     from embedstore.models import load_model
 

@@ -86,6 +86,18 @@ BAD_INPUTS = [
     ("report --out {root}/no/such/folder/r.html --store {store}", 2, "folder"),
     ("report --version v9 --out {root}/r.html --store {store}", 2, "v9"),
     ("demo --studies 5 --out {root}/demo", 2, "--studies"),
+    ("synth {root}/s3 --label-noise 2", 2, "--label-noise"),
+    ("synth {root}/s3 --repeat-patients -0.5", 2, "--repeat-patients"),
+    ("inspect {data} --views {root}/bad.csv", 2, "bad.csv"),
+    ("encode {data} --model phantom-clip --views {root}/bad.csv --store {store}", 2, "View Position"),
+    ("duplicates --version v9 --store {store}", 2, "v9"),
+    ("duplicates --threshold bogus --store {store}", 2, "bogus"),
+    ("duplicates --threshold 1.5 --store {store}", 2, "1.5"),
+    ("label-issues --version v9 --store {store}", 2, "v9"),
+    ("label-issues --store {store}", 2, "no finding can be cross-validated"),
+    ("label-issues --folds 1 --store {store}", 2, "--folds"),
+    ("infer-views --version v9 --store {store}", 2, "v9"),
+    ("infer-views --folds 1 --store {store}", 2, "--folds"),
     ("nosuchcommand", 2, "nosuchcommand"),
 ]
 

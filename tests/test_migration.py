@@ -119,3 +119,16 @@ def test_a_store_from_a_newer_embedstore_is_refused(tmp_path):
         con.execute("INSERT INTO meta VALUES ('schema_version', '99')")
     with pytest.raises(StoreError, match=r"newer embedstore \(store layout 99.*upgrade embedstore"):
         Storage(path).versions()
+
+
+def test_layout_3_gives_old_views_their_source_and_adds_the_quality_tables(tmp_path):
+    from embedstore.store import Storage
+
+    path = _old_store(tmp_path / "old")
+    with duckdb.connect(str(path / "embedstore.duckdb")) as con:
+        con.execute("UPDATE images SET view = 'frontal' WHERE id = 1")  # a view the reader found; b has none
+    meta = Storage(path).image_meta()
+    assert meta.select("image_id", "view_source", "inferred_view").rows() == [("a", "dataset", None), ("b", None, None)]
+    with duckdb.connect(str(path / "embedstore.duckdb"), read_only=True) as con:
+        tables = {r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
+    assert {"duplicate_pairs", "duplicate_groups", "label_issues"} <= tables

@@ -38,6 +38,12 @@ CALIBRATION_BINS = 10
 METRIC_COLUMNS = {"finding": pl.Utf8, "metric": pl.Utf8, "value": pl.Float64, "lo": pl.Float64, "hi": pl.Float64}
 FINDING_COLUMNS = {"finding": pl.Utf8, "evaluable": pl.Boolean, "reason": pl.Utf8, "positives": pl.Int64,
                    "positive_groups": pl.Int64, "n": pl.Int64}
+def point_metrics(rows) -> pl.DataFrame:
+    """A metrics table of point values without intervals from (finding or None, metric, value) rows."""
+    return pl.DataFrame([{"finding": f, "metric": m, "value": float(v), "lo": None, "hi": None} for f, m, v in rows],
+                        schema=METRIC_COLUMNS)
+
+
 CALIBRATION_COLUMNS = {"finding": pl.Utf8, "bin": pl.Int32, "lower": pl.Float64, "upper": pl.Float64,
                        "mean_predicted": pl.Float64, "observed": pl.Float64, "n": pl.Int64}
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from embedstore.cli import app
-from embedstore.cli.options import FORMAT, STORE, open_store
+from embedstore.cli.options import FORMAT, STORE, VIEWS_FILE, open_store
 from embedstore.cli.output import Format, emit, emit_result
 
 
@@ -28,6 +28,7 @@ def encode(
     precision: str = typer.Option("fp32", "--precision", help="fp32|fp16|bf16"),
     version: Optional[str] = typer.Option(None, "--version", help="Append to this version (must be the same model)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first report that cannot be read (default: record it in errors, go on)."),
+    views: Optional[str] = VIEWS_FILE,
     store: Optional[str] = STORE,
     fmt: Format = FORMAT,
 ) -> None:
@@ -39,7 +40,7 @@ def encode(
     result = open_store(store).encode(source, dataset=dataset, model=model, pretrained=pretrained, labels=labels,
                                       images=images, boxes=boxes, box_format=box_format, batch_size=batch_size,
                                       workers=workers, device=device, precision=precision, version=version,
-                                      strict=strict, progress=fmt is Format.table)
+                                      strict=strict, views=views, progress=fmt is Format.table)
     if not emit_result(result, fmt):
         emit(result.as_dict(), fmt, title="encode")
     if result.split_by_hash and fmt is Format.table:

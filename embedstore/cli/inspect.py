@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from embedstore.cli import app
-from embedstore.cli.options import FORMAT, open_store
+from embedstore.cli.options import FORMAT, VIEWS_FILE, open_store
 from embedstore.cli.output import Format, emit, emit_result
 
 
@@ -22,11 +22,12 @@ def inspect_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the patient/study splits."),
     boxes: Optional[str] = typer.Option(None, "--boxes", help="A box file to inspect instead of (or beside) a data set."),
     box_format: str = typer.Option("auto", "--box-format", help="auto|canonical|nih|vindr|rsna."),
+    views: Optional[str] = VIEWS_FILE,
     fmt: Format = FORMAT,
 ) -> None:
     """Studies, images, reports without images, views, per-finding counts and splits; or a box file's counts."""
     found = open_store(None).inspect(source, dataset=dataset, labels=labels, images=images, uncertain=uncertain,
-                                     top_k=top_k, seed=seed, boxes=boxes, box_format=box_format)
+                                     top_k=top_k, seed=seed, boxes=boxes, box_format=box_format, views=views)
     if emit_result(found, fmt):
         return
     if found.dataset is not None:

@@ -20,6 +20,8 @@ MIN_POSITIVES = typer.Option(10, "--min-positives", min=1,
 CALIBRATE_ON = typer.Option("val", "--calibrate-on",
                             help="Split on which to fit each finding's threshold (none: the default thresholds only).")
 OPERATING_POINT = typer.Option("max-f1", "--operating-point", help="max-f1 | youden: the rule every method's thresholds are fitted by.")
+VIEWS_FILE = typer.Option(None, "--views",
+                          help="CSV of image id to DICOM 'View Position' (Open-i's nlmcxr_dicom_metadata.csv.gz): PA/AP frontal, LL/LATERAL/RL lateral.")
 FORCE = typer.Option(False, "--force", help="Recompute even if a run with these settings is stored.")
 TARGET = typer.Option("zeroshot", "--target",
                       help="zeroshot (pos-neg logit of the finding's prompts) | probe (stored probe logit) | finetuned (head logit).")

@@ -19,11 +19,13 @@ def splits(
     store: Optional[str] = STORE,
     fmt: Format = FORMAT,
 ) -> None:
-    """Positives per finding in train, val and test (as groups and as images), and how the splits
-    were assigned (method, seed, fractions, images each method placed; on screen)."""
+    """Positives per finding in train, val and test (as groups and as images), how the splits were
+    assigned (method, seed, fractions, images each method placed) and the views known, given and
+    inferred per split (on screen)."""
     report = open_store(store).splits(min_positives=min_positives)
     if not emit_result(report, fmt):
         emit(report.methods, fmt, title="how the splits were assigned")
         emit(report.findings, fmt, title="positives per split (groups = patients, else studies)")
+        emit(report.views, fmt, title="views per split: known (the data set), given (--views file), inferred (infer-views)")
     if report.warning:
         print(f"warning: {report.warning}", file=sys.stderr)

@@ -21,13 +21,16 @@ def synth_command(
     labels_from: Optional[str] = typer.Option(None, "--labels-from", help="NLMCXR_reports.tgz: one phantom per real report, with its labels and text (ignores --studies)."),
     workers: int = typer.Option(2, "--workers", help="Worker processes."),
     shift: str = typer.Option("none", "--shift", help="Render as another site would: none | site-b (harder tone curve, edge enhancement; out of phantom-clip's distribution)."),
+    repeat_patients: float = typer.Option(0.0, "--repeat-patients", help="Fraction of patients given a follow-up study (same anatomy and chronic findings, new acquisition and study id); the patient map goes to OUT/truth/patients.csv."),
+    label_noise: float = typer.Option(0.0, "--label-noise", help="Flip each label with this probability in the written reports; the true labels go to OUT/truth/labels.csv."),
     fmt: Format = FORMAT,
 ) -> None:
-    """Write phantom radiographs with known findings: Open-i XML reports, PNGs, boxes.csv, labels.csv."""
+    """Write phantom radiographs with known findings: Open-i XML reports, PNGs, boxes.csv, labels.csv (and truth/)."""
     from dataclasses import asdict
 
     summary = open_store(None).synth(out, studies=studies, seed=seed, size=size, dicom=dicom, labels_from=labels_from,
-                                     workers=workers, shift=shift, progress=fmt is Format.table)
+                                     workers=workers, shift=shift, repeat_patients=repeat_patients,
+                                     label_noise=label_noise, progress=fmt is Format.table)
     if emit_result(summary, fmt):
         return
     row = asdict(summary)

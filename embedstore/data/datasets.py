@@ -25,14 +25,17 @@ SCHEMES = {"openi": ("automatic", "mesh"), "kaggle": ("mesh",), "nih": ("nih",),
 
 def read_dataset(source: str, dataset: str = "auto", labels: str | None = None, images: str | None = None,
                  uncertain: str = "ignore", top_k: int = DEFAULT_TOP_K, seed: int = 0,
-                 fractions=DEFAULT_FRACTIONS, require_images: bool = False, strict: bool = False) -> Dataset:
+                 fractions=DEFAULT_FRACTIONS, require_images: bool = False, strict: bool = False,
+                 views: str | None = None) -> Dataset:
     """Read a data set as it is distributed into one `ImageRecord` per image, with seeded splits.
 
     `strict`: stop at the first report that cannot be read (else it is listed in `bad_reports`).
     `labels`: a scheme name (Open-i: `automatic` (default) or `mesh`; Kaggle: `mesh`) or the path
     of a labelled CSV (e.g. CheXpert-14 columns keyed by `image_id`, `study_id` or `uid`) whose
     labels replace the reader's own. `uncertain`: what -1 becomes (ignore keeps -1, negative,
-    positive). `require_images`: raise on the first record without an image file.
+    positive). `require_images`: raise on the first record without an image file. `views`: a CSV of
+    image id to DICOM `View Position` (Open-i's nlmcxr_dicom_metadata.csv.gz) whose views replace
+    the reader's where it names one (`data.views`).
     """
     source = os.fspath(source)
     if not os.path.exists(source):
@@ -52,6 +55,12 @@ def read_dataset(source: str, dataset: str = "auto", labels: str | None = None, 
     ds = _read(kind, source, df, scheme, images, uncertain, top_k, strict)
     if label_file:
         apply_label_table(ds, label_file, uncertain)
+    if views:
+        from embedstore.data.views import apply_views
+
+        given = apply_views(ds.records, views)
+        ds.notes.append(f"{given} of {len(ds.records)} views given by {os.path.basename(views)} (View Position: "
+                        "PA/AP frontal, LL/LATERAL/RL/LARGE LATERAL lateral)")
     ds.split_seed = seed
     ds.split_by = assign_splits(ds.records, seed, fractions)
     ds.split_method, ds.split_fractions = ("given", None) if ds.split_by == "given" else ("stratified", fractions)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from embedstore.data.records import SPLITS, Dataset
+from embedstore.data.records import SPLITS, VIEWS, Dataset
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Inspection:
 
 def inspect(source: str | None = None, dataset: str = "auto", labels: str | None = None, images: str | None = None,
             uncertain: str = "ignore", top_k: int = 14, seed: int = 0, boxes: str | None = None,
-            box_format: str = "auto") -> Inspection:
+            box_format: str = "auto", views: str | None = None) -> Inspection:
     """Read a data set (and / or a box file) as its reader does and summarise it; nothing is stored."""
     from embedstore.errors import InputError
 
@@ -43,7 +43,7 @@ def inspect(source: str | None = None, dataset: str = "auto", labels: str | None
         from embedstore.data.datasets import read_dataset
 
         ds = read_dataset(source, dataset=dataset, labels=labels, images=images, uncertain=uncertain, top_k=top_k,
-                          seed=seed)
+                          seed=seed, views=views)
         found.dataset = inspect_dataset(ds)
     if boxes is not None:
         from embedstore.data.boxes import load_boxes
@@ -84,6 +84,9 @@ def inspect_dataset(ds: Dataset) -> dict:
         "reports_without_images": len(ds.reports_without_images),
         "reports_without_images_ids": list(ds.reports_without_images),
         "views": dict(sorted(Counter(r.view or "unknown" for r in records).items())),
+        "views_known": _views_from(records, "dataset"),
+        "views_given": _views_from(records, "file"),
+        "views_inferred": "none here: `embedstore infer-views` infers them in a store (`embedstore splits` shows them)",
         "projections": dict(sorted(Counter(r.projection or "unknown" for r in records).items())),
         "splits": {s: splits.get(s, 0) for s in SPLITS},
         "split_studies": split_studies,
@@ -96,6 +99,13 @@ def inspect_dataset(ds: Dataset) -> dict:
         "per_finding": per_finding,
         "notes": list(ds.notes),
     }
+
+
+def _views_from(records, source: str) -> dict[str, int]:
+    """frontal / lateral counts of the views from one source: the data set's own ("dataset") or a
+    --views file ("file")."""
+    found = Counter(r.view for r in records if r.view and (r.view_source or "dataset") == source)
+    return {v: found.get(v, 0) for v in VIEWS}
 
 
 def inspect_boxes(df, rows_without_box: int | None = None, images_without_box: int | None = None) -> dict:

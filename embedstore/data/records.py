@@ -9,6 +9,7 @@ POSITIVE, NEGATIVE, UNCERTAIN = 1, 0, -1
 # A finding absent from `ImageRecord.labels` is *missing* (not annotated); the store keeps it as NULL.
 
 VIEWS = ("frontal", "lateral")
+VIEW_SOURCES = ("dataset", "file")  # a view the data set names / one a --views file gives
 SPLITS = ("train", "val", "test")
 
 
@@ -26,6 +27,7 @@ class ImageRecord:
     impression: str | None = None
     source: str = ""  # "openi" | "kaggle" | "nih" | "chexpert" | "manifest" | "synth"
     group_id: str | None = None  # what must stay in one split (a manifest's `group` column); else patient, else study
+    view_source: str | None = None  # where `view` came from: "dataset" (its own metadata, captions) or "file" (--views)
 
 
 @dataclass

@@ -114,6 +114,24 @@ def _draw(Y: np.ndarray, rows: np.ndarray, count: int, seed: int) -> np.ndarray:
     return rows[np.sort(drawn)]
 
 
+def group_folds(groups, Y: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """The fold (0 .. k-1) of each row: whole groups per fold, stratified over Y's columns (a group
+    is positive for a column when any of its rows is) by iterstrat's `MultilabelStratifiedKFold`,
+    seeded. For cross-validation inside the train and val splits (label issues, view probes)."""
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    names, codes = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    if k < 2 or k > len(names):
+        raise InputError(f"--folds {k}: give between 2 and the number of groups ({len(names)})")
+    G = np.zeros((len(names), max(Y.shape[1], 2)), dtype=bool)  # iterstrat wants two columns at least
+    np.logical_or.at(G[:, :Y.shape[1]], codes.reshape(-1), np.asarray(Y, dtype=bool))
+    fold_of = np.empty(len(names), dtype=np.int64)
+    folds = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for f, (_, held) in enumerate(folds.split(np.zeros((len(names), 1)), G)):
+        fold_of[held] = f
+    return fold_of[codes.reshape(-1)]
+
+
 def hash_split(group_id: str, seed: int, fractions=DEFAULT_FRACTIONS) -> str:
     """The split of a group added to a store that already has splits: sha256 of seed and group id
     read as a number in [0, 1), cut at the fractions. Independent of anything else in the store,
@@ -209,6 +227,7 @@ class SplitsReport:
     findings: object  # polars.DataFrame (positives_table)
     methods: object  # polars.DataFrame
     min_positives: int = 10
+    views: object = None  # polars.DataFrame (view_table): views known, given and inferred per split
 
     def to_polars(self):
         return self.findings
@@ -237,6 +256,29 @@ def positives_table(positives, findings: list[str], min_positives: int = 10):
     short = [pl.when(pl.col(f"{s}_groups") < min_positives).then(pl.lit(s)) for s in ("val", "test")]
     below = pl.concat_str(short, separator=",", ignore_nulls=True)
     return wide.with_columns(pl.when(below != "").then(below).alias("below_min"))
+
+
+VIEW_SOURCES = ("known", "given", "inferred")
+
+
+def view_table(coverage):
+    """One row per split: images whose view the data set names (known_*), a --views file gave
+    (given_*) or `infer-views` inferred (inferred_*), frontal and lateral, and those still unknown;
+    from the long split, source, view, images of `Storage.view_coverage`."""
+    import polars as pl
+
+    splits = [s for s in (*SPLITS, "none") if s in set(coverage["split"].to_list())]
+    rows = []
+    for split in splits:
+        part = coverage.filter(pl.col("split") == split)
+        count = {(r["source"], r["view"]): r["images"] for r in part.iter_rows(named=True)}
+        row = {"split": split}
+        for source in VIEW_SOURCES:
+            for view in ("frontal", "lateral"):
+                row[f"{source}_{view}"] = int(count.get((source, view), 0))
+        row["unknown"] = int(sum(n for (src, _), n in count.items() if src == "unknown"))
+        rows.append(row)
+    return pl.DataFrame(rows) if rows else pl.DataFrame(schema={"split": pl.String})
 
 
 def below_min_warning(table, min_positives: int) -> str | None:

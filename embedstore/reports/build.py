@@ -287,6 +287,66 @@ def _separability_section(data: ReportData) -> Section:
     return s
 
 
+MAX_LEAK_GROUPS = 8  # cross-split duplicate groups shown side by side
+MAX_ISSUE_THUMBNAILS = 12
+
+
+def _thumbs(rows, caption) -> list[tuple[bytes, str, str]]:
+    """Thumbnails of the rows' image files that exist, each with `caption(row)`."""
+    out = []
+    for row in rows:
+        path = row.get("path")
+        if path and Path(path).is_file():
+            out.append((*thumbnail(path), caption(row)))
+    return out
+
+
+def _quality_section(data: ReportData) -> Section:
+    s = Section("Data-set quality", intro=(
+        "Near-duplicate images across splits (probable leaks of one patient into train and test, where the data set "
+        "has no patient ids), labels to check first, and where each image's view comes from. Near-duplicates: FAISS "
+        "search over the stored vectors (`embedstore duplicates`); label issues: Cleanlab on the probe's "
+        "out-of-sample probabilities over train and val (`embedstore label-issues`); views: known from the data "
+        "set, given by a `--views` file, inferred by a probe on the known ones (`embedstore infer-views`)."))
+    run = data.quality_run("duplicates")
+    if run is None:
+        s.blocks.append(_not_run("embedstore duplicates", "near-duplicates"))
+    else:
+        groups, pairs = data.duplicate_groups(run)
+        crossing = groups.filter(pl.col("crosses_splits"))
+        s.blocks.append(Note(f"{groups.height} near-duplicate group(s), {crossing.height} across splits; "
+                             f"{int(crossing['would_move'].sum()) if crossing.height else 0} image(s) would move if "
+                             "the splits were drawn again with each group whole"))
+        if crossing.height:
+            s.blocks.append(Table(crossing.select("group_no", "splits", "studies", "images", "max_similarity",
+                                                  "would_move", "study_ids", "labels").head(MAX_LISTED),
+                                  caption="Groups across splits (probable leaks)"))
+            best = (pairs.filter(pl.col("group_no").is_in(crossing["group_no"].to_list()))
+                    .sort("similarity", descending=True).unique("group_no", keep="first", maintain_order=True)
+                    .head(MAX_LEAK_GROUPS))
+            for row in best.iter_rows(named=True):
+                images = _thumbs([{"path": row["path_a"], "side": "a"}, {"path": row["path_b"], "side": "b"}],
+                                 lambda r, row=row: f"{row['image_id_' + r['side']]} ({row['split_' + r['side']]})")
+                if images:
+                    s.blocks.append(Gallery(images, caption=f"group {row['group_no']}: cosine {row['similarity']:.3f}"))
+    run = data.quality_run("label-issues")
+    if run is None:
+        s.blocks.append(_not_run("embedstore label-issues", "label-issue candidates"))
+    else:
+        top = data.label_issue_candidates(run).head(MAX_LISTED)
+        s.blocks.append(Table(top.select("image_id", "finding", "given", "probability", "quality", "split"),
+                              caption="Labels to check first (quality: the out-of-sample probability of the label as given)"))
+        images = _thumbs(top.head(MAX_ISSUE_THUMBNAILS).iter_rows(named=True),
+                         lambda r: f"{r['image_id']}: {r['finding']} given {r['given']}, p {r['probability']:.2f}")
+        if images:
+            s.blocks.append(Gallery(images, caption="The most suspect labels"))
+    coverage = data.view_coverage()
+    if coverage.height:
+        s.blocks.append(Table(coverage, caption="Views per split: known (the data set), given (a --views file), "
+                                                "inferred (infer-views), unknown"))
+    return s
+
+
 VAL_THRESHOLD = "val_threshold"
 
 
@@ -391,6 +451,7 @@ def _sections(data: ReportData, progress: bool = False) -> list[Section]:
         lambda: _projection_section(data, order),
         lambda: _separability_section(data),
         lambda: _agreement_section(data, order),
+        lambda: _quality_section(data),
         lambda: _provenance_section(data),
     ]
     sections = [dataset]

@@ -12,7 +12,7 @@ import polars as pl
 from embedstore.errors import InputError
 
 # Run kinds that are not per-image classifiers: they get their own sections.
-OTHER_KINDS = {"separability", "agreement", "projection", "projections"}
+OTHER_KINDS = {"separability", "agreement", "projection", "projections", "duplicates", "label-issues", "infer-views"}
 SPLITS = ("train", "val", "test")
 POOLED = "pooled (evaluable findings)"
 MACRO = "macro (evaluable findings)"
@@ -139,6 +139,27 @@ class ReportData:
 
     def views(self) -> pl.DataFrame:
         return self.store.view_counts()
+
+    # -- data-set quality ----------------------------------------------------------------
+    def quality_run(self, kind: str) -> str | None:
+        """The latest run of `kind` (duplicates, label-issues) on the reported versions, or None."""
+        runs = self.runs_of({kind}).sort("started")
+        return runs["run_id"][-1] if runs.height else None
+
+    def duplicate_groups(self, run_id: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(groups, pairs) of a duplicates run (`analyses.duplicates.stored_groups`)."""
+        from embedstore.analyses.duplicates import stored_groups
+
+        return stored_groups(self.store, run_id)
+
+    def label_issue_candidates(self, run_id: str) -> pl.DataFrame:
+        """The flagged labels of a label-issues run, most suspect first."""
+        return self.store.label_issue_rows(run_id)
+
+    def view_coverage(self) -> pl.DataFrame:
+        from embedstore.analyses.views import view_coverage
+
+        return view_coverage(self.store)
 
     # -- analyses ----------------------------------------------------------------------
     def _of_runs(self, runs: pl.DataFrame, table: str, columns: list[str], per_finding: bool | None = None):

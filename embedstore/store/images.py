@@ -18,6 +18,13 @@ GROUPS_SQL = (f"SELECT i.id, coalesce(s.split, i.split) AS split, coalesce(s.gro
               "FROM images i LEFT JOIN splits s USING (id)")
 
 
+def _value(record, column: str):
+    """A record's value for an `images` column; a view without a stated source is the data set's own."""
+    if column == "view_source":
+        return record.view_source or ("dataset" if record.view else None)
+    return getattr(record, column)
+
+
 class ImageTables:
     """The `images`, `splits`, `labels`, `boxes` and `errors` tables (a part of `Storage`)."""
 
@@ -42,25 +49,26 @@ class ImageTables:
             if r.image_id in seen:
                 raise InputError(f"image id {r.image_id!r} appears twice in the data set; image ids must be unique")
             seen.add(r.image_id)
-        columns = ("image_id", "path", "study_id", "patient_id", "view", "projection", "source", "findings", "impression")
+        columns = ("image_id", "path", "study_id", "patient_id", "view", "projection", "source", "findings", "impression",
+                   "view_source")
         with self.transaction() as con:
             self._adopt_unfrozen_splits(con)
             placements = place(records, assigned or Assignment(), self._stored_splits(con))
-            meta = pl.DataFrame({c: [getattr(r, c) for r in records] for c in columns},
+            meta = pl.DataFrame({c: [_value(r, c) for r in records] for c in columns},
                                 schema={c: pl.String for c in columns})
             meta = meta.with_columns(pl.Series("split", [p.split for p in placements], dtype=pl.String))
             with registered(con, new_meta=meta):
                 con.execute(
                     """UPDATE images SET path = n.path, study_id = n.study_id, patient_id = n.patient_id,
                            view = n.view, projection = n.projection, split = n.split, source = n.source,
-                           findings = n.findings, impression = n.impression
+                           findings = n.findings, impression = n.impression, view_source = n.view_source
                        FROM new_meta n WHERE images.image_id = n.image_id"""
                 )
                 con.execute(
                     """INSERT INTO images (id, image_id, path, study_id, patient_id, view, projection, split,
-                           source, findings, impression)
+                           source, findings, impression, view_source)
                        SELECT nextval('images_id_seq'), image_id, path, study_id, patient_id, view, projection, split,
-                           source, findings, impression FROM new_meta n
+                           source, findings, impression, view_source FROM new_meta n
                        WHERE n.image_id NOT IN (SELECT image_id FROM images)"""
                 )
             self._write_splits(con, records, placements)

@@ -5,14 +5,16 @@ version and versions may differ in dimension; `versions.dim` records each one's 
 
 A store records its layout in `meta.schema_version`. A store written by an older embedstore is
 migrated in place when it is opened (`migrate`); one written by a newer embedstore is refused.
-Layout 1 (no `schema_version`) is the store before frozen splits and typed versions.
+Layout 1 (no `schema_version`) is the store before frozen splits and typed versions; layout 2
+the store before data-set quality (views' sources and inferred views on `images`, duplicate
+pairs and groups, label-issue candidates).
 """
 
 from __future__ import annotations
 
 from embedstore.errors import StoreError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 TABLES = """
 CREATE SEQUENCE IF NOT EXISTS images_id_seq START 1;
@@ -20,7 +22,8 @@ CREATE TABLE IF NOT EXISTS images (
     id BIGINT PRIMARY KEY,
     image_id TEXT UNIQUE NOT NULL,
     path TEXT, content_hash TEXT, study_id TEXT, patient_id TEXT, view TEXT, projection TEXT,
-    split TEXT, source TEXT, findings TEXT, impression TEXT, width INTEGER, height INTEGER
+    split TEXT, source TEXT, findings TEXT, impression TEXT, width INTEGER, height INTEGER,
+    view_source TEXT, inferred_view TEXT, inferred_view_confidence DOUBLE
 );
 CREATE TABLE IF NOT EXISTS labels (id BIGINT NOT NULL, finding TEXT NOT NULL, value TINYINT,
     PRIMARY KEY (id, finding));
@@ -75,6 +78,12 @@ CREATE TABLE IF NOT EXISTS run_findings (
 CREATE TABLE IF NOT EXISTS calibration (
     run_id TEXT, finding TEXT, bin INTEGER, lower DOUBLE, upper DOUBLE, mean_predicted DOUBLE, observed DOUBLE, n BIGINT
 );
+CREATE TABLE IF NOT EXISTS duplicate_pairs (run_id TEXT, id_a BIGINT, id_b BIGINT, similarity DOUBLE);
+CREATE TABLE IF NOT EXISTS duplicate_groups (run_id TEXT, group_no INTEGER, id BIGINT);
+CREATE TABLE IF NOT EXISTS label_issues (
+    run_id TEXT, id BIGINT, finding TEXT, given TINYINT, probability DOUBLE, quality DOUBLE, flagged BOOLEAN,
+    image_rank INTEGER, image_quality DOUBLE, fold INTEGER
+);
 """
 
 # Friendly views for SQL. `labels_wide` is rebuilt by `labels_wide_sql` whenever labels change,
@@ -119,6 +128,8 @@ def migrate(con, path) -> None:
     con.execute(TABLES)  # every table of the current layout that is missing
     if version == 1:
         _from_layout_1(con)
+    if 1 <= version <= 2:
+        _from_layout_2(con)
     con.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [str(SCHEMA_VERSION)])
     con.execute("COMMIT")
@@ -135,6 +146,14 @@ def _from_layout_1(con) -> None:
     con.execute("""UPDATE versions SET checkpoint = json_extract_string(model_record, '$.finetune.checkpoint'),
                        finetune_key = json_extract_string(model_record, '$.finetune.key')
                    WHERE kind = 'finetune' AND checkpoint IS NULL""")
+
+
+def _from_layout_2(con) -> None:
+    """Layout 2 -> 3: where each image's view came from (`view_source`: dataset / file) and the
+    view `infer-views` predicts, in its own columns (never over a given view)."""
+    for column, kind in (("view_source", "TEXT"), ("inferred_view", "TEXT"), ("inferred_view_confidence", "DOUBLE")):
+        con.execute(f"ALTER TABLE images ADD COLUMN IF NOT EXISTS {column} {kind}")
+    con.execute("UPDATE images SET view_source = 'dataset' WHERE view IS NOT NULL AND view_source IS NULL")
 
 
 def quote_ident(name: str) -> str:

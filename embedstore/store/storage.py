@@ -19,6 +19,7 @@ from embedstore.store import schema
 from embedstore.store.images import ImageTables
 from embedstore.store.index import IndexFiles
 from embedstore.store.lock import WriteLock
+from embedstore.store.quality import QualityTables
 from embedstore.store.reads import SummaryReads
 from embedstore.store.runs import RunTables
 from embedstore.store.vectors import VectorTables
@@ -33,13 +34,13 @@ def default_path(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get("EMBEDSTORE_STORE") or DEFAULT_STORE)
 
 
-class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, SummaryReads):
+class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, SummaryReads, QualityTables):
     """A store directory: `embedstore.duckdb`, `index/<version>.faiss`, `lock`. Internal: users
     reach it through `embedstore.open()`'s `Store`; services receive this object.
 
     `Storage(path=None)` resolves `path`, else $EMBEDSTORE_STORE, else ./.embedstore; the
     directory and database are created on first write. Each table family's reads and writes
-    live in its own module (versions, images, vectors, index, runs); this class holds the
+    live in its own module (versions, images, vectors, index, runs, quality); this class holds the
     connection and the lock.
     """
 

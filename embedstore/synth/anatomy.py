@@ -105,6 +105,18 @@ def sample_exposure(rng: np.random.Generator, soft_t: float) -> Exposure:
     )
 
 
+def repeat_exposure(first: Exposure, rng: np.random.Generator) -> Exposure:
+    """A follow-up at the same site: the first study's protocol, re-positioned and re-exposed
+    (a few degrees, a few per cent of scale, shift, window and gamma; new noise level)."""
+    return Exposure(
+        theta=first.theta + math.radians(rng.normal(0.0, 1.5)), scale=first.scale * rng.uniform(0.96, 1.04),
+        shift=(first.shift[0] + rng.normal(0.0, 0.02), first.shift[1] + rng.normal(0.0, 0.02)),
+        lo=float(np.clip(first.lo + rng.uniform(-0.03, 0.03), 0.0, 0.12)), hi=first.hi * rng.uniform(0.96, 1.04),
+        gamma=first.gamma * rng.uniform(0.93, 1.07), noise=first.noise * rng.uniform(0.8, 1.25),
+        heel=first.heel + rng.normal(0.0, 0.015),
+    )
+
+
 class Frame:
     """Pixel grid of one image and its patient coordinates (u or w across, v down)."""
 

@@ -7,6 +7,8 @@ OUT/boxes.csv                 canonical boxes: image_id, finding, x_min, y_min, 
                               x_min .. x_max - 1 and rows y_min .. y_max - 1)
 OUT/labels.csv                image_id, study_id, view, one 0/1 column per finding (FINDINGS)
 OUT/dicom/<image id>.dcm      with --dicom
+OUT/truth/patients.csv        with --repeat-patients or --label-noise: study_id, patient_id, visit
+OUT/truth/labels.csv          the same: the true labels (labels.csv then holds the labels as written)
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from embedstore.synth.labels import (FINDINGS, STREAM_ANATOMY, STREAM_DEVICE, ST
                                      STREAM_NOISE, STREAM_TEXT, StudyLabels, labels_from_automatic,
                                      sample_labels, study_rng)
 from embedstore.synth.reports import describe, open_i_xml
+from embedstore.synth.truth import (PATIENT_COLUMNS, TRUTH_DIR, check_fraction, follow_up_labels, noisy_terms,
+                                    patient_rows, plan_patients, uses_first_study)
 
 IMAGE_ID = re.compile(r"^CXR(\d+)_(?:\d+_)?IM-\d{4}(?:-\d+)+$")
 BOX_COLUMNS = ["image_id", "finding", "x_min", "y_min", "x_max", "y_max", "reader", "width", "height"]
@@ -56,6 +60,10 @@ class SynthSummary:
     workers: int
     shift: str = "none"
     images_per_finding: dict[str, int] = field(default_factory=dict)
+    repeat_patients: float = 0.0
+    patients: int | None = None  # known only with --repeat-patients / --label-noise (truth/patients.csv)
+    label_noise: float = 0.0
+    flipped_labels: int = 0  # study labels whose written value differs from the drawn one
 
     def to_polars(self):
         """One row (images_per_finding as JSON text)."""
@@ -81,20 +89,31 @@ class Study:
     major: list[str]
     automatic: list[str]
     sections: dict[str, str | None]
+    anchor: int | None = None  # a follow-up: the number of the patient's first study
 
     @property
     def label_row(self) -> dict[str, int]:
         return {f: int(f in self.labels.findings) for f in FINDINGS}
 
+    @property
+    def written_row(self) -> dict[str, int]:
+        """The labels the report's automatic terms give (they differ from `label_row` under label noise)."""
+        return labels_from_automatic(self.automatic)
+
 
 def make_study(seed: int, n: int, size: int = DEFAULT_SIZE, labels: StudyLabels | None = None,
-               real: dict | None = None) -> Study:
-    """Study number `n` (1-based). `real` carries a real Open-i report (text, terms, image ids)."""
-    labels = labels or sample_labels(seed, n)
+               real: dict | None = None, anchor: int | None = None, label_noise: float = 0.0) -> Study:
+    """Study number `n` (1-based). `real` carries a real Open-i report (text, terms, image ids).
+    `anchor`: the patient's first study, whose anatomy and chronic findings a follow-up keeps;
+    `label_noise`: each label flipped with this probability in the written automatic terms."""
+    labels = labels or (sample_labels(seed, n) if anchor is None else follow_up_labels(seed, n, anchor))
     rng = study_rng(seed, n, STREAM_ANATOMY)
     g = an.sample_geometry(rng)
     frontal_proj = "AP" if rng.random() < 0.1 else "PA"
-    kinds = {k: KINDS[k].sample(study_rng(seed, n, STREAM_FINDING, KIND_ORDER.index(k)), g)
+    if anchor is not None:
+        g = an.sample_geometry(study_rng(seed, anchor, STREAM_ANATOMY))
+    kinds = {k: KINDS[k].sample(study_rng(seed, anchor if anchor is not None and uses_first_study(KINDS[k].labels)
+                                          else n, STREAM_FINDING, KIND_ORDER.index(k)), g)
              for k in kinds_for(labels.findings)}
     devices = sample_devices(study_rng(seed, n, STREAM_DEVICE), g, labels.devices, labels.sternotomy)
     if real is None:
@@ -106,7 +125,8 @@ def make_study(seed: int, n: int, size: int = DEFAULT_SIZE, labels: StudyLabels 
     else:
         images = [(i, v, frontal_proj if v == "frontal" else "LL") for i, v in real["images"]]
         major, auto, sections = real["major"], real["automatic"], real["sections"]
-    return Study(n, seed, size, labels, g, kinds, devices, images, major, auto, sections)
+    auto = noisy_terms(seed, n, auto, label_noise)
+    return Study(n, seed, size, labels, g, kinds, devices, images, major, auto, sections, anchor)
 
 
 def caption(view: str, projection: str) -> str:
@@ -120,7 +140,12 @@ class ImageRenderer:
         self.study, self.j = study, j
         self.image_id, self.view, self.projection = study.images[j]
         rng = study_rng(study.seed, study.n, STREAM_ANATOMY, 100 + j)
-        self.frame = an.Frame(study.size, an.sample_exposure(rng, study.geometry.soft_t))
+        exposure = an.sample_exposure(rng, study.geometry.soft_t)
+        if study.anchor is not None:  # a follow-up: the first study's lung markings and protocol, re-exposed
+            first = study_rng(study.seed, study.anchor, STREAM_ANATOMY, 100 + j)
+            exposure = an.repeat_exposure(an.sample_exposure(first, study.geometry.soft_t), rng)
+            rng = first
+        self.frame = an.Frame(study.size, exposure)
         self.texture = an.texture(rng, study.size)
         self.visible = [k for k in study.kinds if self.view == "frontal" or KINDS[k].lateral]
         self._cache: dict = {}
@@ -201,9 +226,12 @@ def png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _render_study(study: Study, root: str, dicom: bool, shift: str = "none") -> tuple[list[dict], list[dict]]:
-    """Write a study's XML, PNGs (and DICOMs); return its box and label rows."""
+def _render_study(study: Study, root: str, dicom: bool, shift: str = "none",
+                  written: bool = False) -> tuple[list[dict], list[dict]]:
+    """Write a study's XML, PNGs (and DICOMs); return its box and label rows (`written`: the
+    labels as the report's terms give them, else the drawn ones)."""
     boxes, labels = [], []
+    row = study.written_row if written else study.label_row
     for j, (image_id, view, proj) in enumerate(study.images):
         r = ImageRenderer(study, j)
         clean = r.clean()
@@ -217,7 +245,7 @@ def _render_study(study: Study, root: str, dicom: bool, shift: str = "none") -> 
             write_dicom(os.path.join(root, "dicom", image_id + ".dcm"), noisy, image_id, f"CXR{study.n}",
                         view, proj, int(rng.choice([12, 14, 15, 16])), bool(rng.random() < 0.5), study.seed)
         boxes += r.boxes(clean)
-        labels.append(dict(image_id=image_id, study_id=f"CXR{study.n}", view=view, **study.label_row))
+        labels.append(dict(image_id=image_id, study_id=f"CXR{study.n}", view=view, **row))
     xml = open_i_xml(study.n, study.major, study.automatic, study.sections,
                      [(i, caption(v, p)) for i, v, p in study.images])
     with open(os.path.join(root, "ecgen-radiology", f"{study.n}.xml"), "w", encoding="utf-8") as fh:
@@ -225,12 +253,13 @@ def _render_study(study: Study, root: str, dicom: bool, shift: str = "none") -> 
     return boxes, labels
 
 
-def _job(args) -> tuple[list[dict], list[dict], bool]:
-    seed, n, size, root, dicom, real, shift = args
+def _job(args) -> tuple[list[dict], list[dict], bool, list[dict]]:
+    seed, n, size, root, dicom, real, shift, anchor, noise = args
     labels = _real_labels(real) if real else None
-    study = make_study(seed, n, size, labels, real)
-    b, lab = _render_study(study, root, dicom, shift)
-    return b, lab, study.labels.normal
+    study = make_study(seed, n, size, labels, real, anchor, noise)
+    b, lab = _render_study(study, root, dicom, shift, written=noise > 0)
+    truth = [dict(r, **study.label_row) for r in lab] if noise > 0 else lab
+    return b, lab, study.labels.normal, truth
 
 
 # ------------------------------------------------------------------ real Open-i reports
@@ -271,17 +300,12 @@ def read_open_i(path: str) -> list[dict]:
 
 def _views_beside(path: str) -> dict[str, str]:
     """Image views from nlmcxr_dicom_metadata.csv.gz next to the archive, when it is there."""
-    import gzip
+    from embedstore.data.views import read_views
 
     meta = os.path.join(os.path.dirname(os.path.abspath(path)), "nlmcxr_dicom_metadata.csv.gz")
     if not os.path.isfile(meta):
         return {}
-    out = {}
-    with gzip.open(meta, "rt", newline="") as fh:
-        for row in csv.DictReader(fh):
-            vp = (row.get("View Position") or "").upper()
-            out[row["imageid"]] = "lateral" if vp in ("LL", "LATERAL", "RL") else "frontal" if vp in ("PA", "AP") else None
-    return out
+    return {image_id: view for image_id, (view, _) in read_views(meta).items()}
 
 
 def _real_labels(real: dict) -> StudyLabels:
@@ -298,12 +322,19 @@ def _real_labels(real: dict) -> StudyLabels:
 
 
 def synth(out: str, studies: int = 100, seed: int = 0, size: int = DEFAULT_SIZE, dicom: bool = False,
-          labels_from: str | None = None, workers: int = 2, shift: str = "none",
-          progress: bool = False) -> SynthSummary:
+          labels_from: str | None = None, workers: int = 2, shift: str = "none", repeat_patients: float = 0.0,
+          label_noise: float = 0.0, progress: bool = False) -> SynthSummary:
     """Write `studies` phantom studies (or one per real report with `labels_from`) to `out`.
 
     `shift` renders them as another site would (SHIFTS); labels, reports and boxes are the same.
+    `repeat_patients`: that fraction of patients gets a follow-up study (same anatomy and chronic
+    findings, a new acquisition and study id); `label_noise`: each label flipped with this
+    probability in the written reports. Either writes the truth to OUT/truth/ (`synth.truth`).
     """
+    repeat_patients = check_fraction(repeat_patients, "--repeat-patients")
+    label_noise = check_fraction(label_noise, "--label-noise")
+    if repeat_patients and labels_from:
+        raise InputError("--repeat-patients draws phantom patients; it cannot be combined with --labels-from")
     if shift not in SHIFTS:
         raise InputError(f"--shift {shift!r}: use one of {', '.join(SHIFTS)}")
     if size < 32 or size > 4096:
@@ -319,8 +350,10 @@ def synth(out: str, studies: int = 100, seed: int = 0, size: int = DEFAULT_SIZE,
     shutil.rmtree(tmp, ignore_errors=True)
     for sub in ("ecgen-radiology", "images") + (("dicom",) if dicom else ()):
         os.makedirs(os.path.join(tmp, sub))
-    jobs = ([(seed, r["n"], size, tmp, dicom, r, shift) for r in reals] if reals
-            else [(seed, n, size, tmp, dicom, None, shift) for n in range(1, studies + 1)])
+    anchors = plan_patients(seed, studies, repeat_patients) if not reals else {}
+    jobs = ([(seed, r["n"], size, tmp, dicom, r, shift, None, label_noise) for r in reals] if reals
+            else [(seed, n, size, tmp, dicom, None, shift, anchors.get(n), label_noise) for n in range(1, studies + 1)])
+    with_truth = bool(repeat_patients or label_noise)
     try:
         with Progress("synthesising", len(jobs), unit="studies", enabled=progress) as bar:
             results = _run(jobs, workers, bar)
@@ -328,6 +361,11 @@ def synth(out: str, studies: int = 100, seed: int = 0, size: int = DEFAULT_SIZE,
         label_rows = [lab for r in results for lab in r[1]]
         _write_csv(os.path.join(tmp, "boxes.csv"), BOX_COLUMNS, box_rows)
         _write_csv(os.path.join(tmp, "labels.csv"), LABEL_COLUMNS, label_rows)
+        if with_truth:
+            os.makedirs(os.path.join(tmp, TRUTH_DIR))
+            patients = patient_rows([j[1] for j in jobs], anchors)
+            _write_csv(os.path.join(tmp, TRUTH_DIR, "patients.csv"), PATIENT_COLUMNS, patients)
+            _write_csv(os.path.join(tmp, TRUTH_DIR, "labels.csv"), LABEL_COLUMNS, [t for r in results for t in r[3]])
         if os.path.isdir(out):
             os.rmdir(out)
         os.rename(tmp, out)
@@ -335,8 +373,10 @@ def synth(out: str, studies: int = 100, seed: int = 0, size: int = DEFAULT_SIZE,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     counts = {f: sum(row[f] for row in label_rows) for f in FINDINGS}
+    flipped = sum(r[1][0][f] != r[3][0][f] for r in results if r[1] for f in FINDINGS)
     return SynthSummary(out, len(jobs), len(label_rows), sum(r[2] for r in results), len(box_rows),
-                        round(time.perf_counter() - t0, 2), workers, shift, counts)
+                        round(time.perf_counter() - t0, 2), workers, shift, counts, repeat_patients,
+                        len({p["patient_id"] for p in patients}) if with_truth else None, label_noise, flipped)
 
 
 def _run(jobs: list, workers: int, bar: Progress) -> list:

@@ -57,6 +57,7 @@ def study_rng(seed: int, index: int, stream: int, *more: int) -> np.random.Gener
 
 
 STREAM_LABELS, STREAM_ANATOMY, STREAM_FINDING, STREAM_NOISE, STREAM_TEXT, STREAM_DEVICE = range(6)
+STREAM_PATIENTS, STREAM_LABEL_NOISE = 6, 7  # synth --repeat-patients, --label-noise (embedstore.synth.truth)
 
 
 def sample_labels(seed: int, index: int) -> StudyLabels:
