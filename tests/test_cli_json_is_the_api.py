@@ -120,15 +120,14 @@ def test_model_and_output_commands(world, capsys, tmp_path):
     root, _, st = world
     store = ["--store", str(root / "store")]
     tune = {"epochs": 1, "batch_size": 8, "device": "cpu", "workers": 0}
-    same(capsys, ["finetune", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--workers", "0", *store],
-         lambda: st.finetune(**tune))
-    image_id = st.sql("SELECT b.image_id FROM boxes b JOIN images i USING (image_id) WHERE i.split = 'test' "
-                      "ORDER BY 1 LIMIT 1")["image_id"][0]
+    same(capsys, ["finetune", "--from-version", "v1", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+                  "--workers", "0", *store], lambda: st.finetune("v1", **tune))
+    image_id = st.sql("SELECT image_id FROM boxes ORDER BY 1 LIMIT 1")["image_id"][0]
     finding = st.sql(f"SELECT finding FROM boxes WHERE image_id = '{image_id}' LIMIT 1")["finding"][0]
     same(capsys, ["explain", image_id, "--finding", finding, "--version", "v1", "--out", str(tmp_path / "a.png"), *store],
          lambda: st.explain(image_id, finding, version="v1", out=str(tmp_path / "b.png")))
-    same(capsys, ["agreement", "--version", "v1", "--n-boot", "10", *store],
-         lambda: st.agreement(version="v1", n_boot=10))
+    same(capsys, ["agreement", "--version", "v1", "--split", "all", "--n-boot", "10", *store],
+         lambda: st.agreement(version="v1", split="all", n_boot=10))  # few boxed test images in 16 studies
     same(capsys, ["report", "--out", str(tmp_path / "a.html"), *store], lambda: st.report(out=tmp_path / "b.html"))
     assert Path(tmp_path / "a.html").read_text() and Path(tmp_path / "b.html").read_text()
 

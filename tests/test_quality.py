@@ -105,7 +105,9 @@ def test_regroup_says_how_many_images_would_move_and_a_new_split_keeps_each_leak
     st = embedstore.open(tmp_path / "store")
     before = st.duplicates(across_splits=True)
     capsys.readouterr()
-    main(["duplicates", "--regroup", "--store", str(tmp_path / "store")])
+    with pytest.raises(SystemExit) as exc:
+        main(["duplicates", "--regroup", "--store", str(tmp_path / "store")])
+    assert exc.value.code == 0
     said = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("regroup:")]
     assert said and f"{before.images_to_move} image(s) would move" in said[0], said
     assert before.images_to_move == int(before.groups["would_move"].sum()) > 0

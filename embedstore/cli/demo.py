@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from embedstore.cli import app
-from embedstore.cli.options import open_store
+from embedstore.cli.options import FORMAT, open_store
+from embedstore.cli.output import Format, emit_result
 
 
 @app.command()
@@ -16,8 +17,13 @@ def demo(
     epochs: int = typer.Option(3, "--epochs", min=1, help="Fine-tuning epochs."),
     model: str = typer.Option("phantom-clip", "--model", help="Model to encode with (the bundled one by default)."),
     shift: str = typer.Option("site-b", "--shift", help="site-b: phantoms out of phantom-clip's distribution (as IU-Xray is for BiomedCLIP) | none."),
+    fmt: Format = FORMAT,
 ) -> None:
     """synth -> encode (phantom-clip) -> zero-shot -> probe -> separability -> fine-tune -> comparisons -> Grad-CAM agreement -> report."""
-    result = open_store(None).demo(out=out, studies=studies, seed=seed, epochs=epochs, model=model, shift=shift)
+    echo = print if fmt is Format.table else (lambda *_: None)  # json / csv: only the stages' table
+    result = open_store(None).demo(out=out, studies=studies, seed=seed, epochs=epochs, model=model, shift=shift,
+                                   echo=echo)
+    if emit_result(result, fmt):
+        return
     total = sum(s for _, s, _ in result.stages)
     print(f"done in {total:.0f} s; open {result.report}")
