@@ -383,9 +383,11 @@ def _method_run(store, version: str, spec: str) -> dict:
                      if name == "finetuned" else f"--methods {spec}: no stored run on version {version}; run `{command}` first")
 
 
-# How a run's scores became decisions and metrics: two methods are compared paired only when these agree,
-# else the difference mixes the methods with their operating points, label policies or image sets.
-SCORING_KEYS = ("calibrate_on", "operating_point", "uncertain", "blank", "min_positives", "where")
+# How a run's scores became decisions: two methods are compared paired only when these agree, else
+# the difference mixes the methods with their operating points, label policies or image sets. The
+# evaluable bar (min_positives) need not agree: `paired_differences` applies the first run's bar to
+# both sides, so both average the same findings.
+SCORING_KEYS = ("calibrate_on", "operating_point", "uncertain", "blank", "where")
 
 
 def scoring_settings(run: dict) -> dict:
