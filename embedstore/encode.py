@@ -27,6 +27,7 @@ from embedstore.progress import Progress
 EXIT_OK = 0
 EXIT_PARTIAL = 3
 COMMIT_EVERY_S = 2.0  # group batches into one commit at most this often: opening the file costs ~25-60 ms
+COMMIT_SHARE_MAX = 0.05  # and no sooner than 19x the last commit took, so commits stay under 5 % of the run
 
 
 @dataclass
@@ -180,7 +181,8 @@ def encode(
     is not given, a `boxes.csv` next to the data set (the layout `embedstore synth` writes) is used.
 
     The model is built by `embedstore.models.load_model(model, pretrained, device, precision)`.
-    Batches are committed together at most every `commit_every` seconds (0: each batch alone).
+    Batches are committed together at most every `commit_every` seconds (0: each batch alone), and
+    no sooner than 19 times the last commit took (commits stay under 5 % of the run).
     """
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
@@ -318,7 +320,7 @@ def _run_batches(st, version, loaded, items, batch_size, workers, summary, progr
         multiprocessing_context="fork" if workers else None,
     )
     pending: list[dict] = []  # encoded batches not committed yet
-    last = time.monotonic()
+    last, gap = time.monotonic(), commit_every  # the last commit's end; the time to the next one
     bar = Progress("encoding", len(items), enabled=progress)
     with bar, torch.inference_mode():
         for batch in loader:
@@ -326,31 +328,35 @@ def _run_batches(st, version, loaded, items, batch_size, workers, summary, progr
             pending.append({**batch, "X": np.asarray(X, dtype=np.float32)})
             if on_batch is not None and len(batch["ids"]):
                 on_batch(batch["ids"])  # right after its forward pass: a wrapper's outputs are this batch's
-            if time.monotonic() - last >= commit_every:
-                _commit(st, version, pending, summary)
+            if time.monotonic() - last >= gap:
+                took = _commit(st, version, pending, summary)
                 last = time.monotonic()
+                if commit_every > 0:  # a slow commit (a big file, a loaded machine) spaces the next ones out
+                    gap = max(commit_every, took * (1 - COMMIT_SHARE_MAX) / COMMIT_SHARE_MAX)
             bar.advance(batch["n"])
         _commit(st, version, pending, summary)
 
 
-def _commit(st, version, pending: list[dict], summary) -> None:
-    """Write the pending batches in one transaction (`add_image_vectors`), then count them."""
+def _commit(st, version, pending: list[dict], summary) -> float:
+    """Write the pending batches in one transaction (`add_image_vectors`), count them; the seconds it took."""
     if not pending:
-        return
+        return 0.0
     started = time.perf_counter()
     vectors = [b["X"] for b in pending if len(b["ids"])]
     st.add_image_vectors(version, np.concatenate([b["ids"] for b in pending]),
                          [h for b in pending for h in b["hashes"]],
                          np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32),
                          sizes=[s for b in pending for s in b["sizes"]], errors=[e for b in pending for e in b["errors"]])
+    took = time.perf_counter() - started
     summary.commits += 1
-    summary.commit_seconds += time.perf_counter() - started
+    summary.commit_seconds += took
     for b in pending:
         summary.encoded += len(b["ids"])
         summary.skipped += b["skipped"]
         summary.failed += len(b["errors"])
         summary.errors += b["errors"]
     pending.clear()
+    return took
 
 
 def _read_boxes(boxes: str | None, box_format: str, ds):
