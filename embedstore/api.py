@@ -120,6 +120,24 @@ class Store:
             raise StoreError(f"verify failed: version {bad['version']}: {bad['check']}: {bad['detail']}")
         return report
 
+    def export(self, out: PathLike, version: str | None = None):
+        """`embedstore export`: the version's vectors as `out/vectors.parquet` (id, image_id, split,
+        labels, vector; read by polars, DuckDB, Spark, Ray) and its model record as `out/model.json`;
+        an `ExportResult`."""
+        from embedstore.transfer import export
+
+        return export(self._storage, version, out)
+
+    def import_(self, source: PathLike, model_record: PathLike | None = None):
+        """`embedstore import` (`import` is a Python keyword): vectors made elsewhere (a Parquet file
+        with image_id and vector, or a folder `export` wrote) for images already in the store, with
+        the model record they were made with (JSON, at least name and embed_dim; default
+        `model.json` beside the file), as a new version: building until its vectors and index are
+        written; an `ImportResult`."""
+        from embedstore.transfer import import_vectors
+
+        return import_vectors(self._storage, source, model_record)
+
     def splits(self, min_positives: int = 10):
         """`embedstore splits`: positives per finding in train, val and test (patient groups and
         images), how the splits were assigned, and the views known, given and inferred per split; a

@@ -1,8 +1,10 @@
 """`embedstore encode`: reader -> mapper (hash, decode, preprocess in worker processes) -> model -> store.
 
-Exactly-once: each batch's vectors, content hashes and errors are committed to DuckDB in one
-transaction, and an image whose content hash is already stored in the version is skipped
-before it is decoded. The FAISS index is derived from DuckDB at the end of the run (and
+Exactly-once: the batches encoded since the last commit are committed to DuckDB together (vectors,
+content hashes, errors) in one transaction, at most every `COMMIT_EVERY_S` seconds, and an image
+whose content hash is already stored in the version is skipped before it is decoded. The writer
+lock is held for the whole run, but the DuckDB file only while a commit is written, so readers
+(query, sql, versions, report, ...) work during the run and see every commit so far. The FAISS index is derived from DuckDB at the end of the run (and
 whenever its recorded checksum or count disagrees), written to a temporary file and renamed.
 A run killed at any moment and started again therefore encodes every image exactly once.
 
@@ -24,6 +26,8 @@ from embedstore.progress import Progress
 
 EXIT_OK = 0
 EXIT_PARTIAL = 3
+COMMIT_EVERY_S = 2.0  # group batches into one commit at most this often: opening the file costs ~25-60 ms
+COMMIT_SHARE_MAX = 0.05  # and no sooner than 19x the last commit took, so commits stay under 5 % of the run
 
 
 @dataclass
@@ -36,6 +40,8 @@ class EncodeResult:
     failed: int = 0  # unreadable or missing files (see the `errors` table)
     texts: int = 0  # prompt embeddings added
     seconds: float = 0.0
+    commits: int = 0  # transactions that wrote image vectors (batches are grouped by time)
+    commit_seconds: float = 0.0  # time spent in those commits (open, write, commit, close), within `seconds`
     index_rebuilt: bool = False
     split_by_hash: int = 0  # new images of new groups in a store that already had splits (hash of the group)
     split_given_overridden: int = 0  # new images whose given split disagreed with their group's stored one
@@ -56,8 +62,8 @@ class EncodeResult:
         return out
 
     def to_polars(self):
-        """One row: version, encoded, skipped, failed, texts, seconds, index_rebuilt, split_by_hash,
-        split_given_overridden, images_per_s."""
+        """One row: version, encoded, skipped, failed, texts, seconds, commits, commit_seconds,
+        index_rebuilt, split_by_hash, split_given_overridden, images_per_s."""
         import polars as pl
 
         return pl.DataFrame([self.as_dict()])
@@ -157,6 +163,7 @@ def encode(
     progress: bool = True,
     strict: bool = False,
     views: str | None = None,
+    commit_every: float = COMMIT_EVERY_S,
 ) -> EncodeResult:
     """Encode every image of a data set (and its label prompts) once into the store `st` (Storage).
 
@@ -174,6 +181,8 @@ def encode(
     is not given, a `boxes.csv` next to the data set (the layout `embedstore synth` writes) is used.
 
     The model is built by `embedstore.models.load_model(model, pretrained, device, precision)`.
+    Batches are committed together at most every `commit_every` seconds (0: each batch alone), and
+    no sooner than 19 times the last commit took (commits stay under 5 % of the run).
     """
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
@@ -190,7 +199,7 @@ def encode(
     loaded = load_model(model, pretrained=pretrained, device=device, precision=precision)
     if version is not None:
         _check_version(st, loaded, precision, version)
-    with st.connect(write=True):  # the lock is held for the whole run
+    with st.writer():  # the lock is held for the whole run, the DuckDB file only while committing
         before = {m: st.images_placed_by(m) for m in ("hash", GROUP_OVER_GIVEN)}
         # the store records how the reader drew the data set's splits when it freezes them
         ids = st.upsert_images(ds.records, Assignment(ds.split_method, ds.split_seed, ds.split_fractions))
@@ -210,7 +219,7 @@ def encode(
         start = time.perf_counter()
         before = st.index_state(ver)
         _run_batches(st, ver, loaded, items, batch_size, default_workers() if workers is None else workers,
-                     summary, progress)
+                     summary, progress, commit_every=commit_every)
         if missing:
             st.write_errors(ver, missing)
             summary.failed += len(missing)
@@ -269,13 +278,15 @@ def encode_prompts(st, version: str, loaded, findings: list[str], batch: int = 6
 
 
 def encode_into(st, version: str, loaded, ids=None, batch_size: int = 32, workers: int | None = None,
-                progress: bool = False, reencode: bool = False, on_batch=None) -> EncodeResult:
+                progress: bool = False, reencode: bool = False, on_batch=None,
+                commit_every: float = COMMIT_EVERY_S) -> EncodeResult:
     """Encode store images (`ids`, default every image with a file) into an existing `version`
     with `loaded`, through the same batches and workers as `encode`; the index is not touched.
 
     Images already stored in the version with the same content hash are skipped unless
-    `reencode`. `on_batch(ids)` is called after each batch is committed (e.g. to collect
-    per-image outputs a wrapper around `loaded` computed in the same forward pass).
+    `reencode`. `on_batch(ids)` is called right after each batch's forward pass (e.g. to collect
+    per-image outputs a wrapper around `loaded` computed in it); the batch is committed with the
+    next group commit, and a run that fails before then raises, so nothing collected outlives it.
     Used by `embedstore finetune` to fill a new version.
     """
     meta = st.images().select("id", "image_id", "path")
@@ -287,12 +298,13 @@ def encode_into(st, version: str, loaded, ids=None, batch_size: int = 32, worker
     summary = EncodeResult(version=version)
     start = time.perf_counter()
     _run_batches(st, version, loaded, items, batch_size, default_workers() if workers is None else workers,
-                 summary, progress, on_batch=on_batch)
+                 summary, progress, on_batch=on_batch, commit_every=commit_every)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _run_batches(st, version, loaded, items, batch_size, workers, summary, progress, on_batch=None) -> None:
+def _run_batches(st, version, loaded, items, batch_size, workers, summary, progress, on_batch=None,
+                 commit_every: float = COMMIT_EVERY_S) -> None:
     import torch
     from torch.utils.data import DataLoader
 
@@ -307,19 +319,44 @@ def _run_batches(st, version, loaded, items, batch_size, workers, summary, progr
         prefetch_factor=4 if workers else None,
         multiprocessing_context="fork" if workers else None,
     )
+    pending: list[dict] = []  # encoded batches not committed yet
+    last, gap = time.monotonic(), commit_every  # the last commit's end; the time to the next one
     bar = Progress("encoding", len(items), enabled=progress)
     with bar, torch.inference_mode():
         for batch in loader:
             X = loaded.encode_images(batch["tensor"]) if batch["tensor"] is not None else np.zeros((0, 0), np.float32)
-            st.add_image_vectors(version, batch["ids"], batch["hashes"], np.asarray(X, dtype=np.float32),
-                                 sizes=batch["sizes"], errors=batch["errors"])
+            pending.append({**batch, "X": np.asarray(X, dtype=np.float32)})
             if on_batch is not None and len(batch["ids"]):
-                on_batch(batch["ids"])
-            summary.encoded += len(batch["ids"])
-            summary.skipped += batch["skipped"]
-            summary.failed += len(batch["errors"])
-            summary.errors += batch["errors"]
+                on_batch(batch["ids"])  # right after its forward pass: a wrapper's outputs are this batch's
+            if time.monotonic() - last >= gap:
+                took = _commit(st, version, pending, summary)
+                last = time.monotonic()
+                if commit_every > 0:  # a slow commit (a big file, a loaded machine) spaces the next ones out
+                    gap = max(commit_every, took * (1 - COMMIT_SHARE_MAX) / COMMIT_SHARE_MAX)
             bar.advance(batch["n"])
+        _commit(st, version, pending, summary)
+
+
+def _commit(st, version, pending: list[dict], summary) -> float:
+    """Write the pending batches in one transaction (`add_image_vectors`), count them; the seconds it took."""
+    if not pending:
+        return 0.0
+    started = time.perf_counter()
+    vectors = [b["X"] for b in pending if len(b["ids"])]
+    st.add_image_vectors(version, np.concatenate([b["ids"] for b in pending]),
+                         [h for b in pending for h in b["hashes"]],
+                         np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32),
+                         sizes=[s for b in pending for s in b["sizes"]], errors=[e for b in pending for e in b["errors"]])
+    took = time.perf_counter() - started
+    summary.commits += 1
+    summary.commit_seconds += took
+    for b in pending:
+        summary.encoded += len(b["ids"])
+        summary.skipped += b["skipped"]
+        summary.failed += len(b["errors"])
+        summary.errors += b["errors"]
+    pending.clear()
+    return took
 
 
 def _read_boxes(boxes: str | None, box_format: str, ds):

@@ -30,7 +30,20 @@ def world(tmp_path_factory):
     (root / "secret.txt").write_text("root:x:0:0\n")
     (root / "bad.csv").write_text("image_id,finding,x\n1,2\n")
     image_id = embedstore.open(store).sql("SELECT image_id FROM images ORDER BY id LIMIT 1")["image_id"][0]
+    _import_files(root, image_id)
     return {"root": root, "data": data, "store": store, "image": image_id}
+
+
+def _import_files(root: Path, image_id: str) -> None:
+    """A model record of dimension 4 and Parquet files `import` must refuse."""
+    import json
+
+    import polars as pl
+
+    (root / "model.json").write_text(json.dumps({"name": "elsewhere", "embed_dim": 4}))
+    pl.DataFrame({"image_id": [image_id]}).write_parquet(root / "novector.parquet")
+    pl.DataFrame({"image_id": [image_id], "vector": [[0.1, 0.2, 0.3]]}).write_parquet(root / "dim3.parquet")
+    pl.DataFrame({"image_id": ["no-such-image"], "vector": [[0.1, 0.2, 0.3, 0.4]]}).write_parquet(root / "unknown.parquet")
 
 
 SECRET = "(SELECT content FROM read_text('{root}/secret.txt')) LIKE 'root:%'"
@@ -98,6 +111,13 @@ BAD_INPUTS = [
     ("label-issues --folds 1 --store {store}", 2, "--folds"),
     ("infer-views --version v9 --store {store}", 2, "v9"),
     ("infer-views --folds 1 --store {store}", 2, "--folds"),
+    ("export --version v9 --out {root}/exported --store {store}", 2, "v9"),
+    ("export --out {root}/afile --store {store}", 2, "afile"),
+    ("import {root}/novector.parquet --model-record {root}/model.json --store {store}", 2, "missing column(s) vector"),
+    ("import {root}/dim3.parquet --model-record {root}/model.json --store {store}", 2, "embed_dim is 4"),
+    ("import {root}/unknown.parquet --model-record {root}/model.json --store {store}", 2, "'no-such-image'"),
+    ("import {root}/unknown.parquet --model-record {root}/missing.json --store {store}", 2, "missing.json"),
+    ("import {root}/missing.parquet --model-record {root}/model.json --store {store}", 2, "missing.parquet"),
     ("nosuchcommand", 2, "nosuchcommand"),
 ]
 

@@ -95,6 +95,14 @@ def test_store_commands(world, capsys):
     same(capsys, ["splits", *store], lambda: st.splits(), warm=False)
 
 
+def test_export_and_import(small_phantoms, capsys, tmp_path):
+    shutil.copytree(small_phantoms / "store", tmp_path / "store")  # import adds a version: not the shared world
+    st, out = open_store(tmp_path / "store"), tmp_path / "exported"
+    store = ["--store", str(tmp_path / "store")]
+    same(capsys, ["export", "--out", str(out), "--version", "v1", *store], lambda: st.export(out, version="v1"))
+    same(capsys, ["import", str(out), *store], lambda: st.import_(out))
+
+
 def test_analysis_commands(world, capsys):
     root, _, st = world
     store = ["--store", str(root / "store")]

@@ -27,7 +27,7 @@ def store(small_two_versions, tmp_path):
     return path
 
 
-@pytest.mark.slow  # 15 commands and a second version: ~7 s
+@pytest.mark.slow  # 17 commands and a second version: ~8 s
 def test_fast_commands_never_import_torch_or_open_clip(store, small_phantoms, tmp_path):
     s = ["--store", str(store)]
     commands = {
@@ -46,6 +46,8 @@ def test_fast_commands_never_import_torch_or_open_clip(store, small_phantoms, tm
         "compare versions": ["compare", "v1", "v2", *s],
         "compare methods": ["compare", "--methods", "zeroshot:pos-neg,probe", "--version", "v1", *s],
         "report": ["report", "--out", str(tmp_path / "report.html"), *s],
+        "export": ["export", "--out", str(tmp_path / "exported"), "--version", "v1", *s],
+        "import": ["import", str(tmp_path / "exported"), *s],  # last: it adds a version
     }
     stored_prompt = embedstore.open(store).sql(
         "SELECT count(*) AS n FROM text_embeddings WHERE version = 'v1' AND text = 'enlarged cardiac silhouette'")

@@ -170,7 +170,8 @@ FORK_SERVER = textwrap.dedent("""
         faiss.write_index = write
         idx.os.replace = replace
         paths = sorted(Path(imgdir).glob("*.png"))
-        encode(Storage(store), make_dataset(paths), model=MODEL, batch_size=4, workers=1, device="cpu", progress=False)
+        encode(Storage(store), make_dataset(paths), model=MODEL, batch_size=4, workers=1, device="cpu", progress=False,
+               commit_every=0)  # a commit per batch, so each kill point below falls between two of them
         print("done", flush=True)
 
     print("ready", flush=True)

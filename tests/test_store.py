@@ -122,7 +122,8 @@ def test_text_vectors_and_boxes(st):
     assert st.boxes().height == 1
 
 
-def test_second_writer_and_reader_get_store_busy(st, tmp_path):
+def test_second_writer_and_reader_get_store_busy(st, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMBEDSTORE_BUSY_TIMEOUT", "0.5")  # a reader retries this long before "store busy"
     st.upsert_images(_records())
     holder = textwrap.dedent(f"""
         import sys, time

@@ -149,7 +149,7 @@ def finetune(
                                    progress)
             folder = _export(trained, loaded, head, data, work / "export", settings, result, parent, key)
         result.seconds = time.perf_counter() - started  # recorded as the run's duration (training)
-        with st.connect(write=True):
+        with st.writer():  # the writer lock; DuckDB is opened per commit, so readers get in between
             if pending is None:
                 version = _create_version(st, folder, parent, key, settings, data, head is not None, config.device)
             else:

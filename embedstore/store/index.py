@@ -142,14 +142,15 @@ class IndexFiles:
 
     def rebuild_index(self, version: str, kind: str = "auto") -> dict:
         """Build the version's FAISS index from DuckDB, write it atomically, record checksum."""
-        with self.connect(write=True) as con:
+        with self.writer():  # the file is held only to read the vectors and to record the index
             ids, X = self.image_vectors(version)
             index = build(ids, X, kind=kind)
             checksum = write_atomic(index, self.index_path(version))
-            con.execute(
-                "UPDATE versions SET index_checksum = ?, index_count = ?, count = ?, index_file = ? WHERE version = ?",
-                [checksum, len(ids), len(ids), f"index/{version}.faiss", version],
-            )
+            with self.transaction() as con:
+                con.execute(
+                    "UPDATE versions SET index_checksum = ?, index_count = ?, count = ?, index_file = ? WHERE version = ?",
+                    [checksum, len(ids), len(ids), f"index/{version}.faiss", version],
+                )
         return {"version": version, "count": len(ids), "kind": kind_of(index), "checksum": checksum}
 
     def load_index(self, version: str):

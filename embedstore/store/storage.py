@@ -1,15 +1,17 @@
 """The store: one DuckDB file plus FAISS index files in a directory.
 
 `Storage` knows nothing of models: it keeps the vectors and the model *record* (a dict) it is
-given. Writers take an exclusive lock (`lock`, holding the writer's PID); readers open DuckDB
-read-only and never take the lock. Every write is a DuckDB transaction; index files are
-written to a temporary file and renamed.
+given. Writers take an exclusive lock (`lock`, holding the writer's PID) for their whole command
+but open the DuckDB file only while they write; readers open it read-only, never take the lock,
+and retry for a bounded time while a writer commits. Every write is a DuckDB transaction; index
+files are written to a temporary file and renamed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,17 @@ from embedstore.store.versions import VersionTables
 
 DB_NAME = "embedstore.duckdb"
 DEFAULT_STORE = ".embedstore"
+BUSY_TIMEOUT_S = 10.0  # how long a reader retries while a writer commits, unless $EMBEDSTORE_BUSY_TIMEOUT
+WRITER_WAIT_S = 60.0  # how long a writer's commit waits for readers' connections to close
+
+
+def busy_timeout() -> float:
+    """Seconds a connection retries a file held by another process: $EMBEDSTORE_BUSY_TIMEOUT, else 10."""
+    raw = os.environ.get("EMBEDSTORE_BUSY_TIMEOUT")
+    try:
+        return max(0.0, float(raw)) if raw else BUSY_TIMEOUT_S
+    except ValueError:
+        raise StoreError(f"EMBEDSTORE_BUSY_TIMEOUT={raw!r} is not a number of seconds; set e.g. 10") from None
 
 
 def default_path(path: str | os.PathLike | None = None) -> Path:
@@ -51,6 +64,7 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         self._lock = WriteLock(self.path / "lock")
         self._con = None  # the open write connection, shared by nested `connect(write=True)`
         self._layout_checked = False  # the file's layout is checked (and migrated) once per object
+        self._view_checked = False  # labels_wide is checked once per writer session
 
     def __repr__(self) -> str:
         return f"Storage({str(self.path)!r})"
@@ -66,42 +80,65 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
 
     # ---- connections -------------------------------------------------------------------
     @contextlib.contextmanager
-    def connect(self, write: bool = False, external: bool = False) -> Iterator[Any]:
-        """A DuckDB connection. `write=True` takes the store lock (StoreBusy if held).
+    def writer(self) -> Iterator[None]:
+        """Hold the store's writer lock (StoreBusy if another process holds it) for a whole
+        command, without holding the DuckDB file: each write inside opens the file, commits and
+        closes it (`connect(write=True)`), so readers get in between commits. Nested use is free.
+        """
+        if self._lock.fd is not None:
+            yield
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise StoreError(f"--store {self.path} is a file, not a store directory; give a folder")
+        self._lock.acquire()
+        self._view_checked = False
+        try:
+            yield
+        finally:
+            self._lock.release()
 
-        Readers open the file read-only and never block on the lock; while another process
-        holds the DuckDB file open for writing, DuckDB refuses readers and that becomes
-        the same StoreBusy message. Reading a store that does not exist is a StoreError that
-        creates nothing. Every connection has DuckDB's external access off and its configuration
-        locked (no file, network, extension or setting reachable from SQL) unless `external`.
+    @property
+    def writing(self) -> bool:
+        """Whether this process holds the store's writer lock (inside `writer()`)."""
+        return self._lock.fd is not None
+
+    @contextlib.contextmanager
+    def connect(self, write: bool = False, external: bool = False) -> Iterator[Any]:
+        """A DuckDB connection, open only for the block. `write=True` takes the store's writer lock
+        (StoreBusy if another process holds it) unless `writer()` holds it already.
+
+        Readers open the file read-only and never take the lock. DuckDB lets one process open the
+        file for writing or many for reading, never both: a connection that meets the other kind
+        retries for `busy_timeout()` seconds (`$EMBEDSTORE_BUSY_TIMEOUT`, default 10) before it is
+        the StoreBusy message; writers hold the file only while they write, so readers get in
+        between commits. Inside `writer()` reads use the writer's kind of connection (nested
+        writes reuse it). Reading a store that does not exist is a StoreError that creates
+        nothing. Every connection has DuckDB's external access off and its configuration locked
+        (no file, network, extension or setting reachable from SQL) unless `external`.
         """
         import duckdb
 
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"--store {self.path} is a file, not a store directory; give a folder")
-        if write:
-            if self._con is not None:  # nested use inside one writer
-                yield self._con
-                return
-            self._lock.acquire()
-            try:
+        if self._con is not None:  # nested use inside one write connection
+            yield self._con
+            return
+        if write or self.writing:
+            with self.writer():
                 self.path.mkdir(parents=True, exist_ok=True)
                 con = self._open(duckdb, read_only=False, external=external)
                 try:
                     if not self._layout_checked:
                         schema.migrate(con, self.path)
                         self._layout_checked = True
-                    self._ensure_labels_view(con)
+                    if not self._view_checked:
+                        self._ensure_labels_view(con)
+                        self._view_checked = True
                     self._con = con
                     yield con
                 finally:
                     self._con = None
                     con.close()
-            finally:
-                self._lock.release()
-            return
-        if self._con is not None:
-            yield self._con
             return
         if not self.db_path.exists():
             raise StoreError(f"no store at {self.path}; encode a data set into it first "
@@ -126,15 +163,22 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         return not self._layout_checked
 
     def _open(self, duckdb, read_only: bool, external: bool = False):
+        """Open the file, retrying while another process holds it in the other mode: readers for
+        `busy_timeout()` seconds, writers (whose commit waits on readers' short reads) at least 60."""
         config = {} if external else {"enable_external_access": False, "lock_configuration": True}
-        try:
-            return duckdb.connect(str(self.db_path), read_only=read_only, config=config)
-        except duckdb.IOException as err:
-            if "lock" in str(err).lower():
-                raise StoreBusy(
-                    f"store busy, held by PID {self._lock.holder()} ({self.path}); try again when it finishes"
-                ) from None
-            raise StoreError(f"cannot open {self.db_path}: {str(err).splitlines()[0]}") from None
+        wait = busy_timeout() if read_only else max(busy_timeout(), WRITER_WAIT_S)
+        deadline, pause = time.monotonic() + wait, 0.005
+        while True:
+            try:
+                return duckdb.connect(str(self.db_path), read_only=read_only, config=config)
+            except duckdb.IOException as err:
+                if "lock" not in str(err).lower():
+                    raise StoreError(f"cannot open {self.db_path}: {str(err).splitlines()[0]}") from None
+                if time.monotonic() >= deadline:
+                    raise StoreBusy(f"store busy, held by PID {self._lock.holder()} ({self.path}); "
+                                    "try again when it finishes") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:

@@ -127,6 +127,43 @@ class VectorTables:
                               [version, text_hash(text)])
         return None if vector is None else np.asarray(vector, dtype=np.float32)
 
+    # ---- Parquet export and import (`embedstore export` / `import`) --------------------------
+    def export_frame(self, version: str):
+        """id, image_id, split, labels (a list of {finding, value}, value 1 / 0 / -1; a missing label
+        is left out), vector of every image of `version`, by id: what `export` writes."""
+        return self._df(
+            """SELECT e.id, i.image_id, i.split,
+                      coalesce((SELECT list({'finding': l.finding, 'value': l.value} ORDER BY l.finding)
+                                FROM labels l WHERE l.id = e.id AND l.value IS NOT NULL), []) AS labels,
+                      e.vector
+               FROM image_embeddings e JOIN images i ON i.id = e.id WHERE e.version = ? ORDER BY e.id""", [version])
+
+    def unknown_image_ids(self, image_ids) -> list[str]:
+        """The `image_ids` the store has no image of, in the order given."""
+        import polars as pl
+
+        want = pl.DataFrame({"image_id": pl.Series(list(image_ids), dtype=pl.String)}).with_row_index("n")
+        with self.connect() as con, registered(con, want_ids=want):
+            return [r[0] for r in con.sql("SELECT w.image_id FROM want_ids w ANTI JOIN images i USING (image_id) "
+                                          "ORDER BY w.n").fetchall()]
+
+    def add_vectors_by_image_id(self, version: str, image_ids: list[str], X: np.ndarray) -> int:
+        """Write vectors made elsewhere for stored images (by `image_id`) in ONE transaction,
+        replacing any older vector of those images in `version`; the images keep their content hash."""
+        import polars as pl
+
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        frame = pl.DataFrame({"image_id": pl.Series(list(image_ids), dtype=pl.String),
+                              "vector": pl.Series(list(X), dtype=pl.List(pl.Float32))})
+        with self.transaction() as con, registered(con, imported=frame):
+            con.execute("""DELETE FROM image_embeddings WHERE version = ?
+                             AND id IN (SELECT i.id FROM images i JOIN imported USING (image_id))""", [version])
+            con.execute("""INSERT INTO image_embeddings SELECT ?, i.id, i.content_hash, b.vector
+                           FROM imported b JOIN images i USING (image_id)""", [version])
+            con.execute("UPDATE versions SET count = (SELECT count(*) FROM image_embeddings WHERE version = ?) "
+                        "WHERE version = ?", [version, version])
+        return frame.height
+
     # ---- what `query` reads ------------------------------------------------------------------
     def finding_prompts(self, version: str, name: str):
         """(texts, M) of the positive prompts of the finding called `name` (case, spaces and

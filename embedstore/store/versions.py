@@ -84,7 +84,7 @@ class VersionTables:
         if version not in status:
             raise StoreError(f"unknown version {version!r} in {self.path}; known: {', '.join(status) or 'none'}")
         warned = self.__dict__.setdefault("_warned_building", set())
-        if status[version] != "complete" and self._con is None and version not in warned:  # once; not the writer's
+        if status[version] != "complete" and not self.writing and version not in warned:  # once; not the writer's
             warned.add(version)
             warnings.warn(f"version {version} is still being built (a killed encode or finetune); its results cover "
                           "what it holds so far", stacklevel=2)
