@@ -138,3 +138,29 @@ def test_uncertain_decides_what_an_uncertain_label_counts_as(store, capsys, comm
     assert counts("mask") == {f: (pos[f] + neg[f], pos[f]) for f in findings}
     assert counts("negative") == {f: (pos[f] + neg[f] + unc[f], pos[f]) for f in findings}
     assert counts("positive") == {f: (pos[f] + neg[f] + unc[f], pos[f] + unc[f]) for f in findings}
+
+
+def test_versions_drop_removes_a_version_with_its_runs_and_keeps_the_others(tmp_path, capsys):
+    """`versions --drop` of a version with stored runs: its runs, rows and index go, v1's stay."""
+    from store_helpers import open_store
+
+    from embedstore.cli import main
+
+    st = open_store(tmp_path / "store")
+    syn = synthetic.make(n=300, n_findings=3, d=16, seed=2)
+    synthetic.to_store(syn, st, name="a")
+    synthetic.to_store(syn, st, name="b")
+    for v in ("v1", "v2"):
+        st.probe(v, n_boot=20, min_positives=1)
+        st.zeroshot(v, rule="pos-neg", n_boot=20, min_positives=1)
+    kept = st.sql("SELECT run_id FROM runs WHERE version = 'v1' ORDER BY 1")["run_id"].to_list()
+    with pytest.raises(SystemExit) as exc:
+        main(["versions", "--drop", "v2", "--store", str(st.path)])
+    assert exc.value.code == 0, capsys.readouterr().err
+    assert st.versions()["version"].to_list() == ["v1"] and not st.index_path("v2").exists()
+    assert st.sql("SELECT run_id FROM runs ORDER BY 1")["run_id"].to_list() == kept
+    for table in ("metrics", "image_scores", "run_findings", "image_embeddings"):
+        orphans = st.sql(f"SELECT count(*) AS n FROM {table} WHERE {'version' if table == 'image_embeddings' else 'run_id'} "
+                         f"NOT IN (SELECT {'version' if table == 'image_embeddings' else 'run_id'} FROM "
+                         f"{'versions' if table == 'image_embeddings' else 'runs'})")["n"][0]
+        assert orphans == 0, table

@@ -63,9 +63,13 @@ class RunTables:
     def delete_run(self, run_id: str) -> None:
         """Delete a run and its rows in every run table."""
         with self.transaction() as con:
-            for name in self._run_tables(con):
-                con.execute(f"DELETE FROM {name} WHERE run_id = ?", [run_id])
-            con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+            self._delete_run(con, run_id)
+
+    def _delete_run(self, con, run_id: str) -> None:
+        """`delete_run` inside a transaction the caller holds (e.g. dropping a whole version)."""
+        for name in self._run_tables(con):
+            con.execute(f"DELETE FROM {name} WHERE run_id = ?", [run_id])
+        con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
 
     def _run_tables(self, con) -> list[str]:
         rows = con.sql(

@@ -107,7 +107,7 @@ class VersionTables:
             if children:
                 raise StoreError(f"version {version} is the parent of {', '.join(children)}; drop those first")
             for run_id in self._column("SELECT run_id FROM runs WHERE version = ?", [version]):
-                self.delete_run(run_id)
+                self._delete_run(con, run_id)
             for table in ("image_embeddings", "text_embeddings", "fit_images", "errors", "versions"):
                 con.execute(f"DELETE FROM {table} WHERE version = ?", [version])
         self.index_path(version).unlink(missing_ok=True)
