@@ -28,6 +28,7 @@ EXIT_OK = 0
 EXIT_PARTIAL = 3
 COMMIT_EVERY_S = 2.0  # group batches into one commit at most this often: opening the file costs ~25-60 ms
 COMMIT_SHARE_MAX = 0.05  # and no sooner than 19x the last commit took, so commits stay under 5 % of the run
+COMMIT_GAP_MAX_S = 10.0  # however slow a commit was (a reader held the file), commit at least this often
 
 
 @dataclass
@@ -325,14 +326,15 @@ def _run_batches(st, version, loaded, items, batch_size, workers, summary, progr
     with bar, torch.inference_mode():
         for batch in loader:
             X = loaded.encode_images(batch["tensor"]) if batch["tensor"] is not None else np.zeros((0, 0), np.float32)
-            pending.append({**batch, "X": np.asarray(X, dtype=np.float32)})
+            # keep what the commit writes, not the batch's pixels: pending batches stay in memory until it
+            pending.append({k: v for k, v in batch.items() if k != "tensor"} | {"X": np.asarray(X, dtype=np.float32)})
             if on_batch is not None and len(batch["ids"]):
                 on_batch(batch["ids"])  # right after its forward pass: a wrapper's outputs are this batch's
             if time.monotonic() - last >= gap:
                 took = _commit(st, version, pending, summary)
                 last = time.monotonic()
                 if commit_every > 0:  # a slow commit (a big file, a loaded machine) spaces the next ones out
-                    gap = max(commit_every, took * (1 - COMMIT_SHARE_MAX) / COMMIT_SHARE_MAX)
+                    gap = min(max(commit_every, took * (1 - COMMIT_SHARE_MAX) / COMMIT_SHARE_MAX), COMMIT_GAP_MAX_S)
             bar.advance(batch["n"])
         _commit(st, version, pending, summary)
 

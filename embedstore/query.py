@@ -145,12 +145,13 @@ def exact_search(st, version: str, q: np.ndarray, k: int, subset: np.ndarray | N
 
 
 def _index(st, version: str):
-    """The current index; rebuilt if stale and the store is free, else None (exact search)."""
+    """The current index; rebuilt if stale and the store is writable and free, else None (exact
+    search: a reader on a read-only store or beside a writer still answers)."""
     index = st.load_index(version)
-    if index is not None:
+    if index is not None or not st.writable():
         return index
     try:
         st.rebuild_index(version)
-    except StoreBusy:
+    except (StoreBusy, OSError):
         return None
     return st.load_index(version)

@@ -78,3 +78,26 @@ def test_reading_commands_work_on_a_read_only_store(read_only, args):
     done = _run_read_only(read_only, args)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_query_without_its_index_answers_by_exact_search_on_a_read_only_store(store, tmp_path):
+    """The index file is gone (a copy without it): a read-only store cannot rebuild it, so `query`
+    searches exactly, the same hits as the writable store's rebuilt index gives."""
+    copy = tmp_path / "st"
+    shutil.copytree(store, copy)
+    for index in (copy / "index").glob("*.faiss"):
+        index.unlink()
+    files = [copy, *copy.rglob("*")]
+    for p in files:
+        p.chmod(p.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    try:
+        done = _run_read_only(copy, ["query", "Cardiomegaly", "-k", "4"])
+    finally:
+        for p in reversed(files):
+            p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    assert done.returncode == 0, done.stderr
+    assert not list((copy / "index").glob("*.faiss"))  # nothing written
+    want = subprocess.run([sys.executable, "-m", "embedstore", "query", "Cardiomegaly", "-k", "4", "--store", str(store),
+                           "--format", "csv"], capture_output=True, text=True, timeout=300)
+    ids = lambda out: [line.split(",")[2] for line in out.strip().splitlines()[1:]]  # noqa: E731
+    assert ids(done.stdout) == ids(want.stdout) and len(ids(want.stdout)) == 4

@@ -79,6 +79,14 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         return self._lock.fd
 
     # ---- connections -------------------------------------------------------------------
+    def _busy_message(self, read_only: bool, err) -> str:
+        """Who holds the file: for a reader, the writer that holds the lock; for a writer (which
+        holds the lock itself), the readers DuckDB names (e.g. a `duckdb` shell left open)."""
+        if read_only:
+            return f"store busy, held by PID {self._lock.holder()} ({self.path}); try again when it finishes"
+        return (f"store busy: {self.db_path} is open elsewhere ({str(err).splitlines()[0]}); "
+                "close other sessions on it (e.g. a `duckdb` shell) and run the command again")
+
     @contextlib.contextmanager
     def writer(self) -> Iterator[None]:
         """Hold the store's writer lock (StoreBusy if another process holds it) for a whole
@@ -144,6 +152,9 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
             raise StoreError(f"no store at {self.path}; encode a data set into it first "
                              f"(`embedstore encode SOURCE --store {self.path}`) or check --store")
         if not self._layout_checked and self._needs_migration(duckdb):
+            if not self.writable():
+                raise StoreError(f"store {self.path} was written by an older embedstore and must be migrated once; "
+                                 "run any command on it where it is writable (e.g. `embedstore versions`)")
             with self.connect(write=True):  # migrate a store written by an older embedstore
                 pass
         con = self._open(duckdb, read_only=True, external=external)
@@ -175,8 +186,7 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
                 if "lock" not in str(err).lower():
                     raise StoreError(f"cannot open {self.db_path}: {str(err).splitlines()[0]}") from None
                 if time.monotonic() >= deadline:
-                    raise StoreBusy(f"store busy, held by PID {self._lock.holder()} ({self.path}); "
-                                    "try again when it finishes") from None
+                    raise StoreBusy(self._busy_message(read_only, err)) from None
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
 
