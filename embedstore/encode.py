@@ -210,7 +210,7 @@ def encode(
         ver = _choose_version(st, loaded, precision, version)
         summary = EncodeResult(version=ver, split_by_hash=placed["hash"], split_given_overridden=placed[GROUP_OVER_GIVEN])
         summary.texts = encode_prompts(st, ver, loaded, ds.findings)
-        st.clear_errors(ver, [r.image_id for r in ds.records])  # errors describe the latest attempt
+        st.clear_errors(ver, [r.image_id for r in ds.records], ds.source)  # errors describe the latest attempt
         missing = [
             {"image_id": r.image_id, "path": r.path, "stage": "read", "reason": "no image file for this record"}
             for r in ds.records if not r.path

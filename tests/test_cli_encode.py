@@ -71,6 +71,27 @@ def test_exit_0_when_every_image_is_encoded_or_already_stored(phantoms, tmp_path
     assert code == 0 and (json.loads(out)["encoded"], json.loads(out)["skipped"]) == (0, len(images_of(phantoms)))
 
 
+def test_a_malformed_report_is_recorded_the_rest_encoded_exit_3_and_strict_stops(phantoms, tmp_path, capsys):
+    """A report that is not XML: exit 3, one `errors` row (stage read, the file) that a re-run
+    replaces rather than repeats and a fixed report clears; `--strict` stops at it, storing nothing."""
+    data = tmp_path / "data"
+    shutil.copytree(phantoms, data)
+    report = sorted((data / "ecgen-radiology").glob("*.xml"))[0]
+    good = report.read_text()
+    report.write_text("<eCitation><MeSH></eCitation>")
+    store = ["--store", str(tmp_path / "store")]
+    code, _, err = encode(capsys, str(data), *MODEL, *store, "--strict")
+    assert one_line_error(code, err, report.name) and not (tmp_path / "store").exists()
+    errors = "SELECT stage, path FROM errors WHERE image_id IS NULL"
+    for _ in range(2):
+        code, _, err = encode(capsys, str(data), *MODEL, *store)
+        assert code == 3 and f"failed: report ({report}" in err, err
+        assert open_store(tmp_path / "store").sql(errors).rows() == [("read", str(report))]
+    report.write_text(good)
+    code, _, _ = encode(capsys, str(data), *MODEL, *store)
+    assert code == 0 and open_store(tmp_path / "store").sql(errors).is_empty()
+
+
 @pytest.mark.parametrize("args,fragments", [
     (["--dataset", "nope"], ["--dataset 'nope'", "openi"]),
     (["--labels", "nope"], ["--labels 'nope'", "automatic"]),

@@ -52,7 +52,8 @@ def encode(
               "splits (see `embedstore splits`, method group-over-given)", file=sys.stderr)
     if result.errors and fmt is Format.table:
         for err in result.errors[:10]:
-            print(f"failed: {err['image_id']} ({err['path']}): {err['reason']}", file=sys.stderr)
+            what = err["image_id"] or "report"  # an unreadable report has no image id
+            print(f"failed: {what} ({err['path']}): {err['reason']}", file=sys.stderr)
         if len(result.errors) > 10:
             print(f"... {len(result.errors) - 10} more: embedstore sql --file errors", file=sys.stderr)
     raise typer.Exit(result.exit_code)

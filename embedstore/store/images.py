@@ -233,13 +233,17 @@ class ImageTables:
             con.execute(f"INSERT INTO boxes SELECT {', '.join(cols)} FROM new_boxes")
         return frame.height
 
-    def clear_errors(self, version: str, image_ids: list[str]) -> None:
-        """Delete the version's errors of these images (about to be tried again)."""
+    def clear_errors(self, version: str, image_ids: list[str], reports_under: str | None = None) -> None:
+        """Delete the version's errors of these images, and of the unreadable reports under the
+        data set's path `reports_under` (all about to be tried again)."""
         import polars as pl
 
         frame = pl.DataFrame({"image_id": image_ids}, schema={"image_id": pl.String})
         with self.transaction() as con, registered(con, run_ids=frame):
             con.execute("DELETE FROM errors WHERE version = ? AND image_id IN (SELECT image_id FROM run_ids)", [version])
+            if reports_under:
+                con.execute("""DELETE FROM errors WHERE version = ? AND image_id IS NULL AND stage = 'read'
+                               AND starts_with(path, ?)""", [version, reports_under])
 
     def write_errors(self, version: str | None, rows: list[dict], con=None) -> None:
         """Append rows (image_id, path, stage, reason) to `errors`."""
