@@ -352,6 +352,27 @@ def test_a_finetune_killed_while_writing_its_version_is_never_the_default(base, 
     assert st.verify()["ok"].all() and st.resolve_version(None) == "v2"
 
 
+def test_a_run_killed_after_its_run_was_written_is_completed_by_the_next_call(base, tmp_path, monkeypatch):
+    """Stopped between writing its `finetune` run and marking v2 complete: the next call reuses v2
+    (nothing is trained again) and completes it, so `verify` and the default follow."""
+    from embedstore.store import Storage
+
+    st = copy_store(base, tmp_path / "store")
+    args = dict(objective="bce", train="vision", epochs=1, lr=2e-3, batch_size=16, seed=0, device="cpu", workers=0)
+
+    def boom(*a, **k):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(Storage, "complete_version", boom)
+        with pytest.raises(RuntimeError, match="killed"):
+            st.finetune("v1", **args)
+    assert st.versions()["status"].to_list() == ["complete", "building"] and st.resolve_version(None) == "v1"
+    r = st.finetune("v1", **args)
+    assert (r.version, r.reused, r.trained_now) == ("v2", True, [])
+    assert st.versions()["status"].to_list() == ["complete", "complete"] and st.resolve_version(None) == "v2"
+
+
 def test_a_finetuned_version_is_never_scored_on_the_images_it_was_fitted_on(tuned, tmp_path):
     """fit_images holds the ids v2 trained and early-stopped on; zeroshot refuses to score v2 there
     (calibrating on val is fine), its parent can be; a version tuned from v2 inherits v2's ids."""

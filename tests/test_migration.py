@@ -92,6 +92,8 @@ def test_a_layout_1_store_is_migrated_in_place_when_opened(tmp_path):
     tuned = st.version("v2")  # a read: the store is migrated first, under the writer lock
     assert tuned.parent == "v1" and tuned.checkpoint == path / "checkpoints" / "v2"  # lineage now a column
     assert st.finetuned_with_key("k123", "finetune") == [("v2", False)]
+    # layout 1's "finished" was a written finetune run: v2 has none, so it is not complete
+    assert st.versions()["status"].to_list() == ["complete", "building"] and st.resolve_version(None) == "v1"
     with duckdb.connect(str(path / "embedstore.duckdb"), read_only=True) as con:
         assert con.sql("SELECT value FROM meta WHERE key = 'schema_version'").fetchall() == [(str(SCHEMA_VERSION),)]
         tables = {r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()}

@@ -352,6 +352,9 @@ def _training_record(st, version: str) -> dict:
 
 
 def _reused(st, version: str, parent: str, key: str, started: float) -> FinetuneResult:
+    # Its run is written only after its vectors, texts and index: a run killed between that and the
+    # status update left it `building`, and this call finishes it.
+    st.complete_version(version)
     made = st.version(version)
     ft = made.finetune
     result = FinetuneResult(version=version, parent=parent, objective=ft["objective"], train=ft["train"], key=key,

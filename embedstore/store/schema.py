@@ -138,11 +138,15 @@ def migrate(con, path) -> None:
 
 def _from_layout_1(con) -> None:
     """Layout 1 -> 2: lineage columns on `versions`, read from the model record they were buried in,
-    and each version's status (layout 1 had none: its versions count as complete)."""
+    and each version's status (layout 1 had none: a fine-tune was finished once its `finetune` run
+    was written, so one without it stays `building`; every other version counts as complete)."""
     con.execute("ALTER TABLE versions ADD COLUMN IF NOT EXISTS checkpoint TEXT")
     con.execute("ALTER TABLE versions ADD COLUMN IF NOT EXISTS finetune_key TEXT")
     con.execute("ALTER TABLE versions ADD COLUMN IF NOT EXISTS status TEXT DEFAULT 'building'")
-    con.execute("UPDATE versions SET status = 'complete' WHERE status IS NULL OR status = 'building'")
+    con.execute("""UPDATE versions SET status = CASE WHEN kind = 'finetune' AND NOT EXISTS (
+                       SELECT 1 FROM runs r WHERE r.version = versions.version AND r.kind = 'finetune')
+                   THEN 'building' ELSE 'complete' END
+                   WHERE status IS NULL OR status = 'building'""")
     con.execute("""UPDATE versions SET checkpoint = json_extract_string(model_record, '$.finetune.checkpoint'),
                        finetune_key = json_extract_string(model_record, '$.finetune.key')
                    WHERE kind = 'finetune' AND checkpoint IS NULL""")
