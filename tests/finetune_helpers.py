@@ -89,7 +89,7 @@ KILLED_WRITING = textwrap.dedent("""
 
     add = Storage.add_image_vectors
 
-    def add_then_die(self, *a, **k):  # the new version's first batch is committed, then SIGKILL
+    def add_then_die(self, *a, **k):  # the new version's first commit of vectors is done, then SIGKILL
         n = add(self, *a, **k)
         print("BATCH", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -102,7 +102,7 @@ KILLED_WRITING = textwrap.dedent("""
 
 def kill_while_writing_version(store_path: Path, args: dict, parent: str = "v1") -> None:
     """Run `finetune(parent, **args)` in a subprocess that SIGKILLs itself right after the new
-    version's first batch of vectors is committed (training done, the version half written)."""
+    version's first commit of vectors (training done; texts, index and run not written)."""
     import torch
 
     script = KILLED_WRITING.format(tests=str(TESTS), store=str(store_path), parent=parent, args=args,

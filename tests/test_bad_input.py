@@ -108,7 +108,7 @@ BAD_INPUTS = [
     ("duplicates --threshold 1.5 --store {store}", 2, "1.5"),
     ("label-issues --version v9 --store {store}", 2, "v9"),
     ("label-issues --store {store}", 2, "no finding can be cross-validated"),
-    ("label-issues --folds 1 --store {store}", 2, "--folds"),
+    ("label-issues --folds 2 --store {store}", 2, "--folds 2: give at least 3"),
     ("infer-views --version v9 --store {store}", 2, "v9"),
     ("infer-views --folds 1 --store {store}", 2, "--folds"),
     ("export --version v9 --out {root}/exported --store {store}", 2, "v9"),

@@ -177,18 +177,20 @@ def test_boxes_and_box_format_options_store_the_given_file(phantoms, tmp_path, c
     assert one_line_error(code, err, str(nih)), err
 
 
-def test_batch_size_option_sets_the_images_per_committed_batch(manifest, tmp_path, capsys, monkeypatch):
-    from embedstore.store import Storage
+def test_batch_size_option_sets_the_images_per_forward_pass(manifest, tmp_path, capsys, monkeypatch):
+    """--batch-size is the model's batch (commits group several batches by time, see test_encode)."""
+    from embedstore.models.loaded import LoadedModel
 
-    batches, add = [], Storage.add_image_vectors  # the real method, counted
+    batches, encode_images = [], LoadedModel.encode_images  # the real method, counted
 
-    def counted(self, version, ids, *args, **kwargs):
-        batches.append(len(ids))
-        return add(self, version, ids, *args, **kwargs)
+    def counted(self, images):
+        batches.append(len(images))
+        return encode_images(self, images)
 
-    monkeypatch.setattr(Storage, "add_image_vectors", counted)
+    monkeypatch.setattr(LoadedModel, "encode_images", counted)
     code, _, _ = encode(capsys, str(manifest), *MODEL, "--batch-size", "3", "--store", str(tmp_path / "s"))
     assert code == 0 and batches == [3, 3, 2]
+    assert len(open_store(tmp_path / "s").image_vectors("v1")[0]) == 8
 
 
 def test_workers_option_decodes_in_worker_processes(manifest, tmp_path, capsys, monkeypatch):

@@ -20,7 +20,7 @@ import pytest
 from embedstore.cli import main
 from store_helpers import open_store
 
-VOLATILE = {"seconds", "duration_s", "images_per_s", "started", "created", "out", "path", "report"}
+VOLATILE = {"seconds", "duration_s", "images_per_s", "commit_seconds", "started", "created", "out", "path", "report"}
 
 
 def _comparable(value):

@@ -333,7 +333,7 @@ def test_a_run_that_fails_while_writing_its_version_finishes_it_when_run_again(b
 
 @pytest.mark.slow  # a fine-tune in a subprocess, SIGKILLed, then finished: ~10 s
 def test_a_finetune_killed_while_writing_its_version_is_never_the_default(base, tmp_path, capsys):
-    """SIGKILLed with its new version half written: v2 stays `building`, the default and `query`
+    """SIGKILLed once its new version's vectors are committed: v2 stays `building`, the default and `query`
     stay on v1, `verify` fails on v2 naming the fix; the same command again completes v2."""
     from embedstore.cli import main
 
@@ -341,7 +341,7 @@ def test_a_finetune_killed_while_writing_its_version_is_never_the_default(base, 
     args = dict(objective="bce", train="vision", epochs=1, lr=2e-3, batch_size=16, seed=0, device="cpu", workers=0)
     kill_while_writing_version(st.path, args)
     assert st.versions()["status"].to_list() == ["complete", "building"]
-    assert 0 < st.image_vectors("v2")[0].size < N_IMAGES  # really half written
+    assert st.image_vectors("v2")[0].size > 0  # its vectors committed, its texts, index and run not
     assert st.resolve_version(None) == "v1"
     with pytest.raises(SystemExit) as exc:
         main(["verify", "--store", str(st.path)])

@@ -25,12 +25,27 @@ def own_data_block() -> str:
     return re.search(r"```bash\n(.*?)```", after, re.S).group(1)
 
 
+def views_file(data: Path) -> Path:
+    """The phantoms' views in Open-i's DICOM metadata layout (imageid, View Position), a third of
+    them blank as in the real file: what `--views nlmcxr_dicom_metadata.csv.gz` reads."""
+    import polars as pl
+
+    labels = pl.read_csv(data / "labels.csv").with_row_index()
+    position = pl.when(pl.col("index") % 3 == 2).then(pl.lit("")).when(pl.col("view") == "frontal").then(pl.lit("PA"))
+    out = data.parent / "views.csv"
+    labels.select(pl.col("image_id").alias("imageid"), position.otherwise(pl.lit("LL")).alias("View Position")).write_csv(out)
+    return out
+
+
 def substituted(block: str, data: Path) -> str:
     """The user's paths and model, swapped for the phantoms and phantom-clip (and nothing else)."""
     swaps = {
         ". .venv/bin/activate": "true",  # the test's PATH already leads to the venv
         "NLMCXR_reports.tgz": str(data),
         "data/openi": str(data),
+        "nlmcxr_dicom_metadata.csv.gz": str(views_file(data)),
+        # 60 studies give a finding a handful of positive patients in train and val: 3 folds, not 5
+        "label-issues --store st": "label-issues --folds 3 --store st",
         "--model biomedclip": "--model phantom-clip",
         "BBox_List_2017.csv --box-format nih": f"{data / 'boxes.csv'} --box-format canonical",
     }

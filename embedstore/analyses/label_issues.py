@@ -162,8 +162,9 @@ def label_issues(store, version: str | None = None, folds: int = DEFAULT_FOLDS, 
     docstring); `where` narrows the images (a predicate over image columns)."""
     from embedstore.analyses.runs import cached_run, load_data
 
-    if not isinstance(folds, int) or folds < 2:
-        raise InputError(f"--folds {folds}: give at least 2")
+    if not isinstance(folds, int) or folds < 3:  # one fold is scored, the next chooses C, the rest fit
+        raise InputError(f"--folds {folds}: give at least 3 (each fold is scored by a probe fitted on the others "
+                         "but one, on which its C is chosen)")
     data = load_data(store, version, where)
     rows = np.isin(data.split, ["train", "val"])
     if not rows.any():
