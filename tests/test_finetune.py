@@ -301,21 +301,28 @@ def test_bad_arguments_fail_before_anything_is_written(base, tmp_path):
     assert not [p for p in st.path.glob("checkpoints/v*")]
 
 
+ONE_EPOCH = dict(objective="bce", train="vision", epochs=1, lr=2e-3, batch_size=16, seed=0, device="cpu", workers=0)
+
+
+def _finetune_failing_at(st, monkeypatch, owner, name: str) -> None:
+    """`st.finetune("v1", **ONE_EPOCH)` with `owner.name` raising, as a run killed there would stop."""
+    def boom(*a, **k):
+        raise RuntimeError("killed")
+
+    with monkeypatch.context() as m:
+        m.setattr(owner, name, boom)
+        with pytest.raises(RuntimeError, match="killed"):
+            st.finetune("v1", **ONE_EPOCH)
+
+
 def test_a_run_that_fails_while_writing_its_version_finishes_it_when_run_again(base, tmp_path, monkeypatch):
     """Killed after the version row and its vectors were written but before its run: the next call
     completes that same version (head logits recomputed for images it no longer re-encodes)."""
     from embedstore.finetune import run as commands
 
     st = copy_store(base, tmp_path / "store")
-    args = dict(objective="bce", train="vision", epochs=1, lr=2e-3, batch_size=16, seed=0, device="cpu", workers=0)
-
-    def boom(*a, **k):
-        raise RuntimeError("killed")
-
-    with monkeypatch.context() as m:
-        m.setattr(commands, "_write_run", boom)
-        with pytest.raises(RuntimeError, match="killed"):
-            st.finetune("v1", **args)
+    _finetune_failing_at(st, monkeypatch, commands, "_write_run")
+    args = ONE_EPOCH
     assert st.versions().height == 2 and st.image_vectors("v2")[0].size == N_IMAGES
     assert st.runs().filter(st.runs()["kind"] == "finetune").height == 0  # not complete yet
     assert st.versions()["status"].to_list() == ["complete", "building"]
@@ -338,7 +345,7 @@ def test_a_finetune_killed_while_writing_its_version_is_never_the_default(base, 
     from embedstore.cli import main
 
     st = copy_store(base, tmp_path / "store")
-    args = dict(objective="bce", train="vision", epochs=1, lr=2e-3, batch_size=16, seed=0, device="cpu", workers=0)
+    args = ONE_EPOCH
     kill_while_writing_version(st.path, args)
     assert st.versions()["status"].to_list() == ["complete", "building"]
     assert st.image_vectors("v2")[0].size > 0  # its vectors committed, its texts, index and run not
@@ -358,15 +365,8 @@ def test_a_run_killed_after_its_run_was_written_is_completed_by_the_next_call(ba
     from embedstore.store import Storage
 
     st = copy_store(base, tmp_path / "store")
-    args = dict(objective="bce", train="vision", epochs=1, lr=2e-3, batch_size=16, seed=0, device="cpu", workers=0)
-
-    def boom(*a, **k):
-        raise RuntimeError("killed")
-
-    with monkeypatch.context() as m:
-        m.setattr(Storage, "complete_version", boom)
-        with pytest.raises(RuntimeError, match="killed"):
-            st.finetune("v1", **args)
+    _finetune_failing_at(st, monkeypatch, Storage, "complete_version")
+    args = ONE_EPOCH
     assert st.versions()["status"].to_list() == ["complete", "building"] and st.resolve_version(None) == "v1"
     r = st.finetune("v1", **args)
     assert (r.version, r.reused, r.trained_now) == ("v2", True, [])
