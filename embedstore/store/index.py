@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,30 @@ DEFAULTS = {
     "ivf-pq": {"k_factor": 16},  # nlist ~ 4 sqrt(n), m = d / 8 unless given
 }
 TUNABLE = {"efSearch", "nprobe"}
+
+
+@dataclass
+class IndexResult:
+    """What `embedstore index` built: the version, its vector count, the kind, how it was chosen
+    (`by size` or `by hand`) and its parameters (efSearch / nprobe as tuned, bytes a vector)."""
+
+    version: str
+    count: int
+    kind: str
+    chosen: str
+    checksum: str
+    params: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def to_polars(self):
+        """One row: version, count, kind, chosen, checksum, params (JSON text)."""
+        import json
+
+        import polars as pl
+
+        return pl.DataFrame([self.as_dict() | {"params": json.dumps(self.params)}])
 
 
 def choose_kind(n: int, exact_max: int = EXACT_MAX) -> str:
