@@ -120,6 +120,27 @@ class Store:
             raise StoreError(f"verify failed: version {bad['version']}: {bad['check']}: {bad['detail']}")
         return report
 
+    def index(self, version: str | None = None, kind: str = "auto", params: str | dict | None = None,
+              exact_max: int | None = None):
+        """`embedstore index`: rebuild the version's FAISS index by hand, an `IndexResult`. `kind`:
+        `auto` (exact up to `exact_max` vectors, default 200,000; HNSW above), `exact`, `hnsw`,
+        `hnsw-sq8` or `ivf-pq` (compressed, re-ranked exactly by `IndexRefineFlat`); `params` e.g.
+        "M=48,efConstruction=200" or "nlist=1024,m=64,k_factor=16" (efSearch / nprobe are tuned on
+        the version's own vectors unless given). A kind given by hand is kept by later rebuilds."""
+        from embedstore.errors import InputError
+        from embedstore.store import index as idx
+
+        if kind != "auto" and kind not in idx.KINDS:
+            raise InputError(f"--kind {kind!r}: give one of auto, {', '.join(idx.KINDS)}")
+        if exact_max is not None and exact_max < 0:
+            raise InputError(f"--exact-max {exact_max}: give a count of vectors, 0 or more")
+        given = params if isinstance(params, dict) else idx.parse_params(params)
+        ver = self._storage.resolve_version(version)
+        built = self._storage.rebuild_index(ver, kind=kind, params=given, exact_max=exact_max)
+        info = built["params"]
+        return idx.IndexResult(ver, built["count"], built["kind"], info["chosen"], built["checksum"],
+                               {k: v for k, v in info.items() if k not in ("kind", "chosen")})
+
     def export(self, out: PathLike, version: str | None = None):
         """`embedstore export`: the version's vectors as `out/vectors.parquet` (id, image_id, split,
         labels, vector; read by polars, DuckDB, Spark, Ray) and its model record as `out/model.json`;

@@ -5,7 +5,8 @@ averaged), is served from `text_embeddings` without importing torch. Only a new 
 `--image`) loads the model; a new text's embedding is cached for next time.
 
 `--where` filters *before* the search: the matching ids are selected in DuckDB and only
-those are searched (an IDSelector inside FAISS, or exact numpy over the subset), so k
+those are searched (an IDSelector inside FAISS, or exact search streaming the subset's vectors
+from DuckDB in chunks), so k
 results come back whenever at least k rows match.
 """
 
@@ -134,14 +135,32 @@ def search(st, version: str, q: np.ndarray, k: int, where: str | None = None,
     return exact_search(st, version, q, k, subset)
 
 
-def exact_search(st, version: str, q: np.ndarray, k: int, subset: np.ndarray | None):
-    """Exact top-k over DuckDB's vectors (the subset only, when given)."""
-    ids, X = st.image_vectors(version) if subset is None else st.image_vectors_for(version, subset)
-    s = X @ np.asarray(q, dtype=np.float32).ravel()
-    k = min(k, len(s))
-    top = np.argpartition(-s, k - 1)[:k] if k else np.zeros(0, np.int64)
-    top = top[np.lexsort((ids[top], -s[top]))]
-    return ids[top], s[top]
+EXACT_CHUNK_ROWS = 65_536  # vectors read from DuckDB at a time by exact search (128 MiB at d=512)
+
+
+def exact_search(st, version: str, q: np.ndarray, k: int, subset: np.ndarray | None,
+                 chunk_rows: int = EXACT_CHUNK_ROWS):
+    """Exact top-k over DuckDB's vectors (the subset only, when given), best first (ties by id).
+
+    The vectors stream from DuckDB in chunks of `chunk_rows`; FAISS's `ResultHeap` keeps the
+    running top-k, so memory holds one chunk and the result, never the whole (sub)set."""
+    import faiss
+
+    q = np.asarray(q, dtype=np.float32).ravel()
+    heap = None
+    for ids, X in st.image_vector_chunks(version, subset, rows=chunk_rows):
+        if heap is None:
+            heap = faiss.ResultHeap(1, k, keep_max=True)
+        heap.add_result(np.ascontiguousarray((X @ q)[None, :], dtype=np.float32),
+                        np.ascontiguousarray(ids[None, :], dtype=np.int64))
+    if heap is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    heap.finalize()
+    ids, s = heap.I[0], heap.D[0]
+    keep = ids >= 0
+    ids, s = ids[keep], s[keep]
+    order = np.lexsort((ids, -s))
+    return ids[order], s[order]
 
 
 def _index(st, version: str):

@@ -118,6 +118,9 @@ BAD_INPUTS = [
     ("import {root}/unknown.parquet --model-record {root}/model.json --store {store}", 2, "'no-such-image'"),
     ("import {root}/unknown.parquet --model-record {root}/missing.json --store {store}", 2, "missing.json"),
     ("import {root}/missing.parquet --model-record {root}/model.json --store {store}", 2, "missing.parquet"),
+    ("index --kind bogus --store {store}", 2, "bogus"),
+    ("index --params M=0 --store {store}", 2, "M=0"),
+    ("index --version v9 --store {store}", 2, "v9"),
     ("nosuchcommand", 2, "nosuchcommand"),
 ]
 

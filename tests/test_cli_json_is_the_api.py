@@ -92,6 +92,7 @@ def test_store_commands(world, capsys):
     same(capsys, ["sql", select, *store], lambda: st.sql(select), warm=False)
     same(capsys, ["versions", *store], lambda: st.versions(), warm=False)
     same(capsys, ["verify", *store], lambda: st.verify(), warm=False)
+    same(capsys, ["index", "--kind", "exact", *store], lambda: st.index(kind="exact"))
     same(capsys, ["splits", *store], lambda: st.splits(), warm=False)
 
 

@@ -42,7 +42,7 @@ def _root(
 # The command modules, in the order of the study: each, named after its commands, adds them to `app`
 # (`versions`: versions and verify; `runs`: runs, stability and seed-table).
 COMMAND_MODULES = ("inspect", "preview", "synth", "encode", "query", "sql", "versions", "splits", "zeroshot", "probe",
-                   "separability", "duplicates", "label_issues",
+                   "separability", "duplicates", "label_issues", "index",
                    "infer_views", "runs", "compare", "transfer", "finetune", "explain", "agreement", "report", "demo")
 for _module in COMMAND_MODULES:
     importlib.import_module(f"embedstore.cli.{_module}")

@@ -11,7 +11,8 @@ from embedstore.cli.options import FORMAT, STORE, VERSION, open_store
 from embedstore.cli.output import Format, emit, emit_result
 
 # What the terminal shows of `versions`: the lineage at a glance; json/csv get every column.
-ON_SCREEN = ("version", "status", "parent", "kind", "model_name", "dim", "images", "expected", "texts", "errors", "created")
+ON_SCREEN = ("version", "status", "parent", "kind", "model_name", "dim", "images", "expected", "texts", "errors", "index_kind",
+             "created")
 
 
 @app.command()

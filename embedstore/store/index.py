@@ -1,50 +1,230 @@
-"""FAISS index files: build, atomic write, checksum, load and (filtered) search.
+"""FAISS index files: choose, build, tune, atomic write, checksum, load and (filtered) search.
 
 The index is derived data: DuckDB's `image_embeddings` is the source of truth, and an index
 whose recorded checksum or count disagrees with it is rebuilt. ids are `images.id`.
+
+Kinds (all inner product, all wrapped in an `IndexIDMap2` so ids are `images.id`):
+- `exact`: `IndexFlatIP`; chosen up to `EXACT_MAX` vectors.
+- `hnsw`: `HNSW{M},Flat` (index_factory); chosen above. Its distances are exact, so re-ranking
+  adds nothing: recall comes from M, efConstruction and efSearch (efSearch tuned at build).
+- `hnsw-sq8`: `HNSW{M},SQ8` whose top `k_factor * k` candidates `IndexRefineFlat` re-ranks
+  exactly against the float vectors it keeps.
+- `ivf-pq`: `IVF{nlist},PQ{m}` (m bytes a vector in the lists) + `IndexRefineFlat` (nprobe
+  tuned). The re-rank vectors are in the same file (4 d bytes a vector).
+Tuned parameters (efSearch, nprobe, k_factor) are saved inside the FAISS file itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from embedstore.errors import InputError
 from embedstore.files import atomic_path
 
 # Exact inner product up to this many vectors; HNSW above (build time grows, search stays fast).
-FLAT_MAX = 200_000
+EXACT_MAX = 200_000
+KINDS = ("exact", "hnsw", "hnsw-sq8", "ivf-pq")
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
-HNSW_EF_SEARCH = 512
+HNSW_EF_SEARCH = 512  # the ceiling of the efSearch tuning ladder, and a filter's minimum
+EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+NPROBE_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+TUNE_RECALL = 0.97  # recall@10 the tuning aims at on the store's own vectors (margin over 0.95)
+TUNE_QUERIES = 200
+DEFAULTS = {
+    "exact": {},
+    "hnsw": {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION},
+    "hnsw-sq8": {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "k_factor": 4},
+    "ivf-pq": {"k_factor": 16},  # nlist ~ 4 sqrt(n), m = d / 8 unless given
+}
+TUNABLE = {"efSearch", "nprobe"}
 
 
-def build(ids: np.ndarray, X: np.ndarray, kind: str = "auto"):
-    """An `IndexIDMap2` over flat inner product (or HNSW when `kind`='hnsw' or large)."""
+@dataclass
+class IndexResult:
+    """What `embedstore index` built: the version, its vector count, the kind, how it was chosen
+    (`by size` or `by hand`) and its parameters (efSearch / nprobe as tuned, bytes a vector)."""
+
+    version: str
+    count: int
+    kind: str
+    chosen: str
+    checksum: str
+    params: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def to_polars(self):
+        """One row: version, count, kind, chosen, checksum, params (JSON text)."""
+        import json
+
+        import polars as pl
+
+        return pl.DataFrame([self.as_dict() | {"params": json.dumps(self.params)}])
+
+
+def choose_kind(n: int, exact_max: int = EXACT_MAX) -> str:
+    """`exact` up to `exact_max` vectors, `hnsw` above."""
+    return "exact" if n <= exact_max else "hnsw"
+
+
+def parse_params(text: str | None) -> dict:
+    """`M=48,efConstruction=200,efSearch=128,nlist=1024,m=64,nprobe=16,k_factor=8` -> dict of ints."""
+    if not text:
+        return {}
+    known = {"M", "efConstruction", "efSearch", "nlist", "m", "nprobe", "k_factor"}
+    out: dict = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key not in known or not value.strip().isdigit() or int(value) < 1:
+            raise InputError(f"--params {text!r}: {part.strip()!r} is not NAME=POSITIVE_INT with NAME one of "
+                             f"{', '.join(sorted(known))}")
+        out[key] = int(value)
+    return out
+
+
+def _ivf_shape(n: int, d: int, params: dict) -> tuple[int, int]:
+    nlist = params.get("nlist") or int(max(1, min(4 * np.sqrt(max(n, 1)), max(1, n // 39))))
+    m = params.get("m") or max(1, d // 8)
+    if d % m:
+        raise InputError(f"--params m={m}: the dimension {d} is not a multiple of it; give m dividing {d}")
+    return nlist, m
+
+
+def build(ids: np.ndarray, X: np.ndarray, kind: str = "auto", params: dict | None = None,
+          exact_max: int = EXACT_MAX, tune: bool = True):
+    """An `IndexIDMap2` of the given kind (`auto`: by size), its search parameters tuned on `X`."""
     import faiss
 
+    params = dict(params or {})
     n, d = X.shape if X.ndim == 2 else (0, 0)
     if kind == "auto":
-        kind = "hnsw" if n > FLAT_MAX else "flat"
-    if kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        inner.hnsw.efSearch = HNSW_EF_SEARCH
-    else:
+        kind = choose_kind(n, exact_max)
+    if kind not in KINDS:
+        raise InputError(f"--kind {kind!r}: give one of auto, {', '.join(KINDS)}")
+    p = {**DEFAULTS[kind], **params}
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    if kind == "exact":
         inner = faiss.IndexFlatIP(d)
+    elif kind in ("hnsw", "hnsw-sq8"):
+        inner = faiss.index_factory(d, f"HNSW{p['M']},{'Flat' if kind == 'hnsw' else 'SQ8'}",
+                                    faiss.METRIC_INNER_PRODUCT)
+        faiss.downcast_index(inner).hnsw.efConstruction = p["efConstruction"]
+    else:
+        nlist, m = _ivf_shape(n, d, p)
+        inner = faiss.index_factory(d, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
+    if kind in ("hnsw-sq8", "ivf-pq"):
+        inner = faiss.IndexRefineFlat(inner)
+        inner.k_factor = float(p["k_factor"])
     index = faiss.IndexIDMap2(inner)
     if n:
-        index.add_with_ids(np.ascontiguousarray(X, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        if not index.is_trained:
+            index.train(X)
+        index.add_with_ids(X, np.ascontiguousarray(ids, dtype=np.int64))
+    if kind != "exact":
+        base = _base(index)
+        if "efSearch" in p:
+            base.hnsw.efSearch = p["efSearch"]
+        elif "nprobe" in p:
+            base.nprobe = p["nprobe"]
+        elif tune and n:
+            tune_search(index, ids, X)
+        elif kind != "ivf-pq":
+            base.hnsw.efSearch = HNSW_EF_SEARCH
     return index
+
+
+def _base(index):
+    """The graph or inverted-file index under the id map (and under the re-ranking, if any)."""
+    import faiss
+
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexRefine):
+        inner = faiss.downcast_index(inner.base_index)
+    return inner
+
+
+def recall_at(index, ids: np.ndarray, X: np.ndarray, Q: np.ndarray, k: int = 10,
+              own: np.ndarray | None = None) -> float:
+    """Mean recall@k of `index` for queries `Q` against exact inner product over `X`. `own`: the
+    id each query was taken from (a stored vector), left out of both lists as `--like` leaves it."""
+    import faiss
+
+    flat = faiss.IndexFlatIP(X.shape[1])
+    flat.add(X)
+    k = min(k, len(X) - (own is not None))
+    extra = int(own is not None)
+    _, truth = flat.search(Q, k + extra)
+    _, got = index.search(Q, k + extra)
+    truth = np.asarray(ids)[truth]
+    hits = []
+    for i, (t, g) in enumerate(zip(truth, got)):
+        if own is not None:
+            t, g = t[t != own[i]][:k], g[g != own[i]][:k]
+        hits.append(len(np.intersect1d(t, g)) / k)
+    return float(np.mean(hits))
+
+
+def tune_search(index, ids: np.ndarray, X: np.ndarray, target: float = TUNE_RECALL, nq: int = TUNE_QUERIES,
+                seed: int = 0) -> dict:
+    """Set the smallest efSearch (HNSW) or nprobe (IVF) whose recall@10, measured with a sample of
+    the store's own vectors as queries (each leaving itself out, as `query --like` does) against
+    exact search, reaches `target` (else the largest on the ladder)."""
+    base = _base(index)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(X), size=min(nq, len(X)), replace=False)
+    Q, own = X[pick], np.asarray(ids)[pick]
+    hnsw = hasattr(base, "hnsw")
+    ladder = EF_LADDER if hnsw else [p for p in NPROBE_LADDER if p <= base.nlist] or [base.nlist]
+    for value in ladder:
+        if hnsw:
+            base.hnsw.efSearch = value
+        else:
+            base.nprobe = value
+        r = recall_at(index, ids, X, Q, own=own)
+        if r >= target:
+            break
+    return {"efSearch" if hnsw else "nprobe": value, "tuned_recall@10": round(r, 4)}
 
 
 def kind_of(index) -> str:
     import faiss
 
     inner = faiss.downcast_index(index.index)
-    return "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
+    if isinstance(inner, faiss.IndexRefine):
+        return "ivf-pq" if isinstance(_base(index), faiss.IndexIVF) else "hnsw-sq8"
+    return "hnsw" if isinstance(inner, faiss.IndexHNSW) else "exact"
+
+
+def describe(index) -> dict:
+    """kind, the parameters search uses, and bytes a vector (index file size / vectors, measured by
+    serializing) with what the compressed part alone takes."""
+    import faiss
+
+    kind = kind_of(index)
+    base = _base(index)
+    out: dict = {"kind": kind}
+    if hasattr(base, "hnsw"):
+        out |= {"M": int(base.hnsw.nb_neighbors(1)), "efConstruction": int(base.hnsw.efConstruction),
+                "efSearch": int(base.hnsw.efSearch)}
+    if isinstance(base, faiss.IndexIVF):
+        out |= {"nlist": int(base.nlist), "nprobe": int(base.nprobe), "m": int(faiss.downcast_index(base).pq.M)}
+    inner = faiss.downcast_index(index.index)
+    if isinstance(inner, faiss.IndexRefine):
+        out["k_factor"] = float(inner.k_factor)
+        # what the compressed index alone holds a vector (IVF: PQ code + the id in its list)
+        out["code_bytes_per_vector"] = (int(base.code_size) + 8 if kind == "ivf-pq"
+                                        else int(base.storage.sa_code_size()) + 4 * int(base.hnsw.nb_neighbors(0)))
+    n = max(index.ntotal, 1)
+    out["bytes_per_vector"] = round(len(faiss.serialize_index(index)) / n, 1) if index.ntotal else None
+    return out
 
 
 def write_atomic(index, path: Path) -> str:
@@ -108,12 +288,40 @@ def search(index, q: np.ndarray, k: int, subset: np.ndarray | None = None):
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
     if subset is None:
         return index.search(q, k)
+    kind = kind_of(index)
+    if kind in ("hnsw-sq8", "ivf-pq"):
+        return _refined_subset_search(index, q, k, subset)
     sel = faiss.IDSelectorBatch(np.ascontiguousarray(subset, dtype=np.int64))
-    if kind_of(index) == "hnsw":
+    if kind == "hnsw":
         params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, 4 * k))
     else:
         params = faiss.SearchParameters(sel=sel)
     return index.search(q, k, params=params)
+
+
+def _refined_subset_search(index, q: np.ndarray, k: int, subset: np.ndarray):
+    """A filtered search of a re-ranked index. `IndexIDMap2` does not pass its selector down to
+    the base index under `IndexRefine`, so the ids are turned into the index's own positions and
+    the selector is given to the base index's search parameters; labels are mapped back."""
+    import faiss
+
+    id_map = index_ids(index)
+    order = np.argsort(id_map, kind="stable")
+    pos = np.searchsorted(id_map[order], subset)
+    pos = np.clip(pos, 0, len(order) - 1)
+    pos = order[pos][id_map[order][pos] == subset]
+    sel = faiss.IDSelectorBatch(np.ascontiguousarray(pos, dtype=np.int64))
+    refine = faiss.downcast_index(index.index)
+    base = _base(index)
+    want = int(k * refine.k_factor)
+    if kind_of(index) == "hnsw-sq8":
+        base_params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, base.hnsw.efSearch, want))
+    else:
+        base_params = faiss.SearchParametersIVF(sel=sel, nprobe=base.nprobe)
+    params = faiss.IndexRefineSearchParameters(k_factor=refine.k_factor, base_index_params=base_params)
+    D, internal = refine.search(q, k, params=params)
+    labels = np.where(internal >= 0, id_map[np.maximum(internal, 0)], -1)
+    return D, labels
 
 
 class IndexFiles:
@@ -140,18 +348,36 @@ class IndexFiles:
             return False
         return not check_file or file_checksum(self.index_path(version)) == st["checksum"]
 
-    def rebuild_index(self, version: str, kind: str = "auto") -> dict:
-        """Build the version's FAISS index from DuckDB, write it atomically, record checksum."""
+    def rebuild_index(self, version: str, kind: str | None = None, params: dict | None = None,
+                      exact_max: int | None = None) -> dict:
+        """Build the version's FAISS index from DuckDB, write it atomically, record checksum, kind
+        and parameters. `kind` None: the kind given by hand last time (`embedstore index`), else
+        `auto` (by size: `exact` up to `exact_max` vectors, `hnsw` above)."""
+        import json
+
         with self.writer():  # the file is held only to read the vectors and to record the index
+            if kind is None:
+                kind, params = self._recorded_choice(version)
             ids, X = self.image_vectors(version)
-            index = build(ids, X, kind=kind)
+            index = build(ids, X, kind=kind, params=params, exact_max=EXACT_MAX if exact_max is None else exact_max)
             checksum = write_atomic(index, self.index_path(version))
+            info = describe(index) | {"chosen": "by size" if kind == "auto" else "by hand", "given": params or {}}
             with self.transaction() as con:
                 con.execute(
-                    "UPDATE versions SET index_checksum = ?, index_count = ?, count = ?, index_file = ? WHERE version = ?",
-                    [checksum, len(ids), len(ids), f"index/{version}.faiss", version],
+                    "UPDATE versions SET index_checksum = ?, index_count = ?, count = ?, index_file = ?, "
+                    "index_kind = ?, index_params = ? WHERE version = ?",
+                    [checksum, len(ids), len(ids), f"index/{version}.faiss", info["kind"], json.dumps(info), version],
                 )
-        return {"version": version, "count": len(ids), "kind": kind_of(index), "checksum": checksum}
+        return {"version": version, "count": len(ids), "kind": info["kind"], "checksum": checksum, "params": info}
+
+    def _recorded_choice(self, version: str) -> tuple[str, dict | None]:
+        import json
+
+        raw = self._scalar("SELECT index_params FROM versions WHERE version = ?", [version])
+        info = json.loads(raw) if raw else {}
+        if info.get("chosen") == "by hand":
+            return info["kind"], info.get("given") or None
+        return "auto", None
 
     def load_index(self, version: str):
         """The version's FAISS index, or None when it is missing or stale (count differs)."""
@@ -178,7 +404,7 @@ class IndexFiles:
             have = set(index_ids(index).tolist())
             all_ids, _ = self.image_vectors(version)
             new = np.array([i for i in all_ids.tolist() if i not in have], dtype=np.int64)
-            if len(new) == appended and kind_of(index) == "hnsw":
+            if len(new) == appended and kind_of(index) in ("hnsw", "hnsw-sq8"):
                 nid, X = self.image_vectors_for(version, new)
                 index.add_with_ids(X, nid)
                 checksum = write_atomic(index, self.index_path(version))

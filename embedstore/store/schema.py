@@ -7,14 +7,14 @@ A store records its layout in `meta.schema_version`. A store written by an older
 migrated in place when it is opened (`migrate`); one written by a newer embedstore is refused.
 Layout 1 (no `schema_version`) is the store before frozen splits and typed versions; layout 2
 the store before data-set quality (views' sources and inferred views on `images`, duplicate
-pairs and groups, label-issue candidates).
+pairs and groups, label-issue candidates); layout 3 the store before index kinds were recorded.
 """
 
 from __future__ import annotations
 
 from embedstore.errors import StoreError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 TABLES = """
 CREATE SEQUENCE IF NOT EXISTS images_id_seq START 1;
@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS versions (
     preprocess JSON, dtype TEXT, normalized BOOLEAN, dim INTEGER, logit_scale DOUBLE,
     count BIGINT DEFAULT 0, index_file TEXT, index_checksum TEXT, index_count BIGINT,
     code_version TEXT, created TIMESTAMP, kind TEXT, checkpoint TEXT, finetune_key TEXT,
-    status TEXT DEFAULT 'building'
+    status TEXT DEFAULT 'building', index_kind TEXT, index_params JSON
 );
 CREATE TABLE IF NOT EXISTS image_embeddings (
     version TEXT NOT NULL, id BIGINT NOT NULL, content_hash TEXT, vector FLOAT[] NOT NULL,
@@ -130,6 +130,8 @@ def migrate(con, path) -> None:
         _from_layout_1(con)
     if 1 <= version <= 2:
         _from_layout_2(con)
+    if 1 <= version <= 3:
+        _from_layout_3(con)
     con.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 [str(SCHEMA_VERSION)])
     con.execute("COMMIT")
@@ -158,6 +160,13 @@ def _from_layout_2(con) -> None:
     for column, kind in (("view_source", "TEXT"), ("inferred_view", "TEXT"), ("inferred_view_confidence", "DOUBLE")):
         con.execute(f"ALTER TABLE images ADD COLUMN IF NOT EXISTS {column} {kind}")
     con.execute("UPDATE images SET view_source = 'dataset' WHERE view IS NOT NULL AND view_source IS NULL")
+
+
+def _from_layout_3(con) -> None:
+    """Layout 3 -> 4: each version's index kind (exact / hnsw / hnsw-sq8 / ivf-pq) and its parameters
+    (NULL until the index is next built; `embedstore index` rebuilds it by hand)."""
+    con.execute("ALTER TABLE versions ADD COLUMN IF NOT EXISTS index_kind TEXT")
+    con.execute("ALTER TABLE versions ADD COLUMN IF NOT EXISTS index_params JSON")
 
 
 def quote_ident(name: str) -> str:

@@ -73,6 +73,24 @@ class VectorTables:
             ).pl()
         return ids_and_matrix(table, self._dim(version))
 
+    def image_vector_chunks(self, version: str, ids: np.ndarray | None = None, rows: int = 65_536):
+        """Yield (ids, X) of `version` (only the given ids, when given) in chunks of at most `rows`
+        vectors, ordered by id: DuckDB streams the result, so one chunk is in memory at a time."""
+        import polars as pl
+
+        dim = self._dim(version)
+        sql = "SELECT e.id, e.vector FROM image_embeddings e WHERE e.version = ? ORDER BY e.id"
+        frames = {}
+        if ids is not None:
+            frames["chunk_want"] = pl.DataFrame({"id": np.asarray(ids, dtype=np.int64)})
+            sql = ("SELECT e.id, e.vector FROM image_embeddings e JOIN chunk_want USING (id) "
+                   "WHERE e.version = ? ORDER BY e.id")
+        with self.connect() as con, registered(con, **frames):
+            reader = con.sql(sql, params=[version]).to_arrow_reader(rows)
+            for batch in reader:
+                if batch.num_rows:
+                    yield ids_and_matrix(pl.from_arrow(batch), dim)
+
     def add_text_vectors(self, version: str, df, M: np.ndarray) -> int:
         """Store text embeddings (df has `text`; `text_hash` is computed when absent).
 

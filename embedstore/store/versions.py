@@ -57,7 +57,7 @@ class VersionTables:
                       (SELECT count(*) FROM image_embeddings e WHERE e.version = v.parent) AS expected,
                       (SELECT count(*) FROM text_embeddings t WHERE t.version = v.version) AS texts,
                       (SELECT count(*) FROM errors r WHERE r.version = v.version) AS errors,
-                      v.index_file, v.created, v.code_version
+                      v.index_kind, v.index_params, v.index_file, v.created, v.code_version
                FROM versions v ORDER BY v.created, v.version"""
         )
 
