@@ -26,8 +26,9 @@ PathLike = str | os.PathLike
 class Store:
     """A store directory, with the CLI's commands as methods."""
 
-    def __init__(self, path: PathLike | None = None):
-        self._storage = Storage(path)
+    def __init__(self, path: PathLike | None = None, read_only: bool = False):
+        self._storage = Storage(path, read_only=read_only)
+        self._warm: dict = {}  # version -> its loaded model (`warm`, a server's)
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -86,12 +87,59 @@ class Store:
                       progress=progress)
 
     def query(self, text: str | None = None, image: str | None = None, like: str | None = None, k: int = 10,
-              where: str | None = None, version: str | None = None):
+              where: str | None = None, version: str | None = None, split: str | None = None,
+              view: str | None = None, present: list[str] | None = None, absent: list[str] | None = None):
         """`embedstore query`: the top-k images for a text, an image file or a stored image (rank,
-        score, image_id, path, view, labels, id)."""
+        score, image_id, path, view, labels, id); `split`, `view`, `present` / `absent` (finding
+        names) filter as `where` does, without SQL."""
         from embedstore.query import query
 
-        return query(self._storage, text=text, image=image, like=like, k=k, where=where, version=version)
+        ver = self._storage.resolve_version(version) if self._warm else version
+        return query(self._storage, text=text, image=image, like=like, k=k, where=where, version=ver, split=split,
+                     view=view, present=present, absent=absent, loaded=self._warm.get(ver))
+
+    def image(self, image_id: str) -> dict:
+        """One stored image: its metadata (split, view, path, report text in `findings` and
+        `impression`), its labels ({finding: 1 / 0 / -1}) and its boxes; InputError for an unknown id."""
+        from embedstore.errors import InputError
+
+        found = self._storage.image_detail(image_id)
+        if found is None:
+            raise InputError(f"no image {image_id!r} in the store; see `embedstore sql \"SELECT image_id FROM images\"`")
+        return found
+
+    def thumbnail(self, image_id: str, size: int = 256) -> bytes:
+        """A PNG of one stored image, its longer side at most `size` pixels."""
+        from embedstore.data.images import thumbnail_png
+
+        return thumbnail_png(self.image(image_id)["path"], size)
+
+    def run_metrics(self, run_id: str):
+        """One stored run's metrics (finding, metric, value, lo, hi); InputError for an unknown run."""
+        from embedstore.errors import InputError
+
+        if run_id not in self._storage.runs()["run_id"].to_list():
+            raise InputError(f"no run {run_id!r} in the store; see `embedstore runs`")
+        return self._storage.metrics_of([run_id]).drop("run_id")
+
+    def warm(self, version: str | None = None) -> str:
+        """Load the version's model once and keep it: later free-text and image queries and
+        explanations on that version reuse it (what `serve --model-warm` does). Returns the version."""
+        from embedstore.query import load_version_model
+
+        ver = self._storage.resolve_version(version)
+        if ver not in self._warm:
+            self._warm[ver] = load_version_model(self._storage, ver)
+        return ver
+
+    def serve(self, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
+              model_warm: bool = False) -> None:
+        """`embedstore serve`: the store, opened read-only, as a JSON service with a browser page
+        (uvicorn; blocks until stopped). Any host but loopback needs `token`, checked on every request."""
+        from embedstore.serve import run
+
+        store = self if self._storage.read_only else Store(self.path, read_only=True)
+        run(store, host=host, port=port, token=token, model_warm=model_warm)
 
     def sql(self, statement: str | None = None, file: str | None = None, write: bool = False,
             external: bool = False):
@@ -296,8 +344,9 @@ class Store:
         image, with its boxes; an `Explanation`."""
         from embedstore.explain.service import explain
 
-        return explain(self._storage, image_id, finding, target=target, version=version, method=method, layer=layer,
-                       out=out, colormap=colormap)
+        ver = self._storage.resolve_version(version) if self._warm else version
+        return explain(self._storage, image_id, finding, target=target, version=ver, method=method, layer=layer,
+                       out=out, colormap=colormap, loaded=self._warm.get(ver))
 
     def agreement(self, boxes: str | None = None, box_format: str = "auto", target: str = "zeroshot",
                   version: str | None = None, method: str = "gradcam", layer: str | None = None,

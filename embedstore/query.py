@@ -25,29 +25,39 @@ def query(
     k: int = 10,
     where: str | None = None,
     version: str | None = None,
+    split: str | None = None,
+    view: str | None = None,
+    present: list[str] | None = None,
+    absent: list[str] | None = None,
+    loaded=None,
 ):
     """Top-k images of the store `st` (Storage) as a polars DataFrame: rank, score, image_id,
-    path, view, labels, id."""
+    path, view, labels, id. `split`, `view`, `present` and `absent` (finding names) are structured
+    filters, joined to `where` by AND; `loaded` is the version's model already loaded (a warm
+    server), used for a new text or an image instead of loading it."""
     given = [x is not None for x in (text, image, like)]
     if sum(given) != 1:
         raise InputError("give exactly one of TEXT, --image PATH or --like IMAGE_ID")
     if k < 1:
         raise InputError(f"-k must be at least 1, got {k}")
     ver = st.resolve_version(version)
+    filters = st.filter_predicate(split=split, view=view, present=present, absent=absent)
+    if filters:
+        where = filters if not where else f"({where}) AND {filters}"
     exclude: set[int] = set()
     if text is not None:
-        q = text_vector(st, ver, text)
+        q = text_vector(st, ver, text, loaded=loaded)
     elif like is not None:
         sid, q = _stored_image_vector(st, ver, like)
         exclude.add(sid)
     else:
-        q = _image_file_vector(st, ver, image)
+        q = _image_file_vector(st, ver, image, loaded=loaded)
     ids, scores = search(st, ver, q, k, where=where, exclude=exclude)
     return st.describe_hits(ids, scores)
 
 
 # ---- query vectors -----------------------------------------------------------------------
-def text_vector(st, version: str, text: str) -> np.ndarray:
+def text_vector(st, version: str, text: str, loaded=None) -> np.ndarray:
     """Stored text, else a finding name (mean of its positive prompts), else the model."""
     vec = st.stored_text_vector(version, text)
     if vec is not None:
@@ -57,7 +67,7 @@ def text_vector(st, version: str, text: str) -> np.ndarray:
         return vec
     import polars as pl
 
-    loaded = load_version_model(st, version)
+    loaded = loaded or load_version_model(st, version)
     vec = np.asarray(loaded.encode_texts([text]), dtype=np.float32)[0]
     if st.writable():  # cache it for next time; a read-only or busy store only costs the cache
         try:
@@ -86,14 +96,14 @@ def _stored_image_vector(st, version: str, image_id: str) -> tuple[int, np.ndarr
     return found
 
 
-def _image_file_vector(st, version: str, path: str) -> np.ndarray:
+def _image_file_vector(st, version: str, path: str, loaded=None) -> np.ndarray:
     from pathlib import Path
 
     if not Path(path).is_file():
         raise InputError(f"--image: no file {path}")
     from embedstore.data.images import read_image
 
-    loaded = load_version_model(st, version)
+    loaded = loaded or load_version_model(st, version)
     import torch
 
     with torch.inference_mode():

@@ -43,7 +43,8 @@ def _root(
 # (`versions`: versions and verify; `runs`: runs, stability and seed-table).
 COMMAND_MODULES = ("inspect", "preview", "synth", "encode", "query", "sql", "versions", "splits", "zeroshot", "probe",
                    "separability", "duplicates", "label_issues", "index",
-                   "infer_views", "runs", "compare", "transfer", "finetune", "explain", "agreement", "report", "demo")
+                   "infer_views", "runs", "compare", "transfer", "finetune", "explain", "agreement", "report", "demo",
+                   "serve")
 for _module in COMMAND_MODULES:
     importlib.import_module(f"embedstore.cli.{_module}")
 

@@ -205,3 +205,14 @@ def _voi_range(ds, values: np.ndarray, shown: np.ndarray) -> tuple[float, float]
 def _short(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return (text[0] if text else type(err).__name__)[:200]
+
+
+def thumbnail_png(path, size: int = 256) -> bytes:
+    """A PNG of the image at `path` (any format `read_image` reads), its longer side at most `size`."""
+    import io
+
+    img = read_image(path).convert("L")
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

@@ -179,6 +179,39 @@ class ImageTables:
                                          "table_name)", params=[tables]).fetchall()}
         return checked(con, where, columns)
 
+    def image_detail(self, image_id: str) -> dict | None:
+        """One image by its id: its `images` row, its labels ({finding: 1 / 0 / -1}) and its boxes
+        (list of dicts, original pixels); None when no image has that id."""
+        rows = self._df("SELECT * FROM images WHERE image_id = ?", [str(image_id)])
+        if not rows.height:
+            return None
+        row = rows.row(0, named=True)
+        labels = self._rows("SELECT finding, value FROM labels WHERE id = ? AND value IS NOT NULL ORDER BY finding",
+                            [row["id"]])
+        boxes = self._df("SELECT finding, x_min, y_min, x_max, y_max, reader FROM boxes WHERE image_id = ? "
+                         "ORDER BY finding, x_min, y_min", [str(image_id)])
+        return {**row, "labels": {f: int(v) for f, v in labels}, "boxes": boxes.to_dicts()}
+
+    def filter_predicate(self, split: str | None = None, view: str | None = None,
+                         present: list[str] | None = None, absent: list[str] | None = None) -> str | None:
+        """Structured filters as one `--where` predicate over images / labels_wide (None when no
+        filter is given): split and view compared as constants, each finding in `present` (label 1)
+        or `absent` (label 0 or missing) checked against the store's findings (InputError naming it)."""
+        from embedstore.store.schema import quote_ident, quote_literal
+
+        parts = []
+        if split is not None:
+            parts.append(f"split = {quote_literal(str(split))}")
+        if view is not None:
+            parts.append(f"view = {quote_literal(str(view))}")
+        known = self.findings() if (present or absent) else []
+        for name, wanted in [(f, True) for f in present or []] + [(f, False) for f in absent or []]:
+            if name not in known:
+                raise InputError(f"finding {name!r} is not in the store; give one of {', '.join(known)}")
+            column = quote_ident(name)
+            parts.append(f"{column} = 1" if wanted else f"coalesce({column}, 0) <> 1")
+        return " AND ".join(parts) or None
+
     def image_groups(self):
         """id, split, group_id of every image: the frozen split's group (`splits`), else the
         image's patient, else its study. Bootstraps resample these groups, never single images."""

@@ -57,8 +57,9 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
     connection and the lock.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None):
+    def __init__(self, path: str | os.PathLike | None = None, read_only: bool = False):
         self.path = default_path(path).expanduser().resolve()
+        self.read_only = read_only  # a server's store: every write refused, no cache written
         self.db_path = self.path / DB_NAME
         self.index_dir = self.path / "index"
         self._lock = WriteLock(self.path / "lock")
@@ -70,8 +71,9 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         return f"Storage({str(self.path)!r})"
 
     def writable(self) -> bool:
-        """Whether this process may write the store's files (a read-only copy or mount is not)."""
-        return all(os.access(p, os.W_OK) for p in (self.path, self.db_path) if p.exists())
+        """Whether this process may write the store's files (a read-only copy or mount is not, nor a
+        store opened `read_only`)."""
+        return not self.read_only and all(os.access(p, os.W_OK) for p in (self.path, self.db_path) if p.exists())
 
     @property
     def lock_fd(self) -> int | None:
@@ -96,6 +98,9 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         if self._lock.fd is not None:
             yield
             return
+        if self.read_only:
+            raise StoreError(f"the store {self.path} is opened read-only (a server's store); "
+                             "run the writing command without `embedstore serve`'s store")
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"--store {self.path} is a file, not a store directory; give a folder")
         self._lock.acquire()
