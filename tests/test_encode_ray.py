@@ -152,7 +152,7 @@ def ray_head():
         assert proc.poll() is None and current.exists(), (Path(tmp) / "ray-start.log").read_text()[-2000:]
         yield {"tmp": tmp, "address": current.read_text().strip(), "pid": proc.pid}
     finally:
-        for sig, rounds in ((signal.SIGTERM, 150), (signal.SIGKILL, 50)):
+        for sig, rounds in ((signal.SIGTERM, 50), (signal.SIGKILL, 50)):
             for pid in session_members(proc.pid):
                 try:
                     os.kill(pid, sig)
