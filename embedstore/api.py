@@ -74,17 +74,22 @@ class Store:
                labels: str | None = None, images: str | None = None, boxes: str | None = None,
                box_format: str = "auto", batch_size: int = 32, workers: int | None = None, device: str = "auto",
                precision: str = "fp32", version: str | None = None, strict: bool = False, views: str | None = None,
-               progress: bool = False):
+               progress: bool = False, engine: str = "local", ray_address: str | None = None,
+               ray_gpus_per_worker: float = 0.0, ray_actors: int = 1):
         """`embedstore encode`: every image and prompt of a data set once; an `EncodeResult`
         (version, encoded, skipped, failed, texts, seconds, ...; `exit_code` 0 or 3). A report that
         cannot be read is recorded in `errors` and the rest encoded, unless `strict`. `views`: a CSV of
-        image id to DICOM View Position (Open-i's nlmcxr_dicom_metadata.csv.gz) giving the views."""
+        image id to DICOM View Position (Open-i's nlmcxr_dicom_metadata.csv.gz) giving the views.
+        `engine="ray"`: the images through Ray Data, on the cluster at `ray_address` (auto | HOST:PORT)
+        or a local one started for the run, `ray_actors` model actors with `ray_gpus_per_worker` GPUs
+        each; the result's `nodes` lists the cluster's node addresses."""
         from embedstore.encode import encode
 
         return encode(self._storage, source, dataset=dataset, model=model, pretrained=pretrained, labels=labels,
                       images=images, boxes=boxes, box_format=box_format, batch_size=batch_size, workers=workers,
                       device=device, precision=precision, version=version, strict=strict, views=views,
-                      progress=progress)
+                      progress=progress, engine=engine, ray_address=ray_address,
+                      ray_gpus_per_worker=ray_gpus_per_worker, ray_actors=ray_actors)
 
     def query(self, text: str | None = None, image: str | None = None, like: str | None = None, k: int = 10,
               where: str | None = None, version: str | None = None, split: str | None = None,

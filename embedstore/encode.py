@@ -14,6 +14,7 @@ failed or had no file; they are in the `errors` table); 2 bad input; 75 store bu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -46,7 +47,10 @@ class EncodeResult:
     index_rebuilt: bool = False
     split_by_hash: int = 0  # new images of new groups in a store that already had splits (hash of the group)
     split_given_overridden: int = 0  # new images whose given split disagreed with their group's stored one
+    engine: str = "local"  # local (DataLoader workers) or ray (Ray Data)
+    recovered: int = 0  # images stored from the shards an interrupted `--engine ray` run left
     errors: list[dict] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)  # --engine ray: the address of each node of the cluster
 
     @property
     def images_per_s(self) -> float:
@@ -59,12 +63,13 @@ class EncodeResult:
     def as_dict(self) -> dict:
         out = asdict(self)
         out.pop("errors")
+        out.pop("nodes")
         out["images_per_s"] = round(self.images_per_s, 2)
         return out
 
     def to_polars(self):
         """One row: version, encoded, skipped, failed, texts, seconds, commits, commit_seconds,
-        index_rebuilt, split_by_hash, split_given_overridden, images_per_s."""
+        index_rebuilt, split_by_hash, split_given_overridden, engine, recovered, images_per_s."""
         import polars as pl
 
         return pl.DataFrame([self.as_dict()])
@@ -82,27 +87,9 @@ class _ImageItems:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
-        from embedstore.data.images import content_hash, read_image
+        from embedstore.data.images import prepare_image
 
-        sid, image_id, path, known = self.items[i]
-        base = {"id": sid, "image_id": image_id, "path": path}
-        try:
-            digest = content_hash(path)
-        except Exception as err:  # noqa: BLE001 - any unreadable file becomes an errors row
-            return {**base, "status": "error", "stage": "read", "reason": _reason(err)}
-        if digest == known:
-            return {**base, "status": "skip"}
-        try:
-            img = read_image(path)
-            tensor = self.preprocess(img.convert("RGB"))
-        except Exception as err:  # noqa: BLE001
-            return {**base, "status": "error", "stage": "decode", "reason": _reason(err)}
-        return {**base, "status": "ok", "hash": digest, "tensor": tensor, "size": tuple(img.size)}
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err).splitlines()[0] if str(err) else ""
-    return f"{type(err).__name__}: {text}"[:500]
+        return prepare_image(*self.items[i], self.preprocess)
 
 
 def _collate(items: list[dict]) -> dict:
@@ -165,6 +152,10 @@ def encode(
     strict: bool = False,
     views: str | None = None,
     commit_every: float = COMMIT_EVERY_S,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_gpus_per_worker: float = 0.0,
+    ray_actors: int = 1,
 ) -> EncodeResult:
     """Encode every image of a data set (and its label prompts) once into the store `st` (Storage).
 
@@ -184,9 +175,19 @@ def encode(
     The model is built by `embedstore.models.load_model(model, pretrained, device, precision)`.
     Batches are committed together at most every `commit_every` seconds (0: each batch alone), and
     no sooner than 19 times the last commit took (commits stay under 5 % of the run).
+
+    `engine="ray"` runs the images through Ray Data (`encode_ray`): decoding in Ray tasks, the
+    model in `ray_actors` actors with `ray_gpus_per_worker` GPUs each, on the cluster at
+    `ray_address` (auto | HOST:PORT), else on a local one started for the run with `workers`
+    CPUs for decoding plus one per actor. Shards an interrupted Ray run left are stored first
+    (`recovered`), whichever the engine.
     """
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    from embedstore.encode_ray import check_options, cluster
+
+    check_options(engine, ray_address, ray_gpus_per_worker, ray_actors)
+    workers = default_workers() if workers is None else workers
     from embedstore.data.datasets import read_dataset
     from embedstore.data.records import Dataset
     from embedstore.data.splits import GROUP_OVER_GIVEN, Assignment
@@ -200,7 +201,10 @@ def encode(
     loaded = load_model(model, pretrained=pretrained, device=device, precision=precision)
     if version is not None:
         _check_version(st, loaded, precision, version)
-    with st.writer():  # the lock is held for the whole run, the DuckDB file only while committing
+    with contextlib.ExitStack() as stack:  # a Ray cluster that cannot be reached fails before the first write
+        nodes = (stack.enter_context(cluster(ray_address, max(1, workers) + ray_actors, progress))
+                 if engine == "ray" else [])
+        stack.enter_context(st.writer())  # the lock is held for the whole run, the DuckDB file only while committing
         before = {m: st.images_placed_by(m) for m in ("hash", GROUP_OVER_GIVEN)}
         # the store records how the reader drew the data set's splits when it freezes them
         ids = st.upsert_images(ds.records, Assignment(ds.split_method, ds.split_seed, ds.split_fractions))
@@ -215,18 +219,26 @@ def encode(
             {"image_id": r.image_id, "path": r.path, "stage": "read", "reason": "no image file for this record"}
             for r in ds.records if not r.path
         ] + [{"image_id": None, "path": b["file"], "stage": "read", "reason": b["reason"]} for b in ds.bad_reports]
-        known = st.encoded_hashes(ver)
-        items = [(ids[r.image_id], r.image_id, r.path, known.get(ids[r.image_id])) for r in ds.records if r.path]
         start = time.perf_counter()
         before = st.index_state(ver)
-        _run_batches(st, ver, loaded, items, batch_size, default_workers() if workers is None else workers,
-                     summary, progress, commit_every=commit_every)
+        recovered = st.ingest_shards(ver)  # whole shards an interrupted Ray run left: stored, not encoded again
+        summary.recovered, summary.failed, summary.errors = recovered.encoded, recovered.failed, recovered.errors
+        known = st.encoded_hashes(ver)
+        items = [(ids[r.image_id], r.image_id, r.path, known.get(ids[r.image_id])) for r in ds.records if r.path]
+        if engine == "ray":
+            summary.engine, summary.nodes = "ray", nodes
+            _run_ray(st, ver, loaded, items, summary, model=model, pretrained=pretrained, device=device,
+                     precision=precision, batch_size=batch_size, actors=ray_actors, gpus_per_worker=ray_gpus_per_worker)
+        else:
+            _run_batches(st, ver, loaded, items, batch_size, workers,
+                         summary, progress, commit_every=commit_every)
+        summary.skipped -= sum(item[0] in recovered.ids for item in items)  # counted in `recovered`
         if missing:
             st.write_errors(ver, missing)
             summary.failed += len(missing)
             summary.errors += missing
         summary.seconds = time.perf_counter() - start
-        summary.index_rebuilt = st.refresh_index(ver, before, summary.encoded)
+        summary.index_rebuilt = st.refresh_index(ver, before, summary.encoded + summary.recovered)
         st.complete_version(ver)  # a killed run leaves it `building`: never the default until run again
     return summary
 
@@ -359,6 +371,20 @@ def _commit(st, version, pending: list[dict], summary) -> float:
         summary.errors += b["errors"]
     pending.clear()
     return took
+
+
+def _run_ray(st, version, loaded, items, summary, **options) -> None:
+    """The images of `items` through Ray Data (`encode_ray.run`); those it did not return were
+    already stored with the same content hash."""
+    from embedstore.encode_ray import run
+
+    if not items:
+        return
+    done = run(st, version, items, preprocess=loaded.preprocess, **options)
+    summary.encoded += done.encoded
+    summary.failed += done.failed
+    summary.errors += done.errors
+    summary.skipped += len(items) - done.encoded - done.failed
 
 
 def _read_boxes(boxes: str | None, box_format: str, ds):

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "embedstore"
-SERVICES = {"analyses", "encode", "query", "transfer", "finetune", "explain", "reports", "demo"}
+SERVICES = {"analyses", "encode", "encode_ray", "query", "transfer", "finetune", "explain", "reports", "demo"}
 
 
 def _unit(module: str) -> str:

@@ -29,6 +29,10 @@ def encode(
     version: Optional[str] = typer.Option(None, "--version", help="Append to this version (must be the same model)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first report that cannot be read (default: record it in errors, go on)."),
     views: Optional[str] = VIEWS_FILE,
+    engine: str = typer.Option("local", "--engine", help="local (decoding processes on this machine) | ray (Ray Data, one machine or a cluster)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--engine ray: auto | HOST:PORT of a running cluster (default: a local one for the run)."),
+    ray_gpus_per_worker: float = typer.Option(0.0, "--ray-gpus-per-worker", help="--engine ray: GPUs per model actor (0: CPU)."),
+    ray_actors: int = typer.Option(1, "--ray-actors", help="--engine ray: model actors (each loads the model once)."),
     store: Optional[str] = STORE,
     fmt: Format = FORMAT,
 ) -> None:
@@ -40,9 +44,15 @@ def encode(
     result = open_store(store).encode(source, dataset=dataset, model=model, pretrained=pretrained, labels=labels,
                                       images=images, boxes=boxes, box_format=box_format, batch_size=batch_size,
                                       workers=workers, device=device, precision=precision, version=version,
-                                      strict=strict, views=views, progress=fmt is Format.table)
+                                      strict=strict, views=views, progress=fmt is Format.table, engine=engine,
+                                      ray_address=ray_address, ray_gpus_per_worker=ray_gpus_per_worker,
+                                      ray_actors=ray_actors)
     if not emit_result(result, fmt):
         emit(result.as_dict(), fmt, title="encode")
+    if result.nodes:  # every format: where the job ran (stderr)
+        print(f"ray: {len(result.nodes)} node(s): {', '.join(result.nodes)}", file=sys.stderr)
+    if result.recovered and fmt is Format.table:
+        print(f"ray: {result.recovered} image(s) stored from the shards of an interrupted run", file=sys.stderr)
     if result.split_by_hash and fmt is Format.table:
         print(f"splits: {result.split_by_hash} new image(s) of groups new to the store were placed by a hash of "
               "their group (the store already had splits; no stored split moved)", file=sys.stderr)

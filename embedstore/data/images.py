@@ -216,3 +216,27 @@ def thumbnail_png(path, size: int = 256) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def prepare_image(sid: int, image_id: str, path: str, known: str | None, preprocess) -> dict:
+    """One image: hash, then (only if its hash is not `known`) decode + preprocess. The mapper of
+    both `encode` engines (a DataLoader worker, or a Ray Data task in `encode_ray`); `preprocess`
+    is the model's (PIL -> tensor)."""
+    base = {"id": sid, "image_id": image_id, "path": path}
+    try:
+        digest = content_hash(path)
+    except Exception as err:  # noqa: BLE001 - any unreadable file becomes an errors row
+        return {**base, "status": "error", "stage": "read", "reason": failure_reason(err)}
+    if digest == known:
+        return {**base, "status": "skip"}
+    try:
+        img = read_image(path)
+        tensor = preprocess(img.convert("RGB"))
+    except Exception as err:  # noqa: BLE001
+        return {**base, "status": "error", "stage": "decode", "reason": failure_reason(err)}
+    return {**base, "status": "ok", "hash": digest, "tensor": tensor, "size": tuple(img.size)}
+
+
+def failure_reason(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text}"[:500]

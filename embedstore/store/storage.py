@@ -24,6 +24,7 @@ from embedstore.store.lock import WriteLock
 from embedstore.store.quality import QualityTables
 from embedstore.store.reads import SummaryReads
 from embedstore.store.runs import RunTables
+from embedstore.store.shards import ShardFiles
 from embedstore.store.vectors import VectorTables
 from embedstore.store.versions import VersionTables
 
@@ -47,8 +48,9 @@ def default_path(path: str | os.PathLike | None = None) -> Path:
     return Path(path or os.environ.get("EMBEDSTORE_STORE") or DEFAULT_STORE)
 
 
-class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, SummaryReads, QualityTables):
-    """A store directory: `embedstore.duckdb`, `index/<version>.faiss`, `lock`. Internal: users
+class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, SummaryReads, QualityTables,
+              ShardFiles):
+    """A store directory: `embedstore.duckdb`, `index/<version>.faiss`, `shards/<version>/`, `lock`. Internal: users
     reach it through `embedstore.open()`'s `Store`; services receive this object.
 
     `Storage(path=None)` resolves `path`, else $EMBEDSTORE_STORE, else ./.embedstore; the

@@ -9,7 +9,8 @@ NORM_TOL = 1e-3
 
 def verify(st, version: str | None = None):
     """One row per (version, check): ok and a detail. Checks, in order: the version is complete
-    (and a fine-tune holds all its parent's images and texts), row count as recorded,
+    (and a fine-tune holds all its parent's images and texts), no embedding shard of an
+    `encode --engine ray` run waits to be stored, row count as recorded,
     index file present, checksum as recorded, index count as recorded, index ids == DuckDB ids,
     index vectors == DuckDB vectors, every embedded id is an image; then for the image vectors
     and for every text vector (prompts and cached queries): each has the recorded dimension, no
@@ -39,6 +40,9 @@ def _checks(st, version: str):
     ids, X = st.image_vectors(version) if images_readable else (st.matching_ids(version, None), None)
     path = st.index_path(version)
     yield from _completeness(st, version, info, len(ids))
+    pending = st.pending_shards(version)
+    yield ("shards", not pending, f"{len(pending)} shard file(s) of an interrupted `encode --engine ray` not stored yet "
+           f"({st.shard_dir(version)}); run the same encode command again" if pending else "none pending")
     yield "rows", info["count"] == len(ids), f"versions.count={info['count']}, image_embeddings rows={len(ids)}"
     if not path.exists():
         yield "index file", False, f"missing {path}"
