@@ -1,4 +1,4 @@
-"""Readers never wait for a writer (issue 16, item 1).
+"""Readers, and analyses storing their runs, never wait for a writer (issue 16, item 1).
 
 A writer holds the store's lock for its whole command but the DuckDB file only while it commits;
 a reader that meets a commit retries (EMBEDSTORE_BUSY_TIMEOUT, default 10 s) instead of failing.
@@ -95,6 +95,9 @@ def _tick(st, seen: dict[str, list[int]]) -> None:
     seen["sql"].append(int(st.sql("SELECT count(*) AS n FROM image_embeddings")["n"][0]))
     if v1.height and v1["texts"][0] > 0:  # "cardiomegaly" is a stored finding: no model, no torch
         seen["query"].append(st.query("cardiomegaly", k=10_000, version="v1").height)
+    if not seen["analysis"] and 300 <= seen["versions"][-1]:  # once, on what is committed so far
+        st.separability(version="v1")  # an analysis stores its run between the encode's commits
+        seen["analysis"].append(int(st.sql("SELECT count(*) AS n FROM runs WHERE kind = 'separability'")["n"][0]))
 
 
 @pytest.mark.slow  # synth of 1,000 studies and an encode of ~2,000 images in a subprocess: about a minute
@@ -108,7 +111,7 @@ def test_queries_during_a_background_encode_never_fail_and_never_go_back(tmp_pat
              "--workers", "1", "--store", str(store), "--format", "json"],
             stdout=fo, stderr=fe, env={**os.environ, "OMP_NUM_THREADS": "1"})
     st = embedstore.open(store)
-    seen: dict[str, list[int]] = {"versions": [], "sql": [], "query": []}
+    seen: dict[str, list[int]] = {"versions": [], "sql": [], "query": [], "analysis": []}
     failures: list[str] = []
     try:
         deadline = time.monotonic() + 900
@@ -134,6 +137,7 @@ def test_queries_during_a_background_encode_never_fail_and_never_go_back(tmp_pat
     result = result[0] if isinstance(result, list) else result
     assert result["encoded"] == made.images > 1800
     assert failures == []
+    assert seen.pop("analysis") == [1]  # stored while the encode ran
     for name, counts in seen.items():
         assert counts == sorted(counts), (name, counts)  # a count of stored vectors never decreases
         assert counts[-1] == result["encoded"], (name, counts[-5:])  # the last read sees every commit

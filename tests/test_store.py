@@ -84,6 +84,7 @@ def test_vectors_round_trip_and_versions(st):
 
 def test_runs_are_written_in_one_transaction(st):
     st.upsert_images(_records())
+    assert st.create_version(None, {"name": "m", "embed_dim": 8}, None, "fp32", "encode") == "v1"
     metrics = pl.DataFrame({"finding": ["A", None], "metric": ["auc", "macro_f1"], "value": [0.7, 0.4]})
     scores = pl.DataFrame({"id": [1, 2], "finding": ["A", "A"], "score": [0.1, 0.9], "pred": [0.0, 1.0]})
     rid = st.write_run("probe", "v1", {"C": 1.0, "seed": 0}, 0.0, 2.5, {"metrics": metrics, "image_scores": scores})

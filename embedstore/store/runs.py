@@ -30,6 +30,10 @@ class RunTables:
 
         `tables` maps a table name of the schema (metrics, image_scores, projections, ...) to a
         polars DataFrame whose columns are a subset of that table's columns.
+
+        A run is an append that needs the DuckDB file only, not the writer lock: an analysis
+        stores it between the commits of an `encode` or `finetune` that is running. A version
+        dropped meanwhile is refused here, so no run outlives its version.
         """
         import polars as pl
 
@@ -38,7 +42,10 @@ class RunTables:
         run_id = f"{kind}-{_dt.datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
         if isinstance(started, (int, float)):
             started = _dt.datetime.fromtimestamp(started)
-        with self.transaction() as con:
+        with self.transaction(lock=False) as con:
+            if not con.execute("SELECT count(*) FROM versions WHERE version = ?", [version]).fetchall()[0][0]:
+                raise StoreError(f"version {version!r} was dropped while the {kind} run was computed; "
+                                 "nothing was stored")
             known = {r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
             con.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -61,8 +68,8 @@ class RunTables:
         return run_id
 
     def delete_run(self, run_id: str) -> None:
-        """Delete a run and its rows in every run table."""
-        with self.transaction() as con:
+        """Delete a run and its rows in every run table (an append's undo: no writer lock needed)."""
+        with self.transaction(lock=False) as con:
             self._delete_run(con, run_id)
 
     def _delete_run(self, con, run_id: str) -> None:

@@ -100,9 +100,7 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         if self._lock.fd is not None:
             yield
             return
-        if self.read_only:
-            raise StoreError(f"the store {self.path} is opened read-only (a server's store); "
-                             "run the writing command without `embedstore serve`'s store")
+        self._refuse_read_only()
         if self.path.exists() and not self.path.is_dir():
             raise StoreError(f"--store {self.path} is a file, not a store directory; give a folder")
         self._lock.acquire()
@@ -112,15 +110,28 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         finally:
             self._lock.release()
 
+    @contextlib.contextmanager
+    def _appender(self) -> Iterator[None]:
+        """A write without the writer lock (`connect(lock=False)`): refused on a read-only store."""
+        self._refuse_read_only()
+        yield
+
+    def _refuse_read_only(self) -> None:
+        if self.read_only:
+            raise StoreError(f"the store {self.path} is opened read-only (a server's store); "
+                             "run the writing command without `embedstore serve`'s store")
+
     @property
     def writing(self) -> bool:
         """Whether this process holds the store's writer lock (inside `writer()`)."""
         return self._lock.fd is not None
 
     @contextlib.contextmanager
-    def connect(self, write: bool = False, external: bool = False) -> Iterator[Any]:
+    def connect(self, write: bool = False, external: bool = False, lock: bool = True) -> Iterator[Any]:
         """A DuckDB connection, open only for the block. `write=True` takes the store's writer lock
-        (StoreBusy if another process holds it) unless `writer()` holds it already.
+        (StoreBusy if another process holds it) unless `writer()` holds it already, or unless
+        `lock=False`: an append that needs only the file (an analysis storing its run), which then
+        gets in between a running writer's commits as readers do.
 
         Readers open the file read-only and never take the lock. DuckDB lets one process open the
         file for writing or many for reading, never both: a connection that meets the other kind
@@ -139,7 +150,7 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
             yield self._con
             return
         if write or self.writing:
-            with self.writer():
+            with self.writer() if lock or self.writing else self._appender():
                 self.path.mkdir(parents=True, exist_ok=True)
                 con = self._open(duckdb, read_only=False, external=external)
                 try:
@@ -198,9 +209,9 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
             pause = min(pause * 2, 0.05)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """A write connection inside BEGIN ... COMMIT (ROLLBACK on any error)."""
-        with self.connect(write=True) as con:
+    def transaction(self, lock: bool = True) -> Iterator[Any]:
+        """A write connection inside BEGIN ... COMMIT (ROLLBACK on any error); `lock` as in `connect`."""
+        with self.connect(write=True, lock=lock) as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 yield con
