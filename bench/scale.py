@@ -8,7 +8,11 @@ one modality share one) + one of `--clusters` cluster centres + noise; queries a
 the same clusters. The baseline, measured in the same run, is exact search (`IndexFlatIP`): each
 kind's latency is given as a ratio against it. Each kind is built by `embedstore.store.index.build`
 exactly as `embedstore index` builds it (efSearch / nprobe tuned on the vectors themselves).
-The encode-with-Ray part of issue 16 item 5 is not here (Ray encode is done elsewhere).
+
+`--encode N` (default 1,000 studies, about 1,900 images; 0 skips it) first measures `encode
+--engine ray` against the local engine on the same phantom images (phantom-clip, CPU, one decode
+worker each, so the same 2 CPUs), the local engine being the baseline; it checks that both stores
+hold the same vectors.
 """
 
 from __future__ import annotations
@@ -50,18 +54,53 @@ def latency_ms(index, Q: np.ndarray, repeat: int = 1) -> float:
     return float(np.median(times) * 1e3)
 
 
+def encode_engines(studies: int, size: int) -> list[str]:
+    """Encode the same phantom images with the local engine, then with Ray (a local 2-CPU cluster
+    the command starts and stops); their times, ratio, and whether the stores agree."""
+    import tempfile
+
+    import embedstore
+
+    with tempfile.TemporaryDirectory(prefix="scale-encode-") as tmp:
+        phantoms = str(Path(tmp) / "phantoms")
+        made = embedstore.open(Path(tmp) / "unused").synth(phantoms, studies=studies, seed=5, size=size, workers=2)
+        result, vectors = {}, {}
+        for engine in ("local", "ray"):
+            st = embedstore.open(Path(tmp) / engine)
+            t = time.perf_counter()
+            res = st.encode(phantoms, model="phantom-clip", device="cpu", workers=1, engine=engine)
+            result[engine] = (time.perf_counter() - t, res)
+            vectors[engine] = st.sql("SELECT i.image_id, e.vector FROM image_embeddings e JOIN images i USING (id) "
+                                     "ORDER BY i.image_id")
+        same = vectors["local"]["image_id"].equals(vectors["ray"]["image_id"]) and np.allclose(
+            np.array(vectors["local"]["vector"].to_list()), np.array(vectors["ray"]["vector"].to_list()), atol=1e-5)
+    (t_local, r_local), (t_ray, r_ray) = result["local"], result["ray"]
+    return [f"{made.images:,} phantom images ({studies:,} studies, {size} px), phantom-clip on CPU, `--workers 1`:", "",
+            "| engine | images encoded | image stage s | whole command s | images/s (image stage) |", "|---|---|---|---|---|",
+            f"| local (baseline) | {r_local.encoded:,} | {r_local.seconds:.1f} | {t_local:.1f} | {r_local.encoded / r_local.seconds:.0f} |",
+            f"| ray (local 2-CPU cluster) | {r_ray.encoded:,} | {r_ray.seconds:.1f} | {t_ray:.1f} | {r_ray.encoded / r_ray.seconds:.0f} |",
+            "", f"**Ratio (ray ÷ local, whole command): {t_ray / t_local:.2f}x**; the two stores hold the same vectors: "
+            f"{'yes' if same else 'NO'}. Load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.", ""]
+
+
 def main() -> None:
     import faiss
 
     from embedstore.store import index as idx
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[100_000])
+    ap.add_argument("--encode", type=int, default=1000, help="phantom studies for the ray-vs-local encode (0: skip)")
+    ap.add_argument("--size", type=int, default=64, help="the phantoms' pixels a side")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--clusters", type=int, default=2000)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--kinds", nargs="+", default=["hnsw", "hnsw-sq8", "ivf-pq"])
     args = ap.parse_args()
+    if args.encode:
+        append_results("Encode engines (bench/scale.py, issue 16 item 5)", encode_engines(args.encode, args.size))
+    if not args.sizes:
+        return
 
     rows = ["| vectors | kind | parameters (tuned) | build s | query ms (median, 1 query) | speed-up (exact ms ÷ this) | recall@10 | "
             "bytes/vector (file = RAM) | goal met |", "|---|---|---|---|---|---|---|---|---|"]
