@@ -21,6 +21,7 @@ from pathlib import Path
 from embedstore.store import Storage
 
 PathLike = str | os.PathLike
+PROJECTION_METHODS = ("pca", "tsne", "umap")  # what `separability` stores (umap when installed)
 
 
 class Store:
@@ -126,6 +127,29 @@ class Store:
         if run_id not in self._storage.runs()["run_id"].to_list():
             raise InputError(f"no run {run_id!r} in the store; see `embedstore runs`")
         return self._storage.metrics_of([run_id]).drop("run_id")
+
+    def projection(self, version: str | None = None, method: str = "pca", limit: int | None = None):
+        """The stored 2-D projection of a version's test images that the report's projection charts
+        draw, from the version's latest `separability` run that stored `method` (pca, tsne, umap):
+        image_id, x, y, labels (positive findings joined by ", "; "none"), split, view, run_id,
+        sorted by image id; a seeded sample of `limit` points when there are more; empty when no
+        separability ran on the version (nothing is computed: the store is only read)."""
+        import polars as pl
+
+        from embedstore.errors import InputError
+
+        if method not in PROJECTION_METHODS:
+            raise InputError(f"method={method!r}: give one of {', '.join(PROJECTION_METHODS)}")
+        if limit is not None and limit < 1:
+            raise InputError(f"limit={limit}: give at least 1")
+        run_ids = self._storage.runs_on([self._storage.resolve_version(version)])["run_id"].to_list()  # oldest first
+        points = self._storage.projection_points(run_ids).filter(pl.col("method") == method)
+        stored = set(points["run_id"].to_list())
+        latest = [r for r in run_ids if r in stored][-1:]
+        points = points.filter(pl.col("run_id").is_in(latest)).drop("method")
+        if limit is not None and points.height > limit:
+            points = points.sample(n=limit, seed=0)
+        return points.sort("image_id")
 
     def warm(self, version: str | None = None) -> str:
         """Load the version's model once and keep it: later free-text and image queries and

@@ -191,3 +191,36 @@ def test_a_non_loopback_host_needs_a_token(small_phantoms):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().startswith("error: --host 0.0.0.0 is not loopback: give --token")
+
+
+def test_the_map_is_the_api_projection_bounded_with_json_errors(small_phantoms, tmp_path):
+    # in-process (the app over a read-only API Store): /map before and after a separability run
+    from fastapi.testclient import TestClient
+
+    from embedstore.api import Store
+    from embedstore.serve.app import create_app
+
+    store = tmp_path / "store"
+    shutil.copytree(small_phantoms / "store", store)
+    client = TestClient(create_app(Store(store, read_only=True)))
+    assert client.get("/map").json() == []  # no separability run: nothing stored, nothing computed
+    writer = embedstore.open(store)
+    first = writer.separability("v1").to_polars()["run_id"][0]
+    latest = writer.separability("v1", force=True).to_polars()["run_id"][0]
+    assert latest != first
+    api = Store(store, read_only=True)
+    for method in ("pca", "tsne"):
+        got = client.get("/map", params={"version": "v1", "method": method}).json()
+        assert got == api.projection("v1", method=method).to_dicts()
+        assert {r["run_id"] for r in got} == {latest}  # the latest run's, not both
+        assert {r["split"] for r in got} == {"test"} and len({r["image_id"] for r in got}) == len(got) >= 3
+    pca = client.get("/map").json()
+    two = client.get("/map", params={"limit": 2}).json()
+    assert len(two) == 2 and all(r in pca for r in two)
+    assert "/map" in client.get("/openapi.json").json()["paths"]
+    for params, named in (({"version": "v9"}, "version='v9'"), ({"method": "umap'; DROP TABLE images"}, "method"),
+                          ({"method": "lda"}, "method='lda'"), ({"limit": 0}, "limit"), ({"limit": 5001}, "limit"),
+                          ({"limit": "all"}, "limit")):
+        bad = client.get("/map", params=params)
+        assert bad.status_code == 400 and named in bad.json()["error"], bad.text
+        assert "\n" not in bad.text and "Traceback" not in bad.text

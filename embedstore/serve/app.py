@@ -26,6 +26,7 @@ from embedstore.errors import EmbedstoreError, InputError, StoreBusy
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_K = 200  # results per query
+MAX_MAP = 5000  # points of the embedding map per request
 MAX_UPLOAD = 8 * 1024 * 1024  # bytes of an uploaded query image
 SPLITS = ("train", "val", "test")
 TARGETS = ("zeroshot", "probe", "finetuned")
@@ -179,6 +180,18 @@ def create_app(store, token: str | None = None) -> FastAPI:
         except InputError as err:
             raise ApiError(404, str(err)) from None
 
+    def _version(version: str | None) -> str | None:
+        if version is not None and version not in store.versions()["version"].to_list():
+            raise ApiError(400, f"version={version!r}: no such version; see /versions")
+        return version
+
+    @app.get("/map")
+    def embedding_map(version: str | None = Query(None, max_length=40), method: str = Query("pca", max_length=10),
+                      limit: int = Query(2000, ge=1, le=MAX_MAP)):
+        """The version's stored 2-D projection of its test images (image_id, x, y, labels, split,
+        view, run_id; a seeded sample of `limit` when there are more); [] when no separability ran."""
+        return _json(store.projection(_version(version), method=method, limit=limit))
+
     @app.get("/images/{image_id}")
     def image(image_id: str):
         """One image: metadata, labels, boxes and the report text."""
@@ -203,10 +216,7 @@ def create_app(store, token: str | None = None) -> FastAPI:
         known = store.splits(min_positives=1).to_polars()["finding"].to_list()
         if finding not in known:
             raise ApiError(400, f"finding={finding!r}: not in the store; give one of {', '.join(known)}")
-        ver = store.versions()
-        version = version or ver["version"].to_list()[-1]
-        if version not in ver["version"].to_list():
-            raise ApiError(400, f"version={version!r}: no such version; see /versions")
+        version = _version(version) or store.versions()["version"].to_list()[-1]
         key = f"{len(image_id)}-{abs(hash((image_id, finding, target, version)))}.png"
         out = overlays / key
         with overlay_lock:
@@ -239,6 +249,13 @@ def create_app(store, token: str | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @app.get("/static/vega.js", include_in_schema=False)
+    def vega_bundle():
+        """Vega, Vega-Lite and vega-embed: the report's inlined bundle, from the installed vl-convert."""
+        from embedstore.reports.html import javascript_bundle
+
+        return Response(javascript_bundle(), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon():
