@@ -340,6 +340,18 @@ def test_report_is_self_contained(iu_report):
     for spec in specs(text):
         assert not has_key(spec, "url"), "a chart loads data from a URL"
         assert "$schema" not in spec
+        # vega-tooltip shows a field titled "image" as a picture, loading its value as a URL
+        assert "image" not in _tooltip_titles(spec), "a tooltip field titled 'image' is fetched as a URL"
+
+
+def _tooltip_titles(node) -> set[str]:
+    if isinstance(node, dict):
+        tips = node.get("tooltip", [])
+        own = {t["title"] for t in (tips if isinstance(tips, list) else [tips]) if isinstance(t, dict) and "title" in t}
+        return own.union(*(_tooltip_titles(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_tooltip_titles(v) for v in node))
+    return set()
 
 
 # ---- charts on hand-made frames, and the page itself -------------------------------------

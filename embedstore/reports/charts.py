@@ -319,7 +319,7 @@ def projection_chart(frame: pl.DataFrame, findings: list[str], title: str):
                             scale=alt.Scale(domain=["positive", "other"], range=["#d62728", "#b7c4d1"])),
             opacity=alt.condition("datum.status == 'positive'", alt.value(0.9), alt.value(0.35)),
             order=alt.Order("is_pos:Q"),
-            tooltip=[alt.Tooltip("image_id:N", title="image"), alt.Tooltip("labels:N", title="labels"),
+            tooltip=[alt.Tooltip("image_id:N", title="image id"), alt.Tooltip("labels:N", title="labels"),
                      "split:N", "view:N"],
         )
         .transform_calculate(is_pos=has)
