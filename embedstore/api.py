@@ -322,16 +322,17 @@ class Store:
 
     # ---- data-set quality from stored vectors (no model, no torch) ------------------------------
     def duplicates(self, version: str | None = None, threshold: str | float = "auto", across_splits: bool = False,
-                   regroup: bool = False, space: str = "whitened", force: bool = False):
+                   regroup: bool = False, space: str = "whitened", force: bool = False, scaling: str = "local"):
         """`embedstore duplicates`: near-duplicate image pairs (FAISS k-NN and range search) and their
         groups, each with its splits, studies and labels, stored as a run; `threshold` "auto" is
         picked from the nearest-neighbour similarities (`.rule` says how); `across_splits`: only
-        groups that cross splits (probable leaks); `regroup`: write each group as one split group.
+        groups that cross splits (probable leaks); `regroup`: write each group as one split group;
+        `scaling` "local" scores a pair by its cosine less the two images' neighbourhood levels, "none" by the cosine.
         A `Duplicates` (`.to_polars()`: one row per group; `.pairs`, `.summary`)."""
         from embedstore.analyses.duplicates import duplicates
 
         return duplicates(self._storage, version, threshold=threshold, across_splits=across_splits, regroup=regroup,
-                          space=space, force=force)
+                          space=space, force=force, scaling=scaling)
 
     def label_issues(self, version: str | None = None, folds: int = 5, seed: int = 0, where: str | None = None,
                      force: bool = False):

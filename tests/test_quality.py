@@ -56,9 +56,10 @@ def same_frame(from_cli: list[dict], frame: pl.DataFrame) -> None:
 
 # ---- duplicates ------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 17's bar is not met with phantom-clip: a follow-up of the same "
-                   "patient is the nearest other-study image of only ~59% of images (79% even with identical "
-                   "findings and devices); measured P 0.81, R 0.31 on study pairs")
+@pytest.mark.xfail(strict=True, reason="issue 17's bar is not met with phantom-clip: its embeddings carry too little "
+                   "patient identity. With local scaling (the default) P 0.89 / R 0.44 on study pairs (seed 7: "
+                   "0.87 / 0.46); even a metric fitted on the TRUE patient map reaches recall 0.51-0.67 at "
+                   "precision 0.9 (bench/RESULTS.md, 'duplicates: same-patient pairs')")
 def test_duplicates_find_repeat_patients_at_the_issues_bar(world):
     found = world.store.duplicates()
     precision, recall, _ = qw.study_pair_scores(found.pairs, world.patients)
@@ -70,8 +71,8 @@ def test_duplicates_find_repeat_patients_far_above_chance_and_say_how_the_thresh
     found = world.store.duplicates()
     precision, recall, true_pairs = qw.study_pair_scores(found.pairs, world.patients)
     chance = true_pairs / (STUDIES * (STUDIES - 1) / 2)
-    assert precision >= 0.75 and precision > 1000 * chance, (precision, chance)
-    assert recall >= 0.25, recall
+    assert precision >= 0.85 and precision > 1000 * chance, (precision, chance)
+    assert recall >= 0.4, recall  # cosine alone (--scaling none): P 0.81 / R 0.31
     assert found.rule.startswith("auto: the 99.9th percentile of") and f"{found.threshold:.4f}" in found.rule
     assert (found.pairs["similarity"] >= found.threshold - 1e-6).all()
     assert (found.pairs["study_a"] != found.pairs["study_b"]).all()  # a study's own views are never a pair
@@ -80,10 +81,39 @@ def test_duplicates_find_repeat_patients_far_above_chance_and_say_how_the_thresh
 
 @pytest.mark.slow
 def test_duplicates_given_threshold_is_used_and_a_higher_one_finds_fewer_pairs(world):
-    low, high = world.store.duplicates(threshold="0.6"), world.store.duplicates(threshold=0.8)
+    low, high = world.store.duplicates(threshold="0.6", scaling="none"), world.store.duplicates(threshold=0.8, scaling="none")
     assert low.rule.startswith("given: 0.6000") and high.threshold == pytest.approx(0.8)
+    assert "score = cosine)" in low.rule
     assert 0 < high.pairs.height < low.pairs.height
     assert (high.pairs["similarity"] >= 0.8 - 1e-6).all()
+    low, high = world.store.duplicates(threshold=0.15), world.store.duplicates(threshold="0.3")
+    assert "mean of the two images' levels" in high.rule
+    assert 0 < high.pairs.height < low.pairs.height
+    assert (high.pairs["similarity"] >= 0.3 - 1e-6).all()
+
+
+@pytest.mark.parametrize("scaling", ["local", "none"])
+def test_duplicate_pairs_equal_every_pair_a_full_matrix_scores_above_the_threshold(scaling):
+    """The chunked FAISS range searches find exactly the pairs an n x n matrix of scores finds."""
+    from embedstore.analyses.duplicates import NEIGHBOURS, find_pairs, search_space
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 16)) * np.linspace(3, 0.2, 16)
+    X[300:400] = X[:100] + 0.3 * rng.standard_normal((100, 16))  # 100 near-duplicates of other studies
+    X[400:] += 2.0 * rng.standard_normal(16)  # a denser, shifted cluster: levels differ
+    study = np.array([f"s{i // 2}" for i in range(600)], dtype=object)  # two images a study
+    Z = search_space(X)
+    pairs, scores, threshold, nn, _ = find_pairs(Z, study, None, scaling=scaling, range_chunk=64)
+    S = Z.astype(np.float64) @ Z.T.astype(np.float64)
+    other = study[:, None] != study[None, :]
+    if scaling == "local":
+        top = np.sort(np.where(other, S, -np.inf), axis=1)[:, ::-1][:, 1:NEIGHBOURS + 1]
+        level = top.mean(axis=1)
+        S = S - (level[:, None] + level[None, :]) / 2
+    want = {(a, b) for a, b in zip(*np.nonzero(np.triu((S >= threshold + 1e-5) & other, 1)))}
+    got = {(int(a), int(b)) for a, b in pairs}
+    assert want and want <= got and all(S[a, b] >= threshold - 1e-5 for a, b in got)
+    assert np.allclose(scores, [S[a, b] for a, b in pairs], atol=1e-5)
 
 
 @pytest.mark.slow
