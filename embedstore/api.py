@@ -100,9 +100,10 @@ class Store:
         names) filter as `where` does, without SQL."""
         from embedstore.query import query
 
-        ver = self._storage.resolve_version(version) if self._warm else version
-        return query(self._storage, text=text, image=image, like=like, k=k, where=where, version=ver, split=split,
-                     view=view, present=present, absent=absent, loaded=self._warm.get(ver))
+        with self._storage.reading():  # one connection for the query's reads
+            ver = self._storage.resolve_version(version) if self._warm else version
+            return query(self._storage, text=text, image=image, like=like, k=k, where=where, version=ver,
+                         split=split, view=view, present=present, absent=absent, loaded=self._warm.get(ver))
 
     def image(self, image_id: str) -> dict:
         """One stored image: its metadata (split, view, path, report text in `findings` and

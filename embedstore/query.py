@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from embedstore.data.records import SPLITS
 from embedstore.errors import InputError, StoreBusy
 
 
@@ -40,6 +41,8 @@ def query(
         raise InputError("give exactly one of TEXT, --image PATH or --like IMAGE_ID")
     if k < 1:
         raise InputError(f"-k must be at least 1, got {k}")
+    if split is not None and split not in SPLITS:
+        raise InputError(f"split={split!r}: give one of {', '.join(SPLITS)}")
     ver = st.resolve_version(version)
     filters = st.filter_predicate(split=split, view=view, present=present, absent=absent)
     if filters:

@@ -37,7 +37,8 @@ def served(small_phantoms, tmp_path_factory):
 
 def test_health_versions_and_the_openapi_schema(served):
     client, store, _, _ = served
-    assert client.get("/health").json() == {"status": "ok", "store": str(store.resolve()), "versions": 1}
+    assert client.get("/health").json() == {"status": "ok", "store": str(store.resolve()), "versions": 1,
+                                            "models_loaded": 0}
     versions = client.get("/versions").json()
     assert [v["version"] for v in versions] == ["v1"] and versions[0]["model_name"] == "phantom-clip"
     paths = client.get("/openapi.json").json()["paths"]

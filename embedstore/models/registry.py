@@ -177,11 +177,19 @@ def load_model(name, pretrained: str | None = None, device: str = "cpu", precisi
     if precision not in PRECISIONS:
         raise InputError(f"--precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     spec = resolve(name, pretrained)
-    if spec.kind == "local-dir":
-        return _load_local(spec, device, precision)
-    if spec.kind == "hf-hub":
-        return _load_hub(spec, device, precision)
-    return _load_arch(spec, device, precision)
+    load = {"local-dir": _load_local, "hf-hub": _load_hub}.get(spec.kind, _load_arch)
+    loaded = load(spec, device, precision)
+    _LOADS[0] += 1
+    return loaded
+
+
+_LOADS = [0]  # models built by `load_model` in this process
+
+
+def loads() -> int:
+    """How many models `load_model` has built in this process (a server shows it in /health:
+    with `--model-warm` it stays 1 however many free-text and image queries come)."""
+    return _LOADS[0]
 
 
 def _read_config(folder: Path, name: str) -> dict:

@@ -380,12 +380,28 @@ class IndexFiles:
         return "auto", None
 
     def load_index(self, version: str):
-        """The version's FAISS index, or None when it is missing or stale (count differs)."""
+        """The version's FAISS index, or None when it is missing or stale (count differs).
+
+        The loaded index is kept on this object and reused while the recorded checksum and count
+        and the file (inode, size, mtime) stay the same: a server reads a 200 MB file once, not
+        per query. Callers only search it."""
         st = self.index_state(version)
         if not st["exists"] or st["index_count"] != st["rows"]:
             return None
-        index = load(self.index_path(version))
-        return index if index.ntotal == st["rows"] else None
+        path = self.index_path(version)
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        key = (st["checksum"], st["rows"], stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        kept = self._loaded_indexes.get(version)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        index = load(path)
+        if index.ntotal != st["rows"]:
+            return None
+        self._loaded_indexes[version] = (key, index)
+        return index
 
     def refresh_index(self, version: str, before: dict, encoded: int) -> bool:
         """Bring the version's index in line with DuckDB after a run that encoded `encoded` images

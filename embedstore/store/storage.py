@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,12 @@ DB_NAME = "embedstore.duckdb"
 DEFAULT_STORE = ".embedstore"
 BUSY_TIMEOUT_S = 10.0  # how long a reader retries while a writer commits, unless $EMBEDSTORE_BUSY_TIMEOUT
 WRITER_WAIT_S = 60.0  # how long a writer's commit waits for readers' connections to close
+WAITING_NAME = "commit-waiting"  # a writer touches it while readers keep it from the file
+WAITING_FRESH_S = 2.0  # a marker older than this is a dead writer's: readers ignore it
+# DuckDB's Python client shares one database instance among a process's connections to a file;
+# opening and closing them from many threads at once can hand out an instance whose Python table
+# functions are not registered yet ("python_arrow_scan does not exist"): they are serialised.
+_CONNECT_LOCK = threading.Lock()
 
 
 def busy_timeout() -> float:
@@ -68,6 +75,8 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         self._con = None  # the open write connection, shared by nested `connect(write=True)`
         self._layout_checked = False  # the file's layout is checked (and migrated) once per object
         self._view_checked = False  # labels_wide is checked once per writer session
+        self._loaded_indexes: dict = {}  # version -> (file key, FAISS index): `load_index`'s
+        self._reads = threading.local()  # this thread's `reading()` block: depth, its connection
 
     def __repr__(self) -> str:
         return f"Storage({str(self.path)!r})"
@@ -127,6 +136,32 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         return self._lock.fd is not None
 
     @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Inside the block, this thread's reads share one read-only connection, opened at the
+        first read and closed at the end (a query's half-dozen reads then open the file once, not
+        each time). A write inside closes it first; the next read opens another. Keep the block
+        short: a writer's commit waits for the connection to close. Nested use is free."""
+        local = self._reads
+        if getattr(local, "depth", 0):
+            local.depth += 1
+            try:
+                yield
+            finally:
+                local.depth -= 1
+            return
+        local.depth, local.con = 1, None
+        try:
+            yield
+        finally:
+            local.depth = 0
+            self._close_shared_read()
+
+    def _close_shared_read(self) -> None:
+        con, self._reads.con = getattr(self._reads, "con", None), None
+        if con is not None:
+            _close(con)
+
+    @contextlib.contextmanager
     def connect(self, write: bool = False, external: bool = False, lock: bool = True) -> Iterator[Any]:
         """A DuckDB connection, open only for the block. `write=True` takes the store's writer lock
         (StoreBusy if another process holds it) unless `writer()` holds it already, or unless
@@ -150,6 +185,7 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
             yield self._con
             return
         if write or self.writing:
+            self._close_shared_read()  # one process cannot hold the file read-only and for writing
             with self.writer() if lock or self.writing else self._appender():
                 self.path.mkdir(parents=True, exist_ok=True)
                 con = self._open(duckdb, read_only=False, external=external)
@@ -164,7 +200,7 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
                     yield con
                 finally:
                     self._con = None
-                    con.close()
+                    _close(con)
             return
         if not self.db_path.exists():
             raise StoreError(f"no store at {self.path}; encode a data set into it first "
@@ -175,38 +211,70 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
                                  "run any command on it where it is writable (e.g. `embedstore versions`)")
             with self.connect(write=True):  # migrate a store written by an older embedstore
                 pass
+        shared = getattr(self._reads, "depth", 0) and not external
+        if shared and self._reads.con is not None:
+            yield self._reads.con
+            return
         con = self._open(duckdb, read_only=True, external=external)
+        if shared:
+            self._reads.con = con  # closed by `reading()`
+            yield con
+            return
         try:
             yield con
         finally:
-            con.close()
+            _close(con)
 
     def _needs_migration(self, duckdb) -> bool:
         con = self._open(duckdb, read_only=True)
         try:
             layout = schema.stored_version(con)
         finally:
-            con.close()
+            _close(con)
         schema.check_readable(layout, self.path)
         self._layout_checked = layout == schema.SCHEMA_VERSION
         return not self._layout_checked
 
     def _open(self, duckdb, read_only: bool, external: bool = False):
         """Open the file, retrying while another process holds it in the other mode: readers for
-        `busy_timeout()` seconds, writers (whose commit waits on readers' short reads) at least 60."""
+        `busy_timeout()` seconds, writers (whose commit waits on readers' short reads) at least 60.
+
+        A writer kept out by readers touches `commit-waiting` in the store on every try; readers
+        do not open the file while it is fresh (a busy server would otherwise always hold it
+        somewhere and starve the writer), so the writer gets in once their open reads end."""
         config = {} if external else {"enable_external_access": False, "lock_configuration": True}
         wait = busy_timeout() if read_only else max(busy_timeout(), WRITER_WAIT_S)
         deadline, pause = time.monotonic() + wait, 0.005
-        while True:
-            try:
-                return duckdb.connect(str(self.db_path), read_only=read_only, config=config)
-            except duckdb.IOException as err:
-                if "lock" not in str(err).lower():
-                    raise StoreError(f"cannot open {self.db_path}: {str(err).splitlines()[0]}") from None
-                if time.monotonic() >= deadline:
-                    raise StoreBusy(self._busy_message(read_only, err)) from None
-            time.sleep(pause)
-            pause = min(pause * 2, 0.05)
+        waiting = self.path / WAITING_NAME
+        marked = False
+        try:
+            while True:
+                if not (read_only and self._writer_waiting(waiting)):
+                    try:
+                        with _CONNECT_LOCK:
+                            return duckdb.connect(str(self.db_path), read_only=read_only, config=config)
+                    except duckdb.IOException as err:
+                        if "lock" not in str(err).lower():
+                            raise StoreError(f"cannot open {self.db_path}: {str(err).splitlines()[0]}") from None
+                        if time.monotonic() >= deadline:
+                            raise StoreBusy(self._busy_message(read_only, err)) from None
+                        if not read_only:
+                            waiting.touch()
+                            marked = True
+                elif time.monotonic() >= deadline:
+                    raise StoreBusy(self._busy_message(read_only, "a writer is waiting to commit"))
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+        finally:
+            if marked:
+                waiting.unlink(missing_ok=True)
+
+    @staticmethod
+    def _writer_waiting(marker: Path) -> bool:
+        try:
+            return time.time() - marker.stat().st_mtime < WAITING_FRESH_S
+        except OSError:
+            return False
 
     @contextlib.contextmanager
     def transaction(self, lock: bool = True) -> Iterator[Any]:
@@ -238,3 +306,8 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         """Run a read query and return the first column of its first row (None when it has none)."""
         rows = self._rows(sql, params)
         return rows[0][0] if rows else None
+
+
+def _close(con) -> None:
+    with _CONNECT_LOCK:
+        con.close()
