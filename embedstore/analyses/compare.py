@@ -25,12 +25,10 @@ side by side; the paired columns are filled for the metrics above. Reads the sto
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import polars as pl
 
-from embedstore.analyses.runs import run_label
+from embedstore.analyses.runs import parse_config, run_label
 from embedstore.errors import InputError
 
 # Config keys that describe the data read rather than the analysis asked for.
@@ -197,8 +195,7 @@ def _runs_of(store, version: str) -> list[dict]:
     runs = store.runs().filter(pl.col("version") == version).sort(["started", "run_id"], descending=True)
     out = []
     for run_id, kind, config in runs.select("run_id", "kind", "config").iter_rows():
-        cfg = json.loads(config) if isinstance(config, str) else dict(config or {})
-        out.append({"run_id": run_id, "kind": kind, "config": cfg})
+        out.append({"run_id": run_id, "kind": kind, "config": parse_config(config)})
     return out
 
 

@@ -20,7 +20,8 @@ from embedstore.errors import InputError, StoreError
 from embedstore.files import atomic_path
 from embedstore.progress import Progress
 from embedstore.reports import charts
-from embedstore.reports.data import MACRO, OTHER_KINDS, PAIRED_METRICS, POOLED, ReportData, parse_config
+from embedstore.analyses.runs import parse_config
+from embedstore.reports.data import MACRO, OTHER_KINDS, PAIRED_METRICS, POOLED, ReportData
 from embedstore.reports.html import Chart, Gallery, Note, Report, Section, Table, chart_spec, render, thumbnail
 
 # Per-finding metrics the dot plot offers, in the drop-down's order (each lies in [0, 1]).

@@ -5,10 +5,10 @@ No model, no torch.
 
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
+from embedstore.analyses.compare import PAIRED_METRICS
+from embedstore.analyses.runs import parse_config, run_label
 from embedstore.errors import InputError
 
 # Run kinds that are not per-image classifiers: they get their own sections.
@@ -18,24 +18,6 @@ POOLED = "pooled (evaluable findings)"
 MACRO = "macro (evaluable findings)"
 # compare_methods' method specs -> how the report names them.
 METHODS = {"zeroshot:pos-neg": "zero-shot pos-neg", "probe": "probe", "finetuned": "fine-tuned head"}
-PAIRED_METRICS = ("auroc", "ap", "f1")
-
-
-def parse_config(config) -> dict:
-    if isinstance(config, dict):
-        return config
-    try:
-        cfg = json.loads(config) if config else {}
-    except json.JSONDecodeError:
-        return {}
-    return cfg if isinstance(cfg, dict) else {}
-
-
-def run_name(kind: str, config) -> str:
-    """The run's name as `embedstore compare` prints it (kind plus what tells same-kind runs apart)."""
-    from embedstore.analyses.runs import run_label
-
-    return run_label(kind, parse_config(config))
 
 
 class ReportData:
@@ -87,7 +69,7 @@ class ReportData:
         `run` (its name) and `series` (its name with the version when several are reported)."""
         runs = self.store.runs_on(self.versions)
         runs = runs.unique(subset=["kind", "version", "config_hash"], keep="last", maintain_order=True)
-        names = [run_name(k, c) for k, c in zip(runs["kind"], runs["config"])]
+        names = [run_label(k, parse_config(c)) for k, c in zip(runs["kind"], runs["config"])]
         series = [f"{n} @ {v}" if len(self.versions) > 1 else n for n, v in zip(names, runs["version"])]
         return runs.with_row_index("rank").with_columns(pl.Series("run", names, dtype=pl.String),
                                                         pl.Series("series", series, dtype=pl.String))
