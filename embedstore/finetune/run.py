@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from embedstore.errors import InputError, StoreError
+from embedstore.results import Row
 
 OBJECTIVES = ("bce", "contrastive")
 HEAD_INITS = ("zeroshot", "random")
@@ -38,8 +39,9 @@ RECORD_FILE = "finetune.json"
 
 
 @dataclass
-class FinetuneResult:
-    """What one `finetune` call did."""
+class FinetuneResult(Row):
+    """What one `finetune` call did (`.to_polars()`: one row of `as_dict`: version, parent,
+    objective, train, epochs, best val AUROC, reuse, counts, seconds)."""
 
     version: str
     parent: str
@@ -67,12 +69,6 @@ class FinetuneResult:
         out["best_val_auroc"] = round(self.best_val_auroc, 4) if self.best_val_auroc == self.best_val_auroc else None
         out["seconds"] = round(self.seconds, 1)
         return out
-
-    def to_polars(self):
-        """One row: version, parent, objective, train, epochs, best val AUROC, reuse, counts, seconds."""
-        import polars as pl
-
-        return pl.DataFrame([self.as_dict()])
 
 
 # ---- the command -----------------------------------------------------------------------------
