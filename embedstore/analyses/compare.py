@@ -242,11 +242,6 @@ def _paired_runs(store, run_1: dict, run_2: dict, n_boot: int, seed: int, alpha:
                               cfg.get("min_positives"))
 
 
-def _metrics(store, run_ids: list[str]) -> pl.DataFrame:
-    m = store.metrics_of(run_ids)
-    return m.with_columns(pl.col("value", "lo", "hi").cast(pl.Float64).fill_nan(None))
-
-
 def require_same_test_set(store, v1: str, v2: str) -> None:
     """InputError unless both versions have vectors for exactly the same test images: metrics on
     different test sets differ by the images as well as by the model."""
@@ -337,7 +332,8 @@ def compare(store, v1: str, v2: str, n_boot: int = 1000, seed: int = 0, alpha: f
         "run_1": [a[k]["run_id"] for k in shared],
         "run_2": [b[k]["run_id"] for k in shared],
     })
-    m = _metrics(store, pairs["run_1"].to_list() + pairs["run_2"].to_list())
+    m = store.metrics_of(pairs["run_1"].to_list() + pairs["run_2"].to_list()).with_columns(
+        pl.col("value", "lo", "hi").cast(pl.Float64).fill_nan(None))
     left = m.rename({"run_id": "run_1", "value": "value_1", "lo": "lo_1", "hi": "hi_1"})
     right = m.rename({"run_id": "run_2", "value": "value_2", "lo": "lo_2", "hi": "hi_2"})
     out = (pairs.join(left, on="run_1")

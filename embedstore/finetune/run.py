@@ -336,15 +336,11 @@ def find_finetuned(st, key: str, complete: bool) -> str | None:
 
 
 def _fill_result_from_record(st, version: str, result: FinetuneResult) -> None:
-    rec = _training_record(st, version)
+    rec = json.loads((st.version(version).checkpoint / RECORD_FILE).read_text())
     result.best_epoch, result.best_val_auroc = rec["best_epoch"], rec["best_val_auroc"]
     result.stopped_early, result.history = rec["stopped_early"], rec["history"]
     result.epochs_run = len(rec["history"])
     result.resumed_from = result.epochs_run  # training had finished: nothing left to train
-
-
-def _training_record(st, version: str) -> dict:
-    return json.loads((st.version(version).checkpoint / RECORD_FILE).read_text())
 
 
 def _reused(st, version: str, parent: str, key: str, started: float) -> FinetuneResult:

@@ -46,9 +46,6 @@ class ReportData:
             return []
         return self._lineage(self.store.resolve_version(None))
 
-    def parent_of(self, version: str) -> str | None:
-        return dict(zip(self.all_versions["version"], self.all_versions["parent"])).get(version)
-
     def _lineage(self, v: str) -> list[str]:
         """The version, its ancestors and its descendants (the fine-tuned children)."""
         parent = dict(zip(self.all_versions["version"], self.all_versions["parent"]))
@@ -195,13 +192,14 @@ class ReportData:
         from embedstore.analyses.compare import compare, compare_methods
 
         frames, skipped = [], []
+        parent_of = dict(zip(self.all_versions["version"], self.all_versions["parent"]))
         for version in self.versions:
             methods = self.methods_on(version)
             if len(methods) >= 2:
                 label = pl.format(f"{version}: {{}} - {{}}", pl.col("method_2").replace(METHODS), pl.col("method_1").replace(METHODS))
                 frames.append(_or_reason(lambda: compare_methods(self.store, version, methods).with_columns(
                     label.alias("comparison")), skipped))
-            parent = self.parent_of(version)
+            parent = parent_of.get(version)
             if parent in self.versions and "probe" in self.methods_on(parent) and "probe" in methods:
                 frames.append(_or_reason(lambda: compare(self.store, parent, version).filter(pl.col("kind") == "probe").with_columns(
                     pl.lit(f"probe: {version} - {parent}").alias("comparison")), skipped))
