@@ -116,9 +116,6 @@ class ReportData:
             .with_columns(pl.col("both").fill_null(0))
         )
 
-    def views(self) -> pl.DataFrame:
-        return self.store.view_counts()
-
     # -- data-set quality ----------------------------------------------------------------
     def quality_run(self, kind: str) -> str | None:
         """The latest run of `kind` (duplicates, label-issues) on the reported versions, or None."""
@@ -130,10 +127,6 @@ class ReportData:
         from embedstore.analyses.duplicates import stored_groups
 
         return stored_groups(self.store, run_id)
-
-    def label_issue_candidates(self, run_id: str) -> pl.DataFrame:
-        """The flagged labels of a label-issues run, most suspect first."""
-        return self.store.label_issue_rows(run_id)
 
     def view_coverage(self) -> pl.DataFrame:
         from embedstore.analyses.views import view_coverage
@@ -164,9 +157,6 @@ class ReportData:
         """Per-image scores and predictions beside the 0/1 label (uncertain and missing left out)."""
         s = self.store.scored_labels(runs["run_id"].to_list())
         return s.join(runs.select("run_id", "series", "rank"), on="run_id").sort("rank", maintain_order=True)
-
-    def projections(self, runs: pl.DataFrame) -> pl.DataFrame:
-        return self.store.projection_points(runs["run_id"].to_list())
 
     # -- paired comparisons ------------------------------------------------------------
     def methods_on(self, version: str) -> list[str]:
