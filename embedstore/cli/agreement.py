@@ -7,14 +7,14 @@ from typing import Optional
 import typer
 
 from embedstore.cli import app
-from embedstore.cli.options import FORCE, FORMAT, LAYER, METHOD, N_BOOT, STORE, TARGET, VERSION, open_store
+from embedstore.cli.options import BOX_FORMAT, FORCE, FORMAT, LAYER, METHOD, N_BOOT, STORE, TARGET, VERSION, open_store
 from embedstore.cli.output import Format, emit, emit_result
 
 
 @app.command()
 def agreement(
     boxes: Optional[str] = typer.Option(None, "--boxes", help="Box file (default: the store's boxes table)."),
-    box_format: str = typer.Option("auto", "--box-format", help="auto|canonical|nih|vindr|rsna"),
+    box_format: str = BOX_FORMAT,
     target: str = TARGET,
     version: Optional[str] = VERSION,
     method: str = METHOD,
