@@ -54,11 +54,8 @@ class ReportData:
         while p and p not in family:
             family.add(p)
             p = parent.get(p)
-        grew = True
-        while grew:
-            kids = {c for c, par in parent.items() if par in family and c not in family}
+        while kids := {c for c, par in parent.items() if par in family} - family:
             family |= kids
-            grew = bool(kids)
         return [x for x in self.all_versions["version"] if x in family]
 
     def _runs(self) -> pl.DataFrame:
