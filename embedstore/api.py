@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from embedstore.errors import InputError, StoreError
 from embedstore.store import Storage
 
 PathLike = str | os.PathLike
@@ -108,8 +109,6 @@ class Store:
     def image(self, image_id: str) -> dict:
         """One stored image: its metadata (split, view, path, report text in `findings` and
         `impression`), its labels ({finding: 1 / 0 / -1}) and its boxes; InputError for an unknown id."""
-        from embedstore.errors import InputError
-
         found = self._storage.image_detail(image_id)
         if found is None:
             raise InputError(f"no image {image_id!r} in the store; see `embedstore sql \"SELECT image_id FROM images\"`")
@@ -123,8 +122,6 @@ class Store:
 
     def run_metrics(self, run_id: str):
         """One stored run's metrics (finding, metric, value, lo, hi); InputError for an unknown run."""
-        from embedstore.errors import InputError
-
         if run_id not in self._storage.runs()["run_id"].to_list():
             raise InputError(f"no run {run_id!r} in the store; see `embedstore runs`")
         return self._storage.metrics_of([run_id]).drop("run_id")
@@ -189,7 +186,6 @@ class Store:
     def verify(self, version: str | None = None, strict: bool = False):
         """`embedstore verify`: one row per (version, check); `strict` raises StoreError naming
         the first failed check (the CLI exits 2 then)."""
-        from embedstore.errors import StoreError
         from embedstore.store.verify import first_failure, verify
 
         report = verify(self._storage, version)
@@ -205,7 +201,6 @@ class Store:
         `hnsw-sq8` or `ivf-pq` (compressed, re-ranked exactly by `IndexRefineFlat`); `params` e.g.
         "M=48,efConstruction=200" or "nlist=1024,m=64,k_factor=16" (efSearch / nprobe are tuned on
         the version's own vectors unless given). A kind given by hand is kept by later rebuilds."""
-        from embedstore.errors import InputError
         from embedstore.store import index as idx
 
         if kind != "auto" and kind not in idx.KINDS:
@@ -313,7 +308,6 @@ class Store:
         every pair of methods on `version`. Versions: the analyses one of them lacks are first run on
         it with the other's settings, unless `no_run` (then the error names the commands)."""
         from embedstore.analyses import compare as cmp
-        from embedstore.errors import InputError
 
         if methods:
             return cmp.compare_methods(self._storage, version, list(methods), n_boot=n_boot)

@@ -1,8 +1,9 @@
-"""The one-row summary a command returns when it has no richer result type (preview, synth)."""
+"""One-row results: a command's summary dict (preview, synth) and the dataclass results of one call."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 
 class Summary(dict):
@@ -13,3 +14,15 @@ class Summary(dict):
         import polars as pl
 
         return pl.DataFrame([{k: json.dumps(v) if isinstance(v, dict) else v for k, v in self.items()}])
+
+
+class Row:
+    """A dataclass result of one call: `.as_dict()` its fields, `.to_polars()` them as one row."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def to_polars(self):
+        import polars as pl
+
+        return pl.DataFrame([self.as_dict()])

@@ -11,12 +11,13 @@ version. No torch: vectors are taken as given, L2-normalised as every stored vec
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from embedstore.errors import InputError
+from embedstore.results import Row
 
 VECTORS_FILE = "vectors.parquet"
 MODEL_FILE = "model.json"
@@ -24,8 +25,8 @@ CHUNK = 50_000  # rows per import commit
 
 
 @dataclass
-class ExportResult:
-    """What `export` wrote."""
+class ExportResult(Row):
+    """What `export` wrote: one row of version, out, rows, dim, vectors (the Parquet file), model (the record's JSON file)."""
 
     version: str
     out: str
@@ -34,34 +35,16 @@ class ExportResult:
     vectors: str
     model: str
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def to_polars(self):
-        """One row: version, out, rows, dim, vectors (the Parquet file), model (the record's JSON file)."""
-        import polars as pl
-
-        return pl.DataFrame([self.as_dict()])
-
 
 @dataclass
-class ImportResult:
-    """What `import` stored."""
+class ImportResult(Row):
+    """What `import` stored: one row of version, imported, dim, normalized, index_count."""
 
     version: str
     imported: int
     dim: int
     normalized: int  # vectors whose norm was not 1 and were scaled to it
     index_count: int
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def to_polars(self):
-        """One row: version, imported, dim, normalized, index_count."""
-        import polars as pl
-
-        return pl.DataFrame([self.as_dict()])
 
 
 def export(st, version: str | None, out) -> ExportResult:

@@ -25,12 +25,10 @@ side by side; the paired columns are filled for the metrics above. Reads the sto
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import polars as pl
 
-from embedstore.analyses.runs import run_label
+from embedstore.analyses.runs import parse_config, run_label
 from embedstore.errors import InputError
 
 # Config keys that describe the data read rather than the analysis asked for.
@@ -197,8 +195,7 @@ def _runs_of(store, version: str) -> list[dict]:
     runs = store.runs().filter(pl.col("version") == version).sort(["started", "run_id"], descending=True)
     out = []
     for run_id, kind, config in runs.select("run_id", "kind", "config").iter_rows():
-        cfg = json.loads(config) if isinstance(config, str) else dict(config or {})
-        out.append({"run_id": run_id, "kind": kind, "config": cfg})
+        out.append({"run_id": run_id, "kind": kind, "config": parse_config(config)})
     return out
 
 
@@ -243,11 +240,6 @@ def _paired_runs(store, run_1: dict, run_2: dict, n_boot: int, seed: int, alpha:
     return paired_differences(Y, S1, S2, P1, P2, np.array([group_of[int(i)] for i in ids1], dtype=object), findings,
                               cfg.get("uncertain", "mask"), cfg.get("blank", "mask"), n_boot, seed, alpha,
                               cfg.get("min_positives"))
-
-
-def _metrics(store, run_ids: list[str]) -> pl.DataFrame:
-    m = store.metrics_of(run_ids)
-    return m.with_columns(pl.col("value", "lo", "hi").cast(pl.Float64).fill_nan(None))
 
 
 def require_same_test_set(store, v1: str, v2: str) -> None:
@@ -340,7 +332,8 @@ def compare(store, v1: str, v2: str, n_boot: int = 1000, seed: int = 0, alpha: f
         "run_1": [a[k]["run_id"] for k in shared],
         "run_2": [b[k]["run_id"] for k in shared],
     })
-    m = _metrics(store, pairs["run_1"].to_list() + pairs["run_2"].to_list())
+    m = store.metrics_of(pairs["run_1"].to_list() + pairs["run_2"].to_list()).with_columns(
+        pl.col("value", "lo", "hi").cast(pl.Float64).fill_nan(None))
     left = m.rename({"run_id": "run_1", "value": "value_1", "lo": "lo_1", "hi": "hi_1"})
     right = m.rename({"run_id": "run_2", "value": "value_2", "lo": "lo_2", "hi": "hi_2"})
     out = (pairs.join(left, on="run_1")

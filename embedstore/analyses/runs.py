@@ -9,6 +9,7 @@ deleted after the new run is written, so nothing is ever half-written).
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -167,6 +168,17 @@ def run_label(kind: str, config: dict) -> str:
     if config.get("where"):
         parts.append(f"where={config['where']}")
     return f"{kind}({','.join(parts)})" if parts else kind  # no [ ]: rich would read them as markup
+
+
+def parse_config(config) -> dict:
+    """A stored run's config (JSON text, a dict or None) as a dict; {} where it is not a JSON object."""
+    if isinstance(config, dict):
+        return config
+    try:
+        cfg = json.loads(config) if config else {}
+    except json.JSONDecodeError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def runs(store, kind: str | None = None) -> pl.DataFrame:

@@ -23,10 +23,9 @@ overall metrics over *all* findings, on the test images with no masked label.
 
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
+from embedstore.analyses.runs import parse_config
 from embedstore.analyses.scoring import DEFAULT_SUFFIX
 
 COLUMNS = {"method": pl.String, "version": pl.String, "macro F1": pl.Float64, "exact match": pl.Float64,
@@ -56,7 +55,7 @@ def _latest(store, version: str | None, kind: str, **want) -> str | None:
         return None
     runs = store.runs().filter((pl.col("version") == version) & (pl.col("kind") == kind)).sort("started", descending=True)
     for run_id, config in runs.select("run_id", "config").iter_rows():
-        cfg = json.loads(config) if isinstance(config, str) else dict(config or {})
+        cfg = parse_config(config)
         if all(cfg.get(k, CONFIG_DEFAULTS.get(k)) == v for k, v in want.items()):
             return run_id
     return None

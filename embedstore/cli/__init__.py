@@ -55,9 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     else); a Python traceback only with --debug."""
     from embedstore.errors import EmbedstoreError
 
-    _quiet_loggers()
+    import logging
     import warnings
 
+    # Libraries that log tracebacks of their own (pydicom on an unreadable file) stay quiet: our
+    # error line says what happened.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
     try:
         code = app(args=argv, prog_name="embedstore", standalone_mode=False)
@@ -99,14 +102,6 @@ def _describe(err: Exception) -> str:
         return f"{err.strerror or type(err).__name__}:{where}; {hint}"
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {first} (run again with --debug for the traceback)"
-
-
-def _quiet_loggers() -> None:
-    """Libraries that log tracebacks of their own (pydicom on an unreadable file) stay quiet: our
-    error line says what happened."""
-    import logging
-
-    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
 if __name__ == "__main__":

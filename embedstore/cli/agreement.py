@@ -7,14 +7,14 @@ from typing import Optional
 import typer
 
 from embedstore.cli import app
-from embedstore.cli.options import FORCE, FORMAT, LAYER, METHOD, N_BOOT, STORE, TARGET, VERSION, open_store
+from embedstore.cli.options import BOX_FORMAT, FORCE, FORMAT, LAYER, METHOD, N_BOOT, STORE, TARGET, VERSION, open_store
 from embedstore.cli.output import Format, emit, emit_result
 
 
 @app.command()
 def agreement(
     boxes: Optional[str] = typer.Option(None, "--boxes", help="Box file (default: the store's boxes table)."),
-    box_format: str = typer.Option("auto", "--box-format", help="auto|canonical|nih|vindr|rsna"),
+    box_format: str = BOX_FORMAT,
     target: str = TARGET,
     version: Optional[str] = VERSION,
     method: str = METHOD,
@@ -41,13 +41,8 @@ def agreement(
                                          n_boot=n_boot, seed=seed, force=force, progress=fmt is Format.table)
     if items_out and result.per_item is not None:
         result.per_item.write_csv(items_out)
-    typer.echo(scored_line(result), err=True)
+    left = result.left_out_text()  # e.g. "test split: 109 boxed items scored; left out: 274 train, 40 val"
+    typer.echo(f"{result.split} split: {result.scored} boxed items scored" + (f"; left out: {left}" if left else ""), err=True)
     if not emit_result(result, fmt):
         title = f"agreement run {result.run.run_id}" + (" (reused)" if result.run.reused else "")
         emit(result.to_polars(), fmt, title=title)
-
-
-def scored_line(result) -> str:
-    """e.g. "test split: 109 boxed items scored; left out: 274 train, 40 val"."""
-    left = result.left_out_text()
-    return f"{result.split} split: {result.scored} boxed items scored" + (f"; left out: {left}" if left else "")

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from embedstore.cli import app
-from embedstore.cli.options import FORMAT, STORE, VIEWS_FILE, open_store
+from embedstore.cli.options import BOX_FORMAT, DEVICE, FORMAT, STORE, VIEWS_FILE, open_store
 from embedstore.cli.output import Format, emit, emit_result
 
 
@@ -21,10 +21,10 @@ def encode(
     labels: Optional[str] = typer.Option(None, "--labels", help="Label scheme (reader-specific)."),
     images: Optional[str] = typer.Option(None, "--images", help="Folder with the image files."),
     boxes: Optional[str] = typer.Option(None, "--boxes", help="Annotated boxes to store (default: boxes.csv beside SOURCE)."),
-    box_format: str = typer.Option("auto", "--box-format", help="auto|canonical|nih|vindr|rsna"),
+    box_format: str = BOX_FORMAT,
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: cores - 1)."),
-    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
+    device: str = DEVICE,
     precision: str = typer.Option("fp32", "--precision", help="fp32|fp16|bf16"),
     version: Optional[str] = typer.Option(None, "--version", help="Append to this version (must be the same model)."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first report that cannot be read (default: record it in errors, go on)."),

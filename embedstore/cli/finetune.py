@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from embedstore.cli import app
-from embedstore.cli.options import FORCE, FORMAT, STORE, open_store
+from embedstore.cli.options import DEVICE, FORCE, FORMAT, STORE, open_store
 from embedstore.cli.output import Format, emit, emit_result
 
 
@@ -22,7 +22,7 @@ def finetune(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     accumulate: int = typer.Option(1, "--accumulate", min=1, help="Micro-batches per optimizer step."),
     patience: int = typer.Option(3, "--patience", min=1, help="Epochs without a better val macro AUROC before stopping."),
-    device: str = typer.Option("auto", "--device", help="auto|cpu|cuda"),
+    device: str = DEVICE,
     precision: str = typer.Option("fp32", "--precision", help="fp32 | auto (mixed precision on GPU)."),
     seed: int = typer.Option(0, "--seed"),
     head_init: str = typer.Option("zeroshot", "--head-init",

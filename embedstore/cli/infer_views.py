@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from embedstore.cli import app
-from embedstore.cli.options import FORCE, FORMAT, STORE, VERSION, open_store
+from embedstore.cli.options import FOLD_SEED, FORCE, FORMAT, STORE, VERSION, open_store
 from embedstore.cli.output import Format, emit, emit_result
 
 
@@ -15,7 +15,7 @@ from embedstore.cli.output import Format, emit, emit_result
 def infer_views(
     version: Optional[str] = VERSION,
     folds: int = typer.Option(5, "--folds", help="Folds of patients (else studies) for the cross-validated accuracy."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the folds."),
+    seed: int = FOLD_SEED,
     force: bool = FORCE,
     store: Optional[str] = STORE,
     fmt: Format = FORMAT,

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from embedstore.cli import app
-from embedstore.cli.options import FORMAT, VIEWS_FILE, open_store
+from embedstore.cli.options import BOX_FORMAT, FORMAT, VIEWS_FILE, open_store
 from embedstore.cli.output import Format, emit, emit_result
 
 
@@ -21,7 +21,7 @@ def inspect_command(
     top_k: int = typer.Option(14, "--top-k", help="MeSH scheme: the K most frequent terms, plus normal."),
     seed: int = typer.Option(0, "--seed", help="Seed of the patient/study splits."),
     boxes: Optional[str] = typer.Option(None, "--boxes", help="A box file to inspect instead of (or beside) a data set."),
-    box_format: str = typer.Option("auto", "--box-format", help="auto|canonical|nih|vindr|rsna."),
+    box_format: str = BOX_FORMAT,
     views: Optional[str] = VIEWS_FILE,
     fmt: Format = FORMAT,
 ) -> None:

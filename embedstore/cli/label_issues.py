@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from embedstore.cli import app
-from embedstore.cli.options import FORCE, FORMAT, STORE, VERSION, WHERE, open_store
+from embedstore.cli.options import FOLD_SEED, FORCE, FORMAT, STORE, VERSION, WHERE, open_store
 from embedstore.cli.output import Format, emit, emit_result
 
 
@@ -16,7 +16,7 @@ from embedstore.cli.output import Format, emit, emit_result
 def label_issues(
     version: Optional[str] = VERSION,
     folds: int = typer.Option(5, "--folds", help="Folds of patients (else studies) over train and val."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the folds."),
+    seed: int = FOLD_SEED,
     where: Optional[str] = WHERE,
     top: int = typer.Option(30, "--top", min=1, help="Candidates shown on screen (--format csv/json: all)."),
     force: bool = FORCE,

@@ -22,6 +22,9 @@ CALIBRATE_ON = typer.Option("val", "--calibrate-on",
 OPERATING_POINT = typer.Option("max-f1", "--operating-point", help="max-f1 | youden: the rule every method's thresholds are fitted by.")
 VIEWS_FILE = typer.Option(None, "--views",
                           help="CSV of image id to DICOM 'View Position' (Open-i's nlmcxr_dicom_metadata.csv.gz): PA/AP frontal, LL/LATERAL/RL lateral.")
+BOX_FORMAT = typer.Option("auto", "--box-format", help="auto|canonical|nih|vindr|rsna")
+DEVICE = typer.Option("auto", "--device", help="auto|cpu|cuda")
+FOLD_SEED = typer.Option(0, "--seed", help="Seed of the folds.")
 FORCE = typer.Option(False, "--force", help="Recompute even if a run with these settings is stored.")
 TARGET = typer.Option("zeroshot", "--target",
                       help="zeroshot (pos-neg logit of the finding's prompts) | probe (stored probe logit) | finetuned (head logit).")

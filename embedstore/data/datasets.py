@@ -80,17 +80,13 @@ def _read(kind, source, df, scheme, images, uncertain, top_k, strict=False) -> D
         return openi.read_openi(source, scheme or "automatic", images, top_k, strict)
     if kind == "kaggle":
         return tabular_readers.read_kaggle(source, scheme or "mesh", images, top_k)
-    _need_table(source, kind)
+    if os.path.isdir(source):
+        raise InputError(f"{source}: a folder; --dataset {kind} reads a CSV or Parquet file")
     if kind == "nih":
         return tabular_readers.read_nih(source, df, images)
     if kind == "chexpert":
         return tabular_readers.read_chexpert(source, df, images, uncertain)
     return tabular_readers.read_manifest(source, df, images, uncertain)
-
-
-def _need_table(source: str, kind: str) -> None:
-    if os.path.isdir(source):
-        raise InputError(f"{source}: a folder; --dataset {kind} reads a CSV or Parquet file")
 
 
 def detect(source: str):

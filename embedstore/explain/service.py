@@ -55,17 +55,13 @@ def build_target(st, version: str, kind: str, finding: str, loaded=None):
         return targets.zeroshot_target(finding, prompts, M, DEFAULT_LOGIT_SCALE if scale is None else float(scale),
                                        version=version)
     if kind == "probe":
-        return targets.probe_target(finding, _probe_weights(st, version))
+        weights = st.probe_weights(version=version)
+        if weights.is_empty():
+            raise InputError(f"no stored probe for version {version}; run `embedstore probe --version {version}` first")
+        return targets.probe_target(finding, weights)
     if kind == "finetuned":
         return finetuned_target(st, version, finding, loaded)
     raise InputError(f"unknown target {kind!r}; choose one of {', '.join(TARGETS)}")
-
-
-def _probe_weights(st, version: str):
-    weights = st.probe_weights(version=version)
-    if weights.is_empty():
-        raise InputError(f"no stored probe for version {version}; run `embedstore probe --version {version}` first")
-    return weights
 
 
 def finetuned_target(st, version: str, finding: str, loaded=None):
@@ -114,7 +110,7 @@ def explain(st, image_id: str, finding: str, target: str = "zeroshot", version: 
             loaded=None) -> Explanation:
     """Explain one image for one finding; write the overlay PNG on the original image.
     `loaded` reuses a model already loaded for the version (many explanations in a row)."""
-    from embedstore.explain.cache import HeatmapCache, cached_heatmaps
+    from embedstore.explain.cache import HeatmapCache, HeatmapKey, cached_heatmaps
     from embedstore.explain.heatmaps import _read, method_class
     from embedstore.explain.layers import resolve_layer
     from embedstore.explain.overlay import write_overlay
@@ -126,7 +122,7 @@ def explain(st, image_id: str, finding: str, target: str = "zeroshot", version: 
     tgt = build_target(st, version, target, finding, loaded)
     cache = HeatmapCache(st.path / "heatmaps")
     layer_name = resolve_layer(loaded.model, layer).name
-    before = cache.get(_key(version, tgt, method, layer_name, image_id))
+    before = cache.get(HeatmapKey(version, tgt.cache_id, method.lower(), layer_name, tgt.finding, image_id))
     hm = cached_heatmaps(loaded, [(image_id, row["path"])], tgt, cache, version, method, layer_name)[image_id]
     original = hm.original()
     boxes = _boxes_of(st, image_id, finding)
@@ -135,12 +131,6 @@ def explain(st, image_id: str, finding: str, target: str = "zeroshot", version: 
     py, px = np.unravel_index(int(np.argmax(original)), original.shape)
     return Explanation(image_id, finding, target, version, method, layer_name, int(px), int(py), len(boxes),
                        before is not None, str(out))
-
-
-def _key(version, tgt, method, layer_name, image_id):
-    from embedstore.explain.cache import HeatmapKey
-
-    return HeatmapKey(version, tgt.cache_id, method.lower(), layer_name, tgt.finding, image_id)
 
 
 def _boxes_of(st, image_id: str, finding: str) -> list[tuple]:
@@ -170,14 +160,6 @@ class _LazyOriginal(Mapping):
 
     def __len__(self):
         return len(self.maps)
-
-
-def read_box_file(path: str, box_format: str = "auto"):
-    from embedstore.data.datasets import read_boxes
-
-    if not Path(path).is_file():
-        raise InputError(f"--boxes: no file {path}")
-    return read_boxes(path, box_format=box_format)
 
 
 @dataclass
@@ -224,6 +206,7 @@ def agreement(st, boxes: str | None = None, box_format: str = "auto", target: st
     import polars as pl
 
     from embedstore.analyses.runs import cached_run, refuse_fitted
+    from embedstore.data.datasets import read_boxes
     from embedstore.explain import agreement as agr
     from embedstore.explain.cache import HeatmapCache, cached_heatmaps
     from embedstore.explain.heatmaps import method_class
@@ -234,7 +217,9 @@ def agreement(st, boxes: str | None = None, box_format: str = "auto", target: st
     if split not in SPLITS:
         raise InputError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
     version = st.resolve_version(version)
-    box_df = read_box_file(boxes, box_format) if boxes else st.boxes()
+    if boxes and not Path(boxes).is_file():
+        raise InputError(f"--boxes: no file {boxes}")
+    box_df = read_boxes(boxes, box_format=box_format) if boxes else st.boxes()
     if box_df.height == 0:
         raise InputError("no boxes: pass --boxes FILE or load boxes into the store")
     agr._checked_boxes(box_df)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from embedstore.errors import InputError
+from embedstore.files import atomic_path
 from embedstore.progress import Progress
 
 log = logging.getLogger("embedstore.finetune")
@@ -199,7 +200,8 @@ class Checkpoints:
         torch.save(extra, tmp / "optimizer.pt")
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
-        _write_json_atomic(self.state_path, state)
+        with atomic_path(self.state_path) as tmp:
+            tmp.write_text(json.dumps(state, indent=2))
         keep = {f"epoch-{state['epoch']}", f"epoch-{state['best_epoch']}"}
         for old in self.dir.glob("epoch-*"):
             if old.name not in keep:
@@ -212,13 +214,6 @@ class Checkpoints:
 
     def load_extra(self, epoch: int) -> dict:
         return torch.load(self.dir / f"epoch-{epoch}" / "optimizer.pt", weights_only=True, map_location="cpu")
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    from embedstore.files import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2))
 
 
 def train(

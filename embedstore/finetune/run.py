@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from embedstore.errors import InputError, StoreError
+from embedstore.results import Row
 
 OBJECTIVES = ("bce", "contrastive")
 HEAD_INITS = ("zeroshot", "random")
@@ -38,8 +39,9 @@ RECORD_FILE = "finetune.json"
 
 
 @dataclass
-class FinetuneResult:
-    """What one `finetune` call did."""
+class FinetuneResult(Row):
+    """What one `finetune` call did (`.to_polars()`: one row of `as_dict`: version, parent,
+    objective, train, epochs, best val AUROC, reuse, counts, seconds)."""
 
     version: str
     parent: str
@@ -67,12 +69,6 @@ class FinetuneResult:
         out["best_val_auroc"] = round(self.best_val_auroc, 4) if self.best_val_auroc == self.best_val_auroc else None
         out["seconds"] = round(self.seconds, 1)
         return out
-
-    def to_polars(self):
-        """One row: version, parent, objective, train, epochs, best val AUROC, reuse, counts, seconds."""
-        import polars as pl
-
-        return pl.DataFrame([self.as_dict()])
 
 
 # ---- the command -----------------------------------------------------------------------------
@@ -340,15 +336,11 @@ def find_finetuned(st, key: str, complete: bool) -> str | None:
 
 
 def _fill_result_from_record(st, version: str, result: FinetuneResult) -> None:
-    rec = _training_record(st, version)
+    rec = json.loads((st.version(version).checkpoint / RECORD_FILE).read_text())
     result.best_epoch, result.best_val_auroc = rec["best_epoch"], rec["best_val_auroc"]
     result.stopped_early, result.history = rec["stopped_early"], rec["history"]
     result.epochs_run = len(rec["history"])
     result.resumed_from = result.epochs_run  # training had finished: nothing left to train
-
-
-def _training_record(st, version: str) -> dict:
-    return json.loads((st.version(version).checkpoint / RECORD_FILE).read_text())
 
 
 def _reused(st, version: str, parent: str, key: str, started: float) -> FinetuneResult:

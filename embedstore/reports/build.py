@@ -20,7 +20,8 @@ from embedstore.errors import InputError, StoreError
 from embedstore.files import atomic_path
 from embedstore.progress import Progress
 from embedstore.reports import charts
-from embedstore.reports.data import MACRO, OTHER_KINDS, PAIRED_METRICS, POOLED, ReportData, parse_config
+from embedstore.analyses.runs import parse_config
+from embedstore.reports.data import MACRO, OTHER_KINDS, PAIRED_METRICS, POOLED, ReportData
 from embedstore.reports.html import Chart, Gallery, Note, Report, Section, Table, chart_spec, render, thumbnail
 
 # Per-finding metrics the dot plot offers, in the drop-down's order (each lies in [0, 1]).
@@ -120,7 +121,7 @@ def _dataset_section(data: ReportData, evaluability: pl.DataFrame) -> tuple[Sect
     s.blocks.append(Chart(chart_spec(charts.prevalence_chart(prev, order))))
     s.blocks.append(_split_table(data, order, evaluability))
     s.blocks.append(Chart(chart_spec(charts.cooccurrence_chart(data.cooccurrence(order), order))))
-    s.blocks.append(Chart(chart_spec(charts.views_chart(data.views()))))
+    s.blocks.append(Chart(chart_spec(charts.views_chart(data.store.view_counts()))))
     return s, order
 
 
@@ -256,7 +257,8 @@ def _curves_section(scored: pl.DataFrame, runs: pl.DataFrame, order: list[str], 
 
 def _projection_section(data: ReportData, order: list[str]) -> Section:
     s = Section("Embedding projections", intro="Test images, 2-D; pick a finding to colour its positives. Hover a point for its image id and labels.")
-    proj = data.projections(data.runs) if not data.runs.is_empty() else pl.DataFrame()
+    ids = data.runs["run_id"].to_list() if not data.runs.is_empty() else []
+    proj = data.store.projection_points(ids) if ids else pl.DataFrame()
     if proj.is_empty():
         s.blocks.append(_not_run("embedstore separability", "2-D projections"))
         return s
@@ -333,7 +335,7 @@ def _quality_section(data: ReportData) -> Section:
     if run is None:
         s.blocks.append(_not_run("embedstore label-issues", "label-issue candidates"))
     else:
-        top = data.label_issue_candidates(run).head(MAX_LISTED)
+        top = data.store.label_issue_rows(run).head(MAX_LISTED)  # flagged, most suspect first
         s.blocks.append(Table(top.select("image_id", "finding", "given", "probability", "quality", "split"),
                               caption="Labels to check first (quality: the out-of-sample probability of the label as given)"))
         images = _thumbs(top.head(MAX_ISSUE_THUMBNAILS).iter_rows(named=True),
@@ -367,11 +369,6 @@ def _with_sources(frame: pl.DataFrame) -> pl.DataFrame:
                               pl.Series("source", [b for _, b in split], dtype=pl.String))
 
 
-def _overlay_files(store_dir: Path, run_id: str) -> list[Path]:
-    """The overlay PNGs `agreement` wrote for a run (`explain.service.write_gallery`)."""
-    return sorted((store_dir / "heatmaps" / run_id).glob("*.png"))[:MAX_OVERLAYS]
-
-
 def _agreement_section(data: ReportData, order: list[str]) -> Section:
     s = Section("Where the model looks: Grad-CAM", intro=(
         "Agreement of heatmaps with annotated boxes, beside baseline heatmaps on the same boxes: uniform random "
@@ -393,7 +390,8 @@ def _agreement_section(data: ReportData, order: list[str]) -> Section:
         wide = _metrics_as_rows(g, "source", [])
         s.blocks.append(Table(wide.select("metric", *sources), caption=f"Overall agreement of {series[0]} (95 % intervals)"))
     for row in runs.iter_rows(named=True):
-        files = _overlay_files(data.store.path, row["run_id"])
+        # the overlay PNGs `agreement` wrote for the run (`explain.service.write_gallery`)
+        files = sorted((data.store.path / "heatmaps" / row["run_id"]).glob("*.png"))[:MAX_OVERLAYS]
         if files:
             images = [(*thumbnail(f), f.stem.replace("_", " ")) for f in files]
             s.blocks.append(Gallery(images, caption=f"Overlays of {row['series']} (first {len(files)})"))

@@ -5,10 +5,10 @@ No model, no torch.
 
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
+from embedstore.analyses.compare import PAIRED_METRICS
+from embedstore.analyses.runs import parse_config, run_label
 from embedstore.errors import InputError
 
 # Run kinds that are not per-image classifiers: they get their own sections.
@@ -18,24 +18,6 @@ POOLED = "pooled (evaluable findings)"
 MACRO = "macro (evaluable findings)"
 # compare_methods' method specs -> how the report names them.
 METHODS = {"zeroshot:pos-neg": "zero-shot pos-neg", "probe": "probe", "finetuned": "fine-tuned head"}
-PAIRED_METRICS = ("auroc", "ap", "f1")
-
-
-def parse_config(config) -> dict:
-    if isinstance(config, dict):
-        return config
-    try:
-        cfg = json.loads(config) if config else {}
-    except json.JSONDecodeError:
-        return {}
-    return cfg if isinstance(cfg, dict) else {}
-
-
-def run_name(kind: str, config) -> str:
-    """The run's name as `embedstore compare` prints it (kind plus what tells same-kind runs apart)."""
-    from embedstore.analyses.runs import run_label
-
-    return run_label(kind, parse_config(config))
 
 
 class ReportData:
@@ -64,9 +46,6 @@ class ReportData:
             return []
         return self._lineage(self.store.resolve_version(None))
 
-    def parent_of(self, version: str) -> str | None:
-        return dict(zip(self.all_versions["version"], self.all_versions["parent"])).get(version)
-
     def _lineage(self, v: str) -> list[str]:
         """The version, its ancestors and its descendants (the fine-tuned children)."""
         parent = dict(zip(self.all_versions["version"], self.all_versions["parent"]))
@@ -75,11 +54,8 @@ class ReportData:
         while p and p not in family:
             family.add(p)
             p = parent.get(p)
-        grew = True
-        while grew:
-            kids = {c for c, par in parent.items() if par in family and c not in family}
+        while kids := {c for c, par in parent.items() if par in family} - family:
             family |= kids
-            grew = bool(kids)
         return [x for x in self.all_versions["version"] if x in family]
 
     def _runs(self) -> pl.DataFrame:
@@ -87,7 +63,7 @@ class ReportData:
         `run` (its name) and `series` (its name with the version when several are reported)."""
         runs = self.store.runs_on(self.versions)
         runs = runs.unique(subset=["kind", "version", "config_hash"], keep="last", maintain_order=True)
-        names = [run_name(k, c) for k, c in zip(runs["kind"], runs["config"])]
+        names = [run_label(k, parse_config(c)) for k, c in zip(runs["kind"], runs["config"])]
         series = [f"{n} @ {v}" if len(self.versions) > 1 else n for n, v in zip(names, runs["version"])]
         return runs.with_row_index("rank").with_columns(pl.Series("run", names, dtype=pl.String),
                                                         pl.Series("series", series, dtype=pl.String))
@@ -137,9 +113,6 @@ class ReportData:
             .with_columns(pl.col("both").fill_null(0))
         )
 
-    def views(self) -> pl.DataFrame:
-        return self.store.view_counts()
-
     # -- data-set quality ----------------------------------------------------------------
     def quality_run(self, kind: str) -> str | None:
         """The latest run of `kind` (duplicates, label-issues) on the reported versions, or None."""
@@ -151,10 +124,6 @@ class ReportData:
         from embedstore.analyses.duplicates import stored_groups
 
         return stored_groups(self.store, run_id)
-
-    def label_issue_candidates(self, run_id: str) -> pl.DataFrame:
-        """The flagged labels of a label-issues run, most suspect first."""
-        return self.store.label_issue_rows(run_id)
 
     def view_coverage(self) -> pl.DataFrame:
         from embedstore.analyses.views import view_coverage
@@ -186,9 +155,6 @@ class ReportData:
         s = self.store.scored_labels(runs["run_id"].to_list())
         return s.join(runs.select("run_id", "series", "rank"), on="run_id").sort("rank", maintain_order=True)
 
-    def projections(self, runs: pl.DataFrame) -> pl.DataFrame:
-        return self.store.projection_points(runs["run_id"].to_list())
-
     # -- paired comparisons ------------------------------------------------------------
     def methods_on(self, version: str) -> list[str]:
         """The methods of `compare_methods` that have a scored test-split run on `version`."""
@@ -213,13 +179,14 @@ class ReportData:
         from embedstore.analyses.compare import compare, compare_methods
 
         frames, skipped = [], []
+        parent_of = dict(zip(self.all_versions["version"], self.all_versions["parent"]))
         for version in self.versions:
             methods = self.methods_on(version)
             if len(methods) >= 2:
                 label = pl.format(f"{version}: {{}} - {{}}", pl.col("method_2").replace(METHODS), pl.col("method_1").replace(METHODS))
                 frames.append(_or_reason(lambda: compare_methods(self.store, version, methods).with_columns(
                     label.alias("comparison")), skipped))
-            parent = self.parent_of(version)
+            parent = parent_of.get(version)
             if parent in self.versions and "probe" in self.methods_on(parent) and "probe" in methods:
                 frames.append(_or_reason(lambda: compare(self.store, parent, version).filter(pl.col("kind") == "probe").with_columns(
                     pl.lit(f"probe: {version} - {parent}").alias("comparison")), skipped))

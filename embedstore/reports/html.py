@@ -99,10 +99,6 @@ def javascript_bundle() -> str:
     return vlc.javascript_bundle()
 
 
-def image_data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
 def thumbnail(path, max_side: int = 320, quality: int = 80) -> tuple[bytes, str]:
     """Read an image file and return a downscaled JPEG (bytes, mime) to keep the report small."""
     from PIL import Image
@@ -162,7 +158,7 @@ def table_html(frame, caption: str = "") -> str:
 
 def _gallery_html(g: Gallery) -> str:
     items = "".join(
-        f'<figure><img alt="{html.escape(cap)}" src="{image_data_uri(data, mime)}"><figcaption>{html.escape(cap)}</figcaption></figure>'
+        f'<figure><img alt="{html.escape(cap)}" src="data:{mime};base64,{base64.b64encode(data).decode()}"><figcaption>{html.escape(cap)}</figcaption></figure>'
         for data, mime, cap in g.images
     )
     cap = f"<p class=\"caption\">{html.escape(g.caption)}</p>" if g.caption else ""

@@ -4,7 +4,7 @@ groups, and the rows of `duplicates` and `label-issues` runs."""
 from __future__ import annotations
 
 from embedstore.store.images import GROUP_SQL
-from embedstore.store.rows import first
+from embedstore.store.rows import first, registered
 
 # Where an image's view comes from, as `splits` and the report count it.
 VIEW_SOURCE_SQL = """CASE WHEN i.view IS NOT NULL AND i.view_source = 'file' THEN 'given'
@@ -31,16 +31,13 @@ class QualityTables:
     def write_inferred_views(self, frame) -> int:
         """Replace every inferred view by `frame`'s (id, inferred_view, inferred_view_confidence),
         only on images whose view is unknown: a known or given view is never overwritten."""
-        with self.transaction() as con:
-            con.register("new_views", frame.select("id", "inferred_view", "inferred_view_confidence"))
-            try:
-                con.execute("UPDATE images SET inferred_view = NULL, inferred_view_confidence = NULL")
-                con.execute("""UPDATE images SET inferred_view = n.inferred_view,
-                                   inferred_view_confidence = n.inferred_view_confidence
-                               FROM new_views n WHERE images.id = n.id AND images.view IS NULL""")
-                return first(con.sql("SELECT count(*) FROM images WHERE inferred_view IS NOT NULL"))[0]
-            finally:
-                con.unregister("new_views")
+        new = frame.select("id", "inferred_view", "inferred_view_confidence")
+        with self.transaction() as con, registered(con, new_views=new):
+            con.execute("UPDATE images SET inferred_view = NULL, inferred_view_confidence = NULL")
+            con.execute("""UPDATE images SET inferred_view = n.inferred_view,
+                               inferred_view_confidence = n.inferred_view_confidence
+                           FROM new_views n WHERE images.id = n.id AND images.view IS NULL""")
+            return first(con.sql("SELECT count(*) FROM images WHERE inferred_view IS NOT NULL"))[0]
 
     def view_coverage(self):
         """split ('none' when unsplit), source (known / given / inferred / unknown), view (the
@@ -52,22 +49,11 @@ class QualityTables:
     def merge_split_groups(self, frame) -> int:
         """Set `splits.group_id` of the images in `frame` (id, group_id) to the merged group; the
         splits themselves stay frozen. Returns the number of images whose group changed."""
-        with self.transaction() as con:
-            con.register("merged_groups", frame.select("id", "group_id"))
-            try:
-                changed = first(con.sql("""SELECT count(*) FROM splits s JOIN merged_groups m USING (id)
-                                           WHERE s.group_id <> m.group_id"""))[0]
-                con.execute("UPDATE splits SET group_id = m.group_id FROM merged_groups m WHERE splits.id = m.id")
-            finally:
-                con.unregister("merged_groups")
+        with self.transaction() as con, registered(con, merged_groups=frame.select("id", "group_id")):
+            changed = first(con.sql("""SELECT count(*) FROM splits s JOIN merged_groups m USING (id)
+                                       WHERE s.group_id <> m.group_id"""))[0]
+            con.execute("UPDATE splits SET group_id = m.group_id FROM merged_groups m WHERE splits.id = m.id")
         return int(changed)
-
-    def latest_run(self, kind: str, version: str | None = None) -> str | None:
-        """The newest run of `kind` (on `version` when given), or None."""
-        sql = "SELECT run_id FROM runs WHERE kind = ?" + (" AND version = ?" if version else "")
-        with self.connect() as con:
-            row = first(con.sql(sql + " ORDER BY started DESC", params=[kind] + ([version] if version else [])))
-        return row[0] if row else None
 
     def duplicate_pairs(self, run_id: str):
         """A duplicates run's pairs beside both images' metadata: group_no, similarity, then

@@ -61,9 +61,6 @@ class VersionTables:
                FROM versions v ORDER BY v.created, v.version"""
         )
 
-    def _version_status(self) -> dict[str, str]:
-        return dict(self._rows("SELECT version, status FROM versions ORDER BY created, version"))
-
     def resolve_version(self, version: str | None) -> str:
         """`version` if it exists, else the latest complete one; StoreError listing the known ones.
 
@@ -71,7 +68,7 @@ class VersionTables:
         default; asked for by name it is used, with a warning."""
         import warnings
 
-        status = self._version_status()
+        status = dict(self._rows("SELECT version, status FROM versions ORDER BY created, version"))
         if version is None:
             complete = [v for v, s in status.items() if s == "complete"]
             if complete:
