@@ -87,6 +87,13 @@ def test_encode_stores_each_image_once_and_skips_on_rerun(tiny, tmp_path):
     by_id = dict(zip(st.images()["id"].to_list(), st.images()["path"].to_list()))
     np.testing.assert_allclose(X, _reference(loaded, [by_id[i] for i in ids]), atol=1e-5)
     assert st.verify()["ok"].all()
+    # changed pixels alone (no image added): the index follows DuckDB's replaced vectors
+    write_pngs(tmp_path / "img", 8, seed=2)
+    s4 = st.encode(make_dataset(more), model=name, batch_size=4, workers=0).as_dict()
+    assert (s4["encoded"], s4["index_rebuilt"]) == (8, True)
+    ids, X = st.image_vectors("v1")
+    index = st.load_index("v1")
+    np.testing.assert_allclose(np.stack([index.reconstruct(int(i)) for i in ids]), X, atol=1e-6)
 
 
 def test_other_model_makes_new_version(tiny, tmp_path):
