@@ -198,7 +198,8 @@ class Store:
               exact_max: int | None = None):
         """`embedstore index`: rebuild the version's FAISS index by hand, an `IndexResult`. `kind`:
         `auto` (exact up to `exact_max` vectors, default 200,000; HNSW above), `exact`, `hnsw`,
-        `hnsw-sq8` or `ivf-pq` (compressed, re-ranked exactly by `IndexRefineFlat`); `params` e.g.
+        `hnsw-sq8` (compressed, re-ranked exactly by `IndexRefineFlat`'s float copy) or `ivf-pq` (PQ lists only,
+        candidates re-ranked against their vectors read from DuckDB); `params` e.g.
         "M=48,efConstruction=200" or "nlist=1024,m=64,k_factor=16" (efSearch / nprobe are tuned on
         the version's own vectors unless given). A kind given by hand is kept by later rebuilds."""
         from embedstore.store import index as idx

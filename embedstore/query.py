@@ -138,12 +138,13 @@ def search(st, version: str, q: np.ndarray, k: int, where: str | None = None,
     want = k if subset is None else min(k, len(subset))
     index = _index(st, version)
     if index is not None:
-        scores, ids = idx.search(index, q, k, subset=subset)
+        rerank = st.reranker(version) if idx.needs_rerank(index) else None  # ivf-pq: from DuckDB's vectors
+        scores, ids = idx.search(index, q, k, subset=subset, rerank=rerank)
         ids, scores = ids[0], scores[0]
         keep = ids >= 0
         ids, scores = ids[keep], scores[keep]
         total = index.ntotal if subset is None else len(subset)
-        if len(ids) >= min(want, total):  # HNSW may return fewer under a tight filter
+        if len(ids) >= min(want, total):  # HNSW and IVF may return fewer under a tight filter
             return ids, scores
     return exact_search(st, version, q, k, subset)
 

@@ -16,7 +16,8 @@ def index(
     version: Optional[str] = VERSION,
     kind: str = typer.Option("auto", "--kind",
                              help="auto (exact up to --exact-max vectors, HNSW above), exact, hnsw, hnsw-sq8 or ivf-pq "
-                                  "(compressed, re-ranked exactly against a float copy: not yet smaller in memory)."),
+                                  "(compressed; hnsw-sq8 re-ranked against a float copy in its file, ivf-pq against its candidates' "
+                                  "vectors read from DuckDB, its file m + 8 bytes a vector plus codebooks)."),
     params: Optional[str] = typer.Option(None, "--params",
                                          help="e.g. M=48,efConstruction=200,efSearch=128 or nlist=1024,m=64,nprobe=16,"
                                               "k_factor=16; efSearch / nprobe are tuned on the version's vectors unless given."),

@@ -9,22 +9,29 @@ Kinds (all inner product, all wrapped in an `IndexIDMap2` so ids are `images.id`
   adds nothing: recall comes from M, efConstruction and efSearch (efSearch tuned at build).
 - `hnsw-sq8`: `HNSW{M},SQ8` whose top `k_factor * k` candidates `IndexRefineFlat` re-ranks
   exactly against the float vectors it keeps.
-- `ivf-pq`: `IVF{nlist},PQ{m}` (m bytes a vector in the lists) + `IndexRefineFlat` (nprobe
-  tuned). The re-rank vectors are in the same file (4 d bytes a vector).
-Tuned parameters (efSearch, nprobe, k_factor) are saved inside the FAISS file itself.
+- `ivf-pq`: `IVF{nlist},PQ{m}` alone: its file holds the lists (m + 8 bytes a vector: the PQ code
+  and the id) and the coarse and PQ codebooks, so a version larger than memory can be served. Its
+  top `k_factor * k` candidates are re-ranked exactly against the float vectors read from DuckDB
+  for just those ids (`Rerank`, given by `IndexFiles.reranker`); at build time, X in memory.
+  An ivf-pq file of an older embedstore (IVF-PQ under `IndexRefineFlat`, the float copy in the
+  file) is still searched as before until it is rebuilt.
+Tuned parameters (efSearch, nprobe, hnsw-sq8's k_factor) are saved inside the FAISS file itself;
+ivf-pq's k_factor, which the file has no place for, is recorded in `versions.index_params`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from embedstore.errors import InputError
+from embedstore.errors import InputError, StoreError
 from embedstore.files import atomic_path
+from embedstore.store import schema
 
 # Exact inner product up to this many vectors; HNSW above (build time grows, search stays fast).
 EXACT_MAX = 200_000
@@ -36,6 +43,7 @@ EF_LADDER = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 NPROBE_LADDER = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 TUNE_RECALL = 0.97  # recall@10 the tuning aims at on the store's own vectors (margin over 0.95)
 TUNE_QUERIES = 200
+IVF_TRAIN_MAX = 65_536  # ivf-pq's coarse and PQ codebooks are trained on at most this many vectors (seeded sample)
 DEFAULTS = {
     "exact": {},
     "hnsw": {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION},
@@ -43,6 +51,31 @@ DEFAULTS = {
     "ivf-pq": {"k_factor": 16},  # nlist ~ 4 sqrt(n), m = d / 8 unless given
 }
 TUNABLE = {"efSearch", "nprobe"}
+
+
+@dataclass
+class Rerank:
+    """How an ivf-pq index's candidates are re-ranked exactly: `ceil(k_factor * k)` candidates are
+    taken from the PQ lists, `vectors(ids) -> (ids, X)` reads their float vectors (ids ordered, the
+    ids it has; DuckDB's through `Storage.image_vectors_for`, or X in memory at build time)."""
+
+    k_factor: float
+    vectors: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def in_memory(ids: np.ndarray, X: np.ndarray) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """`Rerank.vectors` over vectors in memory (`ids` [n] with rows `X` [n, d])."""
+    ids = np.asarray(ids, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+
+    def vectors(want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        want = np.unique(np.asarray(want, dtype=np.int64))
+        pos = np.clip(np.searchsorted(sorted_ids, want), 0, max(len(sorted_ids) - 1, 0))
+        have = sorted_ids[pos] == want if len(sorted_ids) else np.zeros(len(want), bool)
+        return want[have], X[order[pos[have]]]
+
+    return vectors
 
 
 @dataclass
@@ -120,13 +153,18 @@ def build(ids: np.ndarray, X: np.ndarray, kind: str = "auto", params: dict | Non
     else:
         nlist, m = _ivf_shape(n, d, p)
         inner = faiss.index_factory(d, f"IVF{nlist},PQ{m}", faiss.METRIC_INNER_PRODUCT)
-    if kind in ("hnsw-sq8", "ivf-pq"):
+        # the factory turns on polysemous training (reordering the codes for Hamming filtering, which
+        # search never uses): 20 s of annealing even for m=4 on 3,000 vectors; plain k-means is enough
+        faiss.downcast_index(inner).do_polysemous_training = False
+    if kind == "hnsw-sq8":  # for speed: the float copy in the file re-ranks (ivf-pq re-ranks from DuckDB)
         inner = faiss.IndexRefineFlat(inner)
         inner.k_factor = float(p["k_factor"])
     index = faiss.IndexIDMap2(inner)
     if n:
         if not index.is_trained:
-            index.train(X)
+            sample = (np.sort(np.random.default_rng(0).choice(n, IVF_TRAIN_MAX, replace=False))
+                      if kind == "ivf-pq" and n > IVF_TRAIN_MAX else slice(None))
+            index.train(X[sample])
         index.add_with_ids(X, np.ascontiguousarray(ids, dtype=np.int64))
     if kind != "exact":
         base = _base(index)
@@ -135,7 +173,7 @@ def build(ids: np.ndarray, X: np.ndarray, kind: str = "auto", params: dict | Non
         elif "nprobe" in p:
             base.nprobe = p["nprobe"]
         elif tune and n:
-            tune_search(index, ids, X)
+            tune_search(index, ids, X, rerank=Rerank(float(p["k_factor"]), in_memory(ids, X)) if kind == "ivf-pq" else None)
         elif kind != "ivf-pq":
             base.hnsw.efSearch = HNSW_EF_SEARCH
     return index
@@ -152,9 +190,10 @@ def _base(index):
 
 
 def recall_at(index, ids: np.ndarray, X: np.ndarray, Q: np.ndarray, k: int = 10,
-              own: np.ndarray | None = None) -> float:
+              own: np.ndarray | None = None, rerank: Rerank | None = None) -> float:
     """Mean recall@k of `index` for queries `Q` against exact inner product over `X`. `own`: the
-    id each query was taken from (a stored vector), left out of both lists as `--like` leaves it."""
+    id each query was taken from (a stored vector), left out of both lists as `--like` leaves it.
+    `rerank`: an ivf-pq index's re-ranking (default: against `X`), so recall is after it."""
     import faiss
 
     flat = faiss.IndexFlatIP(X.shape[1])
@@ -162,7 +201,9 @@ def recall_at(index, ids: np.ndarray, X: np.ndarray, Q: np.ndarray, k: int = 10,
     k = min(k, len(X) - (own is not None))
     extra = int(own is not None)
     _, truth = flat.search(Q, k + extra)
-    _, got = index.search(Q, k + extra)
+    if rerank is None and needs_rerank(index):
+        rerank = Rerank(DEFAULTS["ivf-pq"]["k_factor"], in_memory(ids, X))
+    _, got = search(index, Q, k + extra, rerank=rerank)
     truth = np.asarray(ids)[truth]
     hits = []
     for i, (t, g) in enumerate(zip(truth, got)):
@@ -173,10 +214,11 @@ def recall_at(index, ids: np.ndarray, X: np.ndarray, Q: np.ndarray, k: int = 10,
 
 
 def tune_search(index, ids: np.ndarray, X: np.ndarray, target: float = TUNE_RECALL, nq: int = TUNE_QUERIES,
-                seed: int = 0) -> dict:
+                seed: int = 0, rerank: Rerank | None = None) -> dict:
     """Set the smallest efSearch (HNSW) or nprobe (IVF) whose recall@10, measured with a sample of
     the store's own vectors as queries (each leaving itself out, as `query --like` does) against
-    exact search, reaches `target` (else the largest on the ladder)."""
+    exact search, reaches `target` (else the largest on the ladder). ivf-pq's recall is measured
+    after its re-rank (`rerank`; X in memory stands in for DuckDB's vectors)."""
     base = _base(index)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(X), size=min(nq, len(X)), replace=False)
@@ -188,7 +230,7 @@ def tune_search(index, ids: np.ndarray, X: np.ndarray, target: float = TUNE_RECA
             base.hnsw.efSearch = value
         else:
             base.nprobe = value
-        r = recall_at(index, ids, X, Q, own=own)
+        r = recall_at(index, ids, X, Q, own=own, rerank=rerank)
         if r >= target:
             break
     return {"efSearch" if hnsw else "nprobe": value, "tuned_recall@10": round(r, 4)}
@@ -197,15 +239,26 @@ def tune_search(index, ids: np.ndarray, X: np.ndarray, target: float = TUNE_RECA
 def kind_of(index) -> str:
     import faiss
 
-    inner = faiss.downcast_index(index.index)
-    if isinstance(inner, faiss.IndexRefine):
-        return "ivf-pq" if isinstance(_base(index), faiss.IndexIVF) else "hnsw-sq8"
-    return "hnsw" if isinstance(inner, faiss.IndexHNSW) else "exact"
+    base = _base(index)
+    if isinstance(base, faiss.IndexIVF):
+        return "ivf-pq"
+    if isinstance(faiss.downcast_index(index.index), faiss.IndexRefine):
+        return "hnsw-sq8"
+    return "hnsw" if isinstance(base, faiss.IndexHNSW) else "exact"
 
 
-def describe(index) -> dict:
+def needs_rerank(index) -> bool:
+    """True for an ivf-pq index holding only the PQ lists (re-ranked from the store's vectors);
+    False for every other kind, and for an older ivf-pq file whose `IndexRefineFlat` re-ranks itself."""
+    import faiss
+
+    return kind_of(index) == "ivf-pq" and not isinstance(faiss.downcast_index(index.index), faiss.IndexRefine)
+
+
+def describe(index, given: dict | None = None) -> dict:
     """kind, the parameters search uses, and bytes a vector (index file size / vectors, measured by
-    serializing) with what the compressed part alone takes."""
+    serializing) with what the compressed part alone takes. `given`: the parameters given to
+    `build`, for what the file cannot hold (ivf-pq's k_factor, where its re-rank vectors live)."""
     import faiss
 
     kind = kind_of(index)
@@ -219,12 +272,39 @@ def describe(index) -> dict:
     inner = faiss.downcast_index(index.index)
     if isinstance(inner, faiss.IndexRefine):
         out["k_factor"] = float(inner.k_factor)
+        out["rerank"] = "index file"  # IndexRefineFlat's float copy (hnsw-sq8; an older ivf-pq file)
+    elif kind == "ivf-pq":
+        out["k_factor"] = float({**DEFAULTS["ivf-pq"], **(given or {})}["k_factor"])
+        out["rerank"] = "duckdb"
+    if "k_factor" in out:
         # what the compressed index alone holds a vector (IVF: PQ code + the id in its list)
         out["code_bytes_per_vector"] = (int(base.code_size) + 8 if kind == "ivf-pq"
                                         else int(base.storage.sa_code_size()) + 4 * int(base.hnsw.nb_neighbors(0)))
     n = max(index.ntotal, 1)
     out["bytes_per_vector"] = round(len(faiss.serialize_index(index)) / n, 1) if index.ntotal else None
     return out
+
+
+def mismatched_codes(index, X: np.ndarray) -> np.ndarray:
+    """ivf-pq: the positions (insertion order; `X` [ntotal, d] in that order) whose stored list
+    number or PQ code differs from `X` encoded again by the same quantizers (`sa_encode`): a
+    vector changed in DuckDB or in the file since the index was built."""
+    import faiss
+    from faiss.contrib.inspect_tools import get_invlist
+
+    base = faiss.downcast_index(_base(index))
+    stored = np.zeros((base.ntotal, base.code_size), np.uint8)
+    lists = np.full(base.ntotal, -1, np.int64)
+    for no in range(base.nlist):
+        pos, codes = get_invlist(base.invlists, no)
+        stored[pos], lists[pos] = codes.reshape(len(pos), base.code_size), no
+    wrong = np.zeros(base.ntotal, bool)
+    coarse = base.coarse_code_size()
+    for s in range(0, base.ntotal, 65_536):
+        fresh = base.sa_encode(np.ascontiguousarray(X[s:s + 65_536], dtype=np.float32))
+        listno = (fresh[:, :coarse].astype(np.int64) << (8 * np.arange(coarse))).sum(axis=1)
+        wrong[s:s + len(fresh)] = (listno != lists[s:s + 65_536]) | (fresh[:, coarse:] != stored[s:s + 65_536]).any(axis=1)
+    return np.flatnonzero(wrong)
 
 
 def write_atomic(index, path: Path) -> str:
@@ -271,13 +351,14 @@ def index_ids(index) -> np.ndarray:
     return faiss.vector_to_array(index.id_map).astype(np.int64)
 
 
-def search(index, q: np.ndarray, k: int, subset: np.ndarray | None = None):
-    """Top-k inner products for queries `q` [nq, d]; `subset`: only these ids are eligible.
+def search(index, q: np.ndarray, k: int, subset: np.ndarray | None = None, rerank: Rerank | None = None):
+    """Top-k inner products for queries `q` [nq, d]; `subset`: only these ids are eligible;
+    `rerank`: how an ivf-pq index's candidates are re-ranked (required where `needs_rerank`).
 
     Returns (scores [nq, k'], ids [nq, k']) with k' = min(k, eligible); -1 ids are dropped
     by the caller. The filter is applied *inside* the search (an IDSelector), so a filter
-    never silently returns fewer than k when k rows match on a flat index; for HNSW the
-    caller checks and falls back to exact search (see `embedstore.query`).
+    never silently returns fewer than k when k rows match on a flat index; for HNSW and IVF
+    the caller checks and falls back to exact search (see `embedstore.query`).
     """
     import faiss
 
@@ -286,6 +367,11 @@ def search(index, q: np.ndarray, k: int, subset: np.ndarray | None = None):
     k = min(k, n)
     if k <= 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    if needs_rerank(index):
+        if rerank is None:
+            raise StoreError("an ivf-pq index re-ranks its candidates against the store's vectors; "
+                             "search it with rerank=Storage.reranker(version)")
+        return _reranked_search(index, q, k, subset, rerank)
     if subset is None:
         return index.search(q, k)
     kind = kind_of(index)
@@ -297,6 +383,35 @@ def search(index, q: np.ndarray, k: int, subset: np.ndarray | None = None):
     else:
         params = faiss.SearchParameters(sel=sel)
     return index.search(q, k, params=params)
+
+
+def _reranked_search(index, q: np.ndarray, k: int, subset: np.ndarray | None, rerank: Rerank):
+    """ivf-pq: the top `ceil(k_factor * k)` candidates by PQ distance (a `subset` filters inside
+    the IVF search: `IndexIDMap2` translates the selector to its positions), then their float
+    vectors, read once for the union of every query's candidates, scored exactly; best first,
+    ties by id, padded with -1 where fewer than k candidates came back."""
+    import faiss
+
+    base = _base(index)
+    eligible = index.ntotal if subset is None else len(subset)
+    want = min(int(np.ceil(k * rerank.k_factor)), eligible)
+    params = faiss.SearchParametersIVF(nprobe=int(base.nprobe))
+    if subset is not None:
+        sel = faiss.IDSelectorBatch(np.ascontiguousarray(subset, dtype=np.int64))
+        params.sel = sel
+    _, cand = index.search(q, want, params=params)
+    have, V = rerank.vectors(np.unique(cand[cand >= 0]))
+    S = V @ q.T  # [candidates read, nq]
+    D = np.full((len(q), k), -np.inf, dtype=np.float32)
+    labels = np.full((len(q), k), -1, dtype=np.int64)
+    for i, row in enumerate(cand):
+        row = row[row >= 0]
+        pos = np.clip(np.searchsorted(have, row), 0, max(len(have) - 1, 0))
+        row, pos = (row[have[pos] == row], pos[have[pos] == row]) if len(have) else (row[:0], pos[:0])
+        scores = S[pos, i]
+        top = np.lexsort((row, -scores))[:k]
+        D[i, :len(top)], labels[i, :len(top)] = scores[top], row[top]
+    return D, labels
 
 
 def _refined_subset_search(index, q: np.ndarray, k: int, subset: np.ndarray):
@@ -360,9 +475,12 @@ class IndexFiles:
                 kind, params = self._recorded_choice(version)
             ids, X = self.image_vectors(version)
             index = build(ids, X, kind=kind, params=params, exact_max=EXACT_MAX if exact_max is None else exact_max)
+            del X
             checksum = write_atomic(index, self.index_path(version))
-            info = describe(index) | {"chosen": "by size" if kind == "auto" else "by hand", "given": params or {}}
+            info = describe(index, params) | {"chosen": "by size" if kind == "auto" else "by hand", "given": params or {}}
             with self.transaction() as con:
+                if needs_rerank(index):  # its re-rank reads candidates by id: an index lookup, not a scan
+                    con.execute(schema.ID_INDEX)
                 con.execute(
                     "UPDATE versions SET index_checksum = ?, index_count = ?, count = ?, index_file = ?, "
                     "index_kind = ?, index_params = ? WHERE version = ?",
@@ -378,6 +496,15 @@ class IndexFiles:
         if info.get("chosen") == "by hand":
             return info["kind"], info.get("given") or None
         return "auto", None
+
+    def reranker(self, version: str) -> Rerank:
+        """The re-ranking of the version's ivf-pq index: its recorded k_factor, and the candidates'
+        float vectors read from DuckDB (`image_vectors_for`, only those ids)."""
+        import json
+
+        raw = self._scalar("SELECT index_params FROM versions WHERE version = ?", [version])
+        k_factor = (json.loads(raw) if raw else {}).get("k_factor") or DEFAULTS["ivf-pq"]["k_factor"]
+        return Rerank(float(k_factor), lambda ids: self.image_vectors_for(version, ids))
 
     def load_index(self, version: str):
         """The version's FAISS index, or None when it is missing or stale (count differs).

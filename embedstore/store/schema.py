@@ -103,6 +103,13 @@ CREATE OR REPLACE VIEW version_counts AS
 """
 
 
+# An index on image_embeddings.id alone (the primary key's (version, id) cannot serve an `id IN
+# (...)` lookup): an ivf-pq index's re-rank reads its candidates' vectors through it instead of
+# scanning every vector. Created when an ivf-pq index is built; not part of the layout (a store
+# without it gives the same answers, by a scan), so no layout version is needed for it.
+ID_INDEX = "CREATE INDEX IF NOT EXISTS image_embeddings_id ON image_embeddings (id)"
+
+
 def stored_version(con) -> int:
     """The layout a store's file holds: 0 for an empty file, 1 before versions were recorded."""
     tables = {r[0] for r in con.sql("SELECT table_name FROM information_schema.tables").fetchall()}

@@ -110,7 +110,14 @@ def _index_checks(index, ids: np.ndarray, X: np.ndarray | None):
         yield "index ids", False, f"index {len(index_ids)} ids, DuckDB {len(ids)}; only in index {extra}, only in DuckDB {lost}"
         return
     yield "index ids", True, f"{len(ids)} ids"
-    if len(ids) and X is not None:
+    if len(ids) and X is not None and idx.needs_rerank(index):  # ivf-pq: the file holds codes, not vectors
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        wrong = idx.mismatched_codes(index, X[rank])
+        yield ("index vectors", len(wrong) == 0, f"{len(wrong)} of {len(ids)} PQ codes differ from DuckDB's vectors "
+               f"encoded again (ids {index_ids[wrong[:5]].tolist()})" if len(wrong)
+               else f"{len(ids)} PQ codes and lists = DuckDB's vectors encoded again")
+    elif len(ids) and X is not None:
         V = index.index.reconstruct_n(0, index.ntotal)[order]
         diff = float(np.abs(V - X).max()) if V.shape == X.shape else float("inf")
         yield "index vectors", diff < 1e-5, f"max |index - DuckDB| = {diff:.2e}"
