@@ -14,12 +14,11 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    import embedstore
-
+def store(small_phantoms, tmp_path_factory):
+    """A copy of the session's small phantom store (conftest.py: 16 studies, phantom-clip), which
+    these tests take write permission from."""
     root = tmp_path_factory.mktemp("read-only")
-    embedstore.open(root / "unused").synth(str(root / "data"), studies=8, seed=2, size=64, workers=1)
-    embedstore.open(root / "st").encode(str(root / "data"), model="phantom-clip", workers=0)
+    shutil.copytree(small_phantoms / "store", root / "st")
     return root / "st"
 
 
@@ -80,7 +79,7 @@ def test_reading_commands_work_on_a_read_only_store(read_only, args):
     assert "Traceback" not in done.stderr
 
 
-def test_query_without_its_index_answers_by_exact_search_on_a_read_only_store(store, tmp_path):
+def test_query_without_its_index_answers_by_exact_search_on_a_read_only_store(store, tmp_path, capsys):
     """The index file is gone (a copy without it): a read-only store cannot rebuild it, so `query`
     searches exactly, the same hits as the writable store's rebuilt index gives."""
     copy = tmp_path / "st"
@@ -97,7 +96,12 @@ def test_query_without_its_index_answers_by_exact_search_on_a_read_only_store(st
             p.chmod(p.stat().st_mode | stat.S_IWUSR)
     assert done.returncode == 0, done.stderr
     assert not list((copy / "index").glob("*.faiss"))  # nothing written
-    want = subprocess.run([sys.executable, "-m", "embedstore", "query", "Cardiomegaly", "-k", "4", "--store", str(store),
-                           "--format", "csv"], capture_output=True, text=True, timeout=300)
+    from embedstore.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # the writable store, in this process
+        main(["query", "Cardiomegaly", "-k", "4", "--store", str(store), "--format", "csv"])
+    want = capsys.readouterr().out
+    assert exc.value.code == 0
     ids = lambda out: [line.split(",")[2] for line in out.strip().splitlines()[1:]]  # noqa: E731
-    assert ids(done.stdout) == ids(want.stdout) and len(ids(want.stdout)) == 4
+    assert ids(done.stdout) == ids(want) and len(ids(want)) == 4

@@ -22,7 +22,19 @@ def built(tmp_path_factory):
 
 
 def _cli(*args):
+    """`embedstore ARGS` in a new process, through the real entry point (`python -m embedstore`)."""
     return subprocess.run([sys.executable, "-m", "embedstore", *args], capture_output=True, text=True, timeout=120)
+
+
+def _main(capsys, *args) -> tuple[int, str, str]:
+    """`embedstore ARGS` in this process (`embedstore.cli.main`): (exit code, stdout, stderr)."""
+    from embedstore.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
 
 
 def test_writes_refused_without_write(built):
@@ -43,12 +55,12 @@ def test_write_allowed_with_flag(tmp_path):
     assert st.sql("SELECT image_id FROM errors")["image_id"].to_list() == ["manual"]
 
 
-def test_bad_sql_gives_duckdb_message(built):
+def test_bad_sql_gives_duckdb_message(built, capsys):
     st, _ = built
     with pytest.raises(InputError, match="(?i)parser error|syntax"):
         st.sql("SELEC 1")
-    out = _cli("sql", "SELECT nope FROM images", "--store", str(st.path))
-    assert out.returncode == 2 and "nope" in out.stderr and "Traceback" not in out.stderr
+    code, _, err = _main(capsys, "sql", "SELECT nope FROM images", "--store", str(st.path))
+    assert code == 2 and "nope" in err and "Traceback" not in err
 
 
 def test_named_queries_match_independent_counts(built):
@@ -73,12 +85,12 @@ def test_named_queries_match_independent_counts(built):
         st.sql(file="nope")
 
 
-def test_cli_versions_and_sql_formats(built):
+def test_cli_versions_and_sql_formats(built, capsys):
     st, _ = built
-    out = _cli("versions", "--store", str(st.path), "--format", "csv")
-    assert out.returncode == 0 and out.stdout.splitlines()[1].startswith("v1,")
-    out = _cli("sql", "--file", "per-view-counts", "--store", str(st.path), "--format", "json")
-    assert out.returncode == 0 and '"images"' in out.stdout
+    code, out, _ = _main(capsys, "versions", "--store", str(st.path), "--format", "csv")
+    assert code == 0 and out.splitlines()[1].startswith("v1,")
+    code, out, _ = _main(capsys, "sql", "--file", "per-view-counts", "--store", str(st.path), "--format", "json")
+    assert code == 0 and '"images"' in out
 
 
 def test_table_cells_and_headers_print_as_written(built, capsys):
