@@ -115,10 +115,13 @@ def _image_file_vector(st, version: str, path: str, loaded=None) -> np.ndarray:
 
 
 def load_version_model(st, version: str):
-    """The model that made `version`: a fine-tuned checkpoint in the store, else the registry."""
+    """The model that made `version`: a fine-tuned checkpoint in the store, else the registry.
+    Loading takes seconds: the store's file is released first, so writers commit meanwhile."""
     from embedstore.models import load_model
 
-    return load_model(st.version(version))
+    info = st.version(version)
+    st.release_reads()
+    return load_model(info)
 
 
 # ---- search ------------------------------------------------------------------------------

@@ -185,6 +185,13 @@ def test_a_token_is_checked_on_every_request(small_phantoms, tmp_path):
         wrong = httpx.get(f"{base}/versions", headers={"Authorization": "Bearer nope"}, timeout=30)
         assert wrong.status_code == 401 and "token" in wrong.json()["error"]
         assert httpx.get(f"{base}/versions", headers={"Authorization": "Bearer s3cret"}, timeout=30).status_code == 200
+        # the page opened as /?token=: its own script and style load (a cookie), with no token they do not
+        assert httpx.get(f"{base}/static/app.js", timeout=30).status_code == 401
+        with httpx.Client(base_url=base, timeout=30) as browser:
+            assert browser.get("/", params={"token": "s3cret"}).status_code == 200
+            assert browser.get("/static/app.js").status_code == 200 and browser.get("/static/style.css").status_code == 200
+            browser.cookies.set("embedstore_token", "nope")
+            assert browser.get("/versions").status_code == 401
 
 
 def test_a_non_loopback_host_needs_a_token(small_phantoms):

@@ -37,6 +37,8 @@ vectors, splits and groups are unchanged.
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from dataclasses import dataclass
 
@@ -307,6 +309,15 @@ def duplicates(store, version: str | None = None, threshold="auto", across_split
         raise InputError(f"--space {space!r}: use one of {', '.join(SPACES)}")
     if scaling not in SCALINGS:
         raise InputError(f"--scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
+    # --regroup writes split groups after the run: a busy store fails before either is written
+    with store.writer() if regroup else contextlib.nullcontext():
+        return _duplicates(store, version, value, across_splits, regroup, space, k, force, scaling)
+
+
+def _duplicates(store, version, value, across_splits, regroup, space, k, force, scaling) -> Duplicates:
+    from embedstore.analyses.runs import cached_run
+    from embedstore.store import fingerprint
+
     info = store.version(version)
     ids, X = store.image_vectors(info.id)
     if len(ids) < 2:

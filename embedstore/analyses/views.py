@@ -109,6 +109,14 @@ def infer_views(store, version: str | None = None, folds: int = DEFAULT_FOLDS, s
 
     if not isinstance(folds, int) or folds < 2:
         raise InputError(f"--folds {folds}: give at least 2")
+    with store.writer():  # it writes the views after its run: a busy store fails here, before either
+        return _infer_views(store, version, folds, seed, force)
+
+
+def _infer_views(store, version, folds, seed, force) -> InferredViews:
+    from embedstore.analyses.runs import cached_run
+    from embedstore.store import fingerprint
+
     info = store.version(version)
     ids, X = store.image_vectors(info.id)
     meta = pl.DataFrame({"id": ids}).join(store.image_meta(), on="id", how="left")

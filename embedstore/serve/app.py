@@ -78,6 +78,9 @@ def _names(value: str | None, param: str) -> list[str] | None:
     return names
 
 
+TOKEN_COOKIE = "embedstore_token"  # set when the page is opened with ?token=, so its <script> and <link> load
+
+
 def create_app(store, token: str | None = None) -> FastAPI:
     """The app over `store` (an `embedstore.api.Store`, opened read-only)."""
     app = FastAPI(title="embedstore", version="1", summary="A chest-radiograph embedding store, read-only.")
@@ -87,13 +90,18 @@ def create_app(store, token: str | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def check_token(request: Request, call_next):
-        if token is not None:
-            header = request.headers.get("authorization", "")
-            given = header[7:] if header.lower().startswith("bearer ") else request.query_params.get("token", "")
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return JSONResponse({"error": "missing or wrong token: send the header "
-                                              "`Authorization: Bearer TOKEN` (the serve --token)"}, status_code=401)
-        return await call_next(request)
+        if token is None:
+            return await call_next(request)
+        header = request.headers.get("authorization", "")
+        given = (header[7:] if header.lower().startswith("bearer ") else
+                 request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE, ""))
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return JSONResponse({"error": "missing or wrong token: send the header "
+                                          "`Authorization: Bearer TOKEN` (the serve --token)"}, status_code=401)
+        response = await call_next(request)
+        if request.query_params.get("token"):  # the page opened as /?token=...: its own assets carry it as a cookie
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
 
     @app.exception_handler(ApiError)
     async def api_error(_request, err: ApiError):

@@ -209,7 +209,7 @@ class ImageTables:
             if name not in known:
                 raise InputError(f"finding {name!r} is not in the store; give one of {', '.join(known)}")
             column = quote_ident(name)
-            parts.append(f"{column} = 1" if wanted else f"coalesce({column}, 0) <> 1")
+            parts.append(f"{column} = 1" if wanted else f"coalesce({column}, 0) = 0")  # absent: 0 or missing, not uncertain
         return " AND ".join(parts) or None
 
     def image_groups(self):

@@ -535,10 +535,10 @@ class IndexFiles:
         (`before`: `index_state` when it started); True if the index was written.
 
         When the index was current before the run and the run only appended, the new vectors are
-        added to it (HNSW builds are slow); otherwise it is rebuilt from DuckDB. A run that only
-        replaced vectors (changed pixels) leaves the count as it was, so `encoded` decides that.
+        added to it (HNSW builds are slow); otherwise it is rebuilt from DuckDB (a run that
+        replaced vectors left the index marked stale: `add_image_vectors`).
         """
-        if self.index_is_current(version) and not encoded:
+        if self.index_is_current(version):
             return False
         after = self.index_state(version)
         appended = after["rows"] - (before["rows"] or 0)

@@ -38,7 +38,7 @@ WAITING_FRESH_S = 2.0  # a marker older than this is a dead writer's: readers ig
 # DuckDB's Python client shares one database instance among a process's connections to a file;
 # opening and closing them from many threads at once can hand out an instance whose Python table
 # functions are not registered yet ("python_arrow_scan does not exist"): they are serialised.
-_CONNECT_LOCK = threading.Lock()
+_CONNECT_LOCK = threading.RLock()  # re-entrant: a collected generator may close its connection inside an open
 
 
 def busy_timeout() -> float:
@@ -154,9 +154,11 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
             yield
         finally:
             local.depth = 0
-            self._close_shared_read()
+            self.release_reads()
 
-    def _close_shared_read(self) -> None:
+    def release_reads(self) -> None:
+        """Close this thread's shared read connection now (before slow work inside `reading()`,
+        such as loading a model, so a writer's commit does not wait on it); the next read reopens."""
         con, self._reads.con = getattr(self._reads, "con", None), None
         if con is not None:
             _close(con)
@@ -185,7 +187,7 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
             yield self._con
             return
         if write or self.writing:
-            self._close_shared_read()  # one process cannot hold the file read-only and for writing
+            self.release_reads()  # one process cannot hold the file read-only and for writing
             with self.writer() if lock or self.writing else self._appender():
                 self.path.mkdir(parents=True, exist_ok=True)
                 con = self._open(duckdb, read_only=False, external=external)

@@ -25,7 +25,9 @@ class VectorTables:
     def add_image_vectors(self, version: str, ids: np.ndarray, hashes: list[str], X: np.ndarray,
                           sizes: list[tuple[int, int]] | None = None, errors: list[dict] | None = None) -> int:
         """Write one batch in ONE transaction: vectors (replacing any older vector of the same
-        id in this version), the images' content hash and size, and the batch's errors.
+        id in this version), the images' content hash and size, and the batch's errors. A batch
+        that replaces vectors marks the version's index stale (index_count NULL) in the same
+        transaction, so a run killed before its index refresh never leaves old vectors indexed.
         """
         import polars as pl
 
@@ -42,8 +44,10 @@ class VectorTables:
         with self.transaction() as con:
             if len(ids):
                 with registered(con, batch=frame):
-                    con.execute("DELETE FROM image_embeddings WHERE version = ? AND id IN (SELECT id FROM batch)",
-                                [version])
+                    replaced = con.execute("DELETE FROM image_embeddings WHERE version = ? AND id IN (SELECT id FROM batch)",
+                                           [version]).fetchall()[0][0]
+                    if replaced:
+                        con.execute("UPDATE versions SET index_count = NULL WHERE version = ?", [version])
                     con.execute("INSERT INTO image_embeddings SELECT ?, id, content_hash, vector FROM batch", [version])
                     con.execute(
                         """UPDATE images SET content_hash = b.content_hash, width = coalesce(b.width, images.width),
