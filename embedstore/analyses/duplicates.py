@@ -309,6 +309,7 @@ def duplicates(store, version: str | None = None, threshold="auto", across_split
         raise InputError(f"--space {space!r}: use one of {', '.join(SPACES)}")
     if scaling not in SCALINGS:
         raise InputError(f"--scaling {scaling!r}: use one of {', '.join(SCALINGS)}")
+    version = store.version(version).id  # a bad --version fails read-only, before the lock
     # --regroup writes split groups after the run: a busy store fails before either is written
     with store.writer() if regroup else contextlib.nullcontext():
         return _duplicates(store, version, value, across_splits, regroup, space, k, force, scaling)

@@ -109,6 +109,7 @@ def infer_views(store, version: str | None = None, folds: int = DEFAULT_FOLDS, s
 
     if not isinstance(folds, int) or folds < 2:
         raise InputError(f"--folds {folds}: give at least 2")
+    version = store.version(version).id  # a bad --version fails read-only, before the lock
     with store.writer():  # it writes the views after its run: a busy store fails here, before either
         return _infer_views(store, version, folds, seed, force)
 
