@@ -30,7 +30,7 @@ import pytest
 import embedstore
 from embedstore.cli import main
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # each starts a local Ray cluster: 20-60 s
 
 ROOT = str(Path(embedstore.__file__).resolve().parent.parent)  # this checkout: Ray's workers import it too
 MODEL = ["--model", "phantom-clip", "--device", "cpu", "--workers", "1"]  # a local cluster of 1 + 1 actor = 2 CPUs
