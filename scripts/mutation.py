@@ -10,6 +10,8 @@ bench/MUTATION.md. Judgements are kept by hand in bench/mutation_judgements.toml
     python scripts/mutation.py                 # all five modules, from a fresh mutants/ folder
     python scripts/mutation.py --module probe  # one module; the others' results in mutants/ are kept
     python scripts/mutation.py --survivors     # after adding tests: re-run only the mutants left alive or unchecked
+    python scripts/mutation.py --module probe --only 'x_probe_tables__*' --only 'xǁ_Pathǁ*'
+                                               # some functions' mutants only (globs after the module's dotted name)
     python scripts/mutation.py --report        # no run: read mutants/, write MUTATION.md, print the scores
 
 A full run took about four hours on a shared 2-core machine (bench/RESULTS.md); --module runs
@@ -19,6 +21,7 @@ one module at a time.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import re
 import shutil
@@ -49,15 +52,19 @@ def dotted(path: str) -> str:
     return path.removesuffix(".py").replace("/", ".")
 
 
-def run_module(name: str, survivors_only: bool = False) -> float:
-    """`mutmut run` over one module's mutants (or only those the last run left alive), one worker,
-    BLAS on one thread; seconds taken."""
+def run_module(name: str, survivors_only: bool = False, only: list[str] | None = None) -> float:
+    """`mutmut run` over one module's mutants (or only those the last run left alive; or only those of
+    the functions matching `only`, globs after the module's dotted name), one worker, BLAS on one
+    thread; seconds taken."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    env.pop("PYTHONPATH", None)  # mutmut puts mutants/ first on the path; nothing may shadow it
+    # mutmut puts mutants/ first on the path; nothing may shadow it. scripts/ (no package in it) only
+    # holds the pytest plugin that orders a mutant's tests cheapest first (mutmut_fast_first.py).
+    env["PYTHONPATH"] = str(ROOT / "scripts")
     mutmut = Path(sys.executable).parent / "mutmut"
-    targets = [f"{dotted(MODULES[name])}.*"]
+    targets = [f"{dotted(MODULES[name])}.{glob}" for glob in (only or ["*"])]
     if survivors_only:
-        targets = [k for k, v in results(name).items() if v in (*NOT_KILLED, "not checked")]
+        targets = [k for k, v in results(name).items() if v in (*NOT_KILLED, "not checked")
+                   and any(fnmatch.fnmatchcase(k, t) for t in targets)]
         if not targets:
             return 0.0
     start = time.perf_counter()
@@ -155,7 +162,12 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="no run: read mutants/, write MUTATION.md, print the scores")
     parser.add_argument("--survivors", action="store_true",
                         help="re-run only the mutants the last run left alive (after adding tests), keeping the rest")
+    parser.add_argument("--only", action="append", metavar="GLOB",
+                        help="only the mutants of functions matching GLOB after the module's dotted name, e.g. "
+                             "'x_fit_logreg__*' or 'xǁProbeFitǁ*' (repeatable; with one --module)")
     args = parser.parse_args()
+    if args.only and len(args.module or []) != 1:
+        parser.error("--only needs exactly one --module")
     names = args.module or list(MODULES)
     seconds: dict[str, float] = {}
     load_start = os.getloadavg()
@@ -165,7 +177,7 @@ def main() -> None:
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)  # cached results would outlive changed tests
         for name in names:
             print(f"mutmut: {name} ...", flush=True)
-            seconds[name] = run_module(name, args.survivors)
+            seconds[name] = run_module(name, args.survivors, args.only)
     total = time.perf_counter() - started
     tally = write_report(list(MODULES))
     rows, detected, checked = [], 0, 0
@@ -194,7 +206,8 @@ def main() -> None:
         return
     if args.module or args.survivors:
         what = "the survivors of the last run" if args.survivors else "every mutant"
-        lines.insert(1, f"\nRun now: {what} of {', '.join(names)}; other results are from earlier runs in mutants/.")
+        of = f" of the functions {', '.join(args.only)}" if args.only else ""
+        lines.insert(1, f"\nRun now: {what} of {', '.join(names)}{of}; other results are from earlier runs in mutants/.")
     append_results("Mutation testing (scripts/mutation.py)", lines)
 
 
