@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	sh scripts/install-chromium.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n 2
