@@ -70,6 +70,7 @@ class ReadMemo:
         self._bytes = 0
         self._snap = None  # the snapshot the remembered answers belong to
         self._lock = threading.Lock()
+        self._fetching: dict = {}  # (key, snap) -> Event: one thread reads what the others wait for
         self.hits = self.misses = 0
 
     def get(self, key, snap):
@@ -81,6 +82,23 @@ class ReadMemo:
             self._items.move_to_end((key, snap))
             self.hits += 1
             return found[0]
+
+    def claim(self, key, snap) -> tuple[bool, threading.Event]:
+        """(whether this thread is to read it, the event set when that read ends): the first
+        thread to miss an answer reads it, the others may wait instead of reading it too (right
+        after a commit every request misses at once)."""
+        with self._lock:
+            event = self._fetching.get((key, snap))
+            if event is not None:
+                return False, event
+            event = self._fetching[(key, snap)] = threading.Event()
+            return True, event
+
+    def done(self, key, snap) -> None:
+        with self._lock:
+            event = self._fetching.pop((key, snap), None)
+        if event is not None:
+            event.set()
 
     def put(self, key, snap, value) -> None:
         size = size_of(value)

@@ -322,9 +322,21 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         if snap is None:
             return fetch()
         found = memo.get(key, snap)
-        if found is MISSING:
+        if found is not MISSING:
+            return found
+        mine, fetched = memo.claim(key, snap)
+        if not mine and getattr(self._reads, "con", None) is None:
+            # another thread reads it; this one holds no connection a writer could wait on, so it waits
+            fetched.wait(busy_timeout())
+            found = memo.get(key, snap)
+            if found is not MISSING:
+                return found
+        try:
             found = fetch()
             memo.put(key, snap, found)
+        finally:
+            if mine:
+                memo.done(key, snap)
         return found
 
     def _column(self, sql: str, params: list | None = None) -> list:
