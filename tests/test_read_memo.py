@@ -116,3 +116,37 @@ def test_a_caller_cannot_change_a_remembered_answer(store):
     ids = reader.matching_ids("v1", None)
     with pytest.raises(ValueError):
         ids[0] = -1
+
+
+def test_threads_that_miss_at_once_read_once(store):
+    """Right after a commit every request misses: the first reads, the others wait for its answer."""
+    import threading
+    import time
+
+    reader = Storage(store, read_only=True)
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.3)
+        return [(42,)]
+
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(reader.memoised(("slow",), slow))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert got == [[(42,)]] * 4 and len(calls) == 1
+
+
+def test_a_repeated_query_is_answered_from_memory_until_a_commit(store, opens):
+    st = Store(store, read_only=True)
+    first = st.query("effusion", k=4, split="test")
+    opened = opens[0]
+    for _ in range(2):
+        assert_frame_equal(st.query("effusion", k=4, split="test"), first)
+    assert opens[0] == opened and st.query("effusion", k=3, split="test").height == 3  # another k: another answer
+    Storage(store).upsert_images([_record("MEMO-3")])  # a commit (no vector: the same hits)
+    assert_frame_equal(st.query("effusion", k=4, split="test"), first)
+    assert opens[0] > opened
