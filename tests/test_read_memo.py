@@ -150,3 +150,15 @@ def test_a_repeated_query_is_answered_from_memory_until_a_commit(store, opens):
     Storage(store).upsert_images([_record("MEMO-3")])  # a commit (no vector: the same hits)
     assert_frame_equal(st.query("effusion", k=4, split="test"), first)
     assert opens[0] > opened
+
+
+def test_the_served_index_is_checked_by_the_snapshot_and_follows_a_rebuild(store, opens):
+    from embedstore.store import index as idx
+
+    reader = Storage(store, read_only=True)
+    first = reader.load_index("v1")
+    opened = opens[0]
+    assert reader.load_index("v1") is first and opens[0] == opened  # no DuckDB read while unchanged
+    Storage(store).rebuild_index("v1", kind="hnsw")
+    again = reader.load_index("v1")
+    assert again is not first and idx.kind_of(again) == "hnsw"
