@@ -101,10 +101,18 @@ class Store:
         names) filter as `where` does, without SQL."""
         from embedstore.query import query
 
-        with self._storage.reading():  # one connection for the query's reads
-            ver = self._storage.resolve_version(version) if self._warm else version
-            return query(self._storage, text=text, image=image, like=like, k=k, where=where, version=ver,
-                         split=split, view=view, present=present, absent=absent, loaded=self._warm.get(ver))
+        def run():
+            with self._storage.reading():  # one connection for the query's reads
+                ver = self._storage.resolve_version(version) if self._warm else version
+                return query(self._storage, text=text, image=image, like=like, k=k, where=where, version=ver,
+                             split=split, view=view, present=present, absent=absent, loaded=self._warm.get(ver))
+
+        if image is not None:  # a file's bytes may change under its name
+            return run()
+        # a read-only store (a server's) answers a repeated query from memory while the file is unchanged
+        key = ("query", text, like, k, where, version, split, view, *(None if f is None else tuple(f)
+                                                                     for f in (present, absent)))
+        return self._storage.memoised(key, run).clone()
 
     def image(self, image_id: str) -> dict:
         """One stored image: its metadata (split, view, path, report text in `findings` and

@@ -241,3 +241,23 @@ def test_an_older_ivf_pq_file_with_its_float_copy_is_still_searched(world):
     assert idx.describe(st._storage.load_index(v))["rerank"] == "index file"
     st.index(v, kind="ivf-pq")  # rebuilt: the new layout
     assert not isinstance(faiss.downcast_index(st._storage.load_index(v).index), faiss.IndexRefine)
+
+
+def test_one_query_searches_on_its_own_thread_and_leaves_the_setting_as_it_was(world, monkeypatch):
+    """FAISS spreads a search over its queries: one query runs on one OpenMP thread (a second
+    only waits), and the thread's own setting comes back after, for the next build or batch."""
+    import faiss
+
+    from embedstore.store import index as idx
+
+    st, v = world["st"], world["v"]
+    index = st.load_index(v) or (st.rebuild_index(v) and st.load_index(v))
+    rerank = st.reranker(v) if idx.needs_rerank(index) else None  # the kind earlier tests left
+    during = []
+    real = idx._search
+    monkeypatch.setattr(idx, "_search", lambda *a: during.append(faiss.omp_get_max_threads()) or real(*a))
+    before = faiss.omp_get_max_threads()
+    _, ids = idx.search(index, world["X"][0], 5, rerank=rerank)
+    assert ids[0][0] == world["ids"][0] and faiss.omp_get_max_threads() == before
+    _, ids = idx.search(index, world["X"][:3], 5, rerank=rerank)  # a batch keeps the threads it had
+    assert ids.shape == (3, 5) and during == [1, before]

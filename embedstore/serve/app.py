@@ -88,10 +88,7 @@ def create_app(store, token: str | None = None) -> FastAPI:
     atexit.register(shutil.rmtree, overlays, True)
     overlay_lock = threading.Lock()  # one Grad-CAM at a time: the model and the heatmap cache are shared
 
-    @app.middleware("http")
     async def check_token(request: Request, call_next):
-        if token is None:
-            return await call_next(request)
         header = request.headers.get("authorization", "")
         given = (header[7:] if header.lower().startswith("bearer ") else
                  request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE, ""))
@@ -102,6 +99,9 @@ def create_app(store, token: str | None = None) -> FastAPI:
         if request.query_params.get("token"):  # the page opened as /?token=...: its own assets carry it as a cookie
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
         return response
+
+    if token is not None:  # an HTTP middleware costs every request a task and streams: only when it checks
+        app.middleware("http")(check_token)
 
     @app.exception_handler(ApiError)
     async def api_error(_request, err: ApiError):
@@ -146,7 +146,7 @@ def create_app(store, token: str | None = None) -> FastAPI:
     def _query(text, like, image, k, split, view, present, absent, version):
         hits = store.query(text, image=image, like=like, k=k, version=version, split=split, view=view,
                            present=_names(present, "present"), absent=_names(absent, "absent"))
-        return _json(hits.drop("path"))
+        return JSONResponse(_json(hits.drop("path")))  # rows already JSON-clean: no jsonable_encoder pass
 
     @app.get("/query")
     def query(text: str | None = Query(None, min_length=1, max_length=500),

@@ -352,6 +352,22 @@ def index_ids(index) -> np.ndarray:
 
 
 def search(index, q: np.ndarray, k: int, subset: np.ndarray | None = None, rerank: Rerank | None = None):
+    """`_search` (below); one query searches on this thread alone: FAISS spreads a search over its
+    queries, so a second OpenMP thread only waits (5 ms against 0.9 ms a query for HNSW at 20,000
+    vectors on 2 busy cores), and a server's concurrent requests would each start a team."""
+    import faiss
+
+    if np.atleast_2d(q).shape[0] != 1:
+        return _search(index, q, k, subset, rerank)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # this thread's setting only; restored after
+    try:
+        return _search(index, q, k, subset, rerank)
+    finally:
+        faiss.omp_set_num_threads(threads)
+
+
+def _search(index, q: np.ndarray, k: int, subset: np.ndarray | None = None, rerank: Rerank | None = None):
     """Top-k inner products for queries `q` [nq, d]; `subset`: only these ids are eligible;
     `rerank`: how an ivf-pq index's candidates are re-ranked (required where `needs_rerank`).
 

@@ -22,6 +22,7 @@ from embedstore.store import schema
 from embedstore.store.images import ImageTables
 from embedstore.store.index import IndexFiles
 from embedstore.store.lock import WriteLock
+from embedstore.store.memo import MISSING, ReadMemo, freeze, snapshot
 from embedstore.store.quality import QualityTables
 from embedstore.store.reads import SummaryReads
 from embedstore.store.runs import RunTables
@@ -77,6 +78,8 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         self._view_checked = False  # labels_wide is checked once per writer session
         self._loaded_indexes: dict = {}  # version -> (file key, FAISS index): `load_index`'s
         self._reads = threading.local()  # this thread's `reading()` block: depth, its connection
+        # a read-only store (a server's) remembers its reads while the file is unchanged (store/memo.py)
+        self._memo = ReadMemo() if read_only else None
 
     def __repr__(self) -> str:
         return f"Storage({str(self.path)!r})"
@@ -290,15 +293,51 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
                 raise
             con.execute("COMMIT")
 
-    def _df(self, sql: str, params: list | None = None):
-        """Run a read query and return a polars DataFrame."""
-        with self.connect() as con:
-            return con.sql(sql, params=params).pl()
+    def _df(self, sql: str, params: list | None = None, memo: bool = True):
+        """Run a read query and return a polars DataFrame (`memo=False`: never remembered, for a
+        large answer such as a version's vectors)."""
+        def fetch():
+            with self.connect() as con:
+                return con.sql(sql, params=params).pl()
+
+        found = self.memoised(_key("df", sql, params) if memo else None, fetch)
+        return found.clone() if found is not None else found
 
     def _rows(self, sql: str, params: list | None = None) -> list[tuple]:
         """Run a read query and return its rows."""
-        with self.connect() as con:
-            return con.sql(sql, params=params).fetchall()
+        def fetch():
+            with self.connect() as con:
+                return con.sql(sql, params=params).fetchall()
+
+        return list(self.memoised(_key("rows", sql, params), fetch))
+
+    def memoised(self, key: tuple | None, fetch):
+        """`fetch()`, remembered under `key` while the DuckDB file is unchanged, on a read-only
+        store (a server's): a repeated read then opens nothing. Any commit changes the file's
+        snapshot (store/memo.py), so readers still see it. Other stores, or no key, always fetch."""
+        memo = self._memo
+        if memo is None or key is None or self._con is not None:
+            return fetch()
+        snap = snapshot(self.db_path)  # before the read: a commit after it gives the next read a new key
+        if snap is None:
+            return fetch()
+        found = memo.get(key, snap)
+        if found is not MISSING:
+            return found
+        mine, fetched = memo.claim(key, snap)
+        if not mine and getattr(self._reads, "con", None) is None:
+            # another thread reads it; this one holds no connection a writer could wait on, so it waits
+            fetched.wait(busy_timeout())
+            found = memo.get(key, snap)
+            if found is not MISSING:
+                return found
+        try:
+            found = fetch()
+            memo.put(key, snap, found)
+        finally:
+            if mine:
+                memo.done(key, snap)
+        return found
 
     def _column(self, sql: str, params: list | None = None) -> list:
         """Run a read query and return its first column."""
@@ -308,6 +347,11 @@ class Storage(VersionTables, ImageTables, VectorTables, IndexFiles, RunTables, S
         """Run a read query and return the first column of its first row (None when it has none)."""
         rows = self._rows(sql, params)
         return rows[0][0] if rows else None
+
+
+def _key(kind: str, sql: str, params) -> tuple | None:
+    frozen = freeze(params)
+    return None if frozen is None else (kind, sql, frozen)
 
 
 def _close(con) -> None:

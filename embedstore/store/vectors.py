@@ -11,6 +11,9 @@ from embedstore.store.rows import ids_and_matrix, matrix, registered
 
 # DuckDB's index scan serves an IN list of up to `index_scan_max_count` (2,048) values.
 LOOKUP_MAX = 2048
+# a read-only store of up to this many images describes hits from one remembered metadata frame
+HIT_META_MAX = 200_000
+HIT_LABELS = "coalesce(string_agg(l.finding, ', ' ORDER BY l.finding) FILTER (WHERE l.value = 1), '') AS labels"
 
 
 class VectorTables:
@@ -63,7 +66,8 @@ class VectorTables:
     def image_vectors(self, version: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64 [n], X float32 [n, d]) of `version`, ordered by id."""
         version = self.resolve_version(version)
-        table = self._df("SELECT id, vector FROM image_embeddings WHERE version = ? ORDER BY id", [version])
+        table = self._df("SELECT id, vector FROM image_embeddings WHERE version = ? ORDER BY id", [version],
+                         memo=False)
         return ids_and_matrix(table, self._dim(version))
 
     def _dim(self, version: str) -> int | None:
@@ -83,7 +87,7 @@ class VectorTables:
         if len(ids) <= LOOKUP_MAX:
             listed = ", ".join(str(int(i)) for i in ids) or "NULL"  # int64s: nothing to quote
             table = self._df(f"SELECT id, vector FROM image_embeddings WHERE version = ? AND id IN ({listed}) "
-                             "ORDER BY id", [version])
+                             "ORDER BY id", [version], memo=False)
             return ids_and_matrix(table, None if table.height else self._dim(version))
         want = pl.DataFrame({"id": ids})
         with self.connect() as con, registered(con, ivf_want=want):
@@ -174,7 +178,8 @@ class VectorTables:
                       coalesce((SELECT list({'finding': l.finding, 'value': l.value} ORDER BY l.finding)
                                 FROM labels l WHERE l.id = e.id AND l.value IS NOT NULL), []) AS labels,
                       e.vector
-               FROM image_embeddings e JOIN images i ON i.id = e.id WHERE e.version = ? ORDER BY e.id""", [version])
+               FROM image_embeddings e JOIN images i ON i.id = e.id WHERE e.version = ? ORDER BY e.id""", [version],
+            memo=False)
 
     def unknown_image_ids(self, image_ids) -> list[str]:
         """The `image_ids` the store has no image of, in the order given."""
@@ -222,33 +227,49 @@ class VectorTables:
         return int(row[0]), None if row[1] is None else np.asarray(row[1], dtype=np.float32)
 
     def matching_ids(self, version: str, where: str | None) -> np.ndarray:
-        """Ids encoded in `version` whose images (and labels_wide columns) satisfy the predicate `where`."""
+        """Ids encoded in `version` whose images (and labels_wide columns) satisfy the predicate
+        `where` (a read-only array; remembered while the file is unchanged on a read-only store)."""
         import duckdb
 
         from embedstore.errors import InputError
 
-        sql = "SELECT e.id FROM image_embeddings e WHERE e.version = ?"
-        with self.connect() as con:
-            if where:
-                sql = ("SELECT e.id FROM image_embeddings e JOIN images i ON i.id = e.id "
-                       "LEFT JOIN (SELECT * EXCLUDE (image_id) FROM labels_wide) lw ON lw.id = e.id "
-                       f"WHERE e.version = ? AND ({self.predicate(con, where)})")
-            try:
-                rows = con.sql(sql + " ORDER BY e.id", params=[version]).fetchnumpy()
-            except duckdb.Error as err:
-                raise InputError(f"--where {where!r}: {str(err).splitlines()[0]}") from None
-        return np.asarray(rows["id"], dtype=np.int64)
+        def fetch():
+            sql = "SELECT e.id FROM image_embeddings e WHERE e.version = ?"
+            with self.connect() as con:
+                if where:
+                    sql = ("SELECT e.id FROM image_embeddings e JOIN images i ON i.id = e.id "
+                           "LEFT JOIN (SELECT * EXCLUDE (image_id) FROM labels_wide) lw ON lw.id = e.id "
+                           f"WHERE e.version = ? AND ({self.predicate(con, where)})")
+                try:
+                    rows = con.sql(sql + " ORDER BY e.id", params=[version]).fetchnumpy()
+                except duckdb.Error as err:
+                    raise InputError(f"--where {where!r}: {str(err).splitlines()[0]}") from None
+            ids = np.asarray(rows["id"], dtype=np.int64)
+            ids.setflags(write=False)
+            return ids
+
+        return self.memoised(("matching_ids", version, where), fetch)
 
     def describe_hits(self, ids: np.ndarray, scores: np.ndarray):
-        """rank, score, image_id, path, view, labels (positive findings), id of ranked hits."""
+        """rank, score, image_id, path, view, labels (positive findings), id of ranked hits.
+
+        A read-only store (a server's) of up to HIT_META_MAX images joins the hits to one frame of
+        every image's metadata, read once while the file is unchanged, instead of a query each time."""
         import polars as pl
 
         hits = pl.DataFrame({"rank": np.arange(1, len(ids) + 1), "score": np.asarray(scores, np.float32),
                              "id": np.asarray(ids, np.int64)})
+        if self._memo is not None and (self._scalar("SELECT count(*) FROM images") or 0) <= HIT_META_MAX:
+            meta = self._df(f"SELECT i.id, i.image_id, i.path, i.view, {HIT_LABELS} FROM images i LEFT JOIN labels l "
+                            "ON l.id = i.id GROUP BY i.id, i.image_id, i.path, i.view ORDER BY i.id")
+            known = meta["id"].to_numpy()
+            at = np.minimum(np.searchsorted(known, hits["id"].to_numpy()), max(len(known) - 1, 0))
+            found = (known[at] == hits["id"].to_numpy()) if len(known) else np.zeros(hits.height, bool)
+            rows = meta[at[found]].drop("id")
+            return pl.concat([hits.filter(pl.Series(found)), rows], how="horizontal").select(
+                "rank", "score", "image_id", "path", "view", "labels", "id")
         with self.connect() as con, registered(con, hits=hits):
             return con.sql(
-                """SELECT h.rank, h.score, i.image_id, i.path, i.view,
-                          coalesce(string_agg(l.finding, ', ' ORDER BY l.finding) FILTER (WHERE l.value = 1), '')
-                              AS labels, h.id
+                f"""SELECT h.rank, h.score, i.image_id, i.path, i.view, {HIT_LABELS}, h.id
                    FROM hits h JOIN images i ON i.id = h.id LEFT JOIN labels l ON l.id = h.id
                    GROUP BY h.rank, h.score, i.image_id, i.path, i.view, h.id ORDER BY h.rank""").pl()
