@@ -142,8 +142,6 @@ class Store:
         separability ran on the version (nothing is computed: the store is only read)."""
         import polars as pl
 
-        from embedstore.errors import InputError
-
         if method not in PROJECTION_METHODS:
             raise InputError(f"method={method!r}: give one of {', '.join(PROJECTION_METHODS)}")
         if limit is not None and limit < 1:

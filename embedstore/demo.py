@@ -185,8 +185,7 @@ def _compare(st, base: str, tuned: str) -> str:
         for r in df.iter_rows(named=True):
             lines.append(f"{version}: {r['method_2']} - {r['method_1']}: macro-AUROC {_paired(r)}")
     versions = compare(st, base, tuned).filter((pl.col("kind") == "probe") & (pl.col("metric") == "macro_auroc"))
-    for r in versions.iter_rows(named=True):
-        lines.append(f"probe {tuned} - {base}: macro-AUROC {_paired(r)}")
+    lines += [f"probe {tuned} - {base}: macro-AUROC {_paired(r)}" for r in versions.iter_rows(named=True)]
     return "\n".join(lines)
 
 

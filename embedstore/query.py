@@ -143,9 +143,8 @@ def search(st, version: str, q: np.ndarray, k: int, where: str | None = None,
     if index is not None:
         rerank = st.reranker(version) if idx.needs_rerank(index) else None  # ivf-pq: from DuckDB's vectors
         scores, ids = idx.search(index, q, k, subset=subset, rerank=rerank)
-        ids, scores = ids[0], scores[0]
-        keep = ids >= 0
-        ids, scores = ids[keep], scores[keep]
+        keep = ids[0] >= 0
+        ids, scores = ids[0][keep], scores[0][keep]
         total = index.ntotal if subset is None else len(subset)
         if len(ids) >= min(want, total):  # HNSW and IVF may return fewer under a tight filter
             return ids, scores

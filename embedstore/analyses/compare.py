@@ -61,8 +61,7 @@ def holm(p: np.ndarray) -> np.ndarray:
     idx = np.flatnonzero(np.isfinite(p))
     order = idx[np.argsort(p[idx], kind="stable")]
     m = order.size
-    adjusted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
-    out[order] = adjusted
+    out[order] = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
     return out
 
 
@@ -154,9 +153,8 @@ def _with_holm(frame: pl.DataFrame, alpha: float) -> pl.DataFrame:
     parts = []
     for metric in PAIRED_METRICS:
         part = frame.filter(pl.col("metric") == metric)
-        p = part["p_value"].fill_null(np.nan).to_numpy()
-        adjusted = holm(p)
-        part = part.with_columns(pl.Series("p_holm", adjusted).fill_nan(None))
+        p_holm = holm(part["p_value"].fill_null(np.nan).to_numpy())
+        part = part.with_columns(pl.Series("p_holm", p_holm).fill_nan(None))
         verdicts = [r["verdict"] if r["p_value"] is None else _verdict(r["diff_lo"], r["diff_hi"], r["p_holm"], alpha)
                     for r in part.iter_rows(named=True)]
         parts.append(part.with_columns(pl.Series("verdict", verdicts, dtype=pl.String)))
@@ -193,10 +191,8 @@ def _pairing_key(kind: str, config: dict) -> str:
 def _runs_of(store, version: str) -> list[dict]:
     """Every run on `version`, newest first, with its config parsed."""
     runs = store.runs().filter(pl.col("version") == version).sort(["started", "run_id"], descending=True)
-    out = []
-    for run_id, kind, config in runs.select("run_id", "kind", "config").iter_rows():
-        out.append({"run_id": run_id, "kind": kind, "config": parse_config(config)})
-    return out
+    return [{"run_id": run_id, "kind": kind, "config": parse_config(config)}
+            for run_id, kind, config in runs.select("run_id", "kind", "config").iter_rows()]
 
 
 def _latest_runs(store, version: str) -> dict[str, dict]:
@@ -245,8 +241,6 @@ def _paired_runs(store, run_1: dict, run_2: dict, n_boot: int, seed: int, alpha:
 def require_same_test_set(store, v1: str, v2: str) -> None:
     """InputError unless both versions have vectors for exactly the same test images: metrics on
     different test sets differ by the images as well as by the model."""
-    import numpy as np
-
     a, b = store.split_ids(v1, "test"), store.split_ids(v2, "test")
     differ = np.setxor1d(a, b)
     if len(differ):

@@ -38,7 +38,6 @@ vectors, splits and groups are unchanged.
 from __future__ import annotations
 
 import contextlib
-
 import time
 from dataclasses import dataclass
 

@@ -32,9 +32,6 @@ class VersionData:
     logit_scale: float
     groups: np.ndarray  # object [n]: the patient (else study) group each image is resampled with
 
-    def mask(self, name: str) -> np.ndarray:
-        return self.split == name
-
     def fingerprint(self) -> str:
         """Hash of what the results depend on besides the vectors (fixed by the version)."""
         from embedstore.store import fingerprint

@@ -238,7 +238,14 @@ class SplitsReport:
 
     @property
     def warning(self) -> str | None:
-        return below_min_warning(self.findings, self.min_positives)
+        """One line naming the findings with too few positive groups to evaluate, or None."""
+        low = self.findings.filter(self.findings["below_min"].is_not_null())
+        if not low.height:
+            return None
+        named = ", ".join(f"{r['finding']} (val {r['val_groups']}, test {r['test_groups']})"
+                          for r in low.iter_rows(named=True))
+        return (f"{low.height} finding(s) have fewer than {self.min_positives} positive groups in val or test, so "
+                f"their metrics there are unreliable: {named}")
 
 
 def positives_table(positives, findings: list[str], min_positives: int = 10):
@@ -272,20 +279,8 @@ def view_table(coverage):
     for split in splits:
         part = coverage.filter(pl.col("split") == split)
         count = {(r["source"], r["view"]): r["images"] for r in part.iter_rows(named=True)}
-        row = {"split": split}
-        for source in VIEW_SOURCES:
-            for view in ("frontal", "lateral"):
-                row[f"{source}_{view}"] = int(count.get((source, view), 0))
+        row = {"split": split} | {f"{source}_{view}": int(count.get((source, view), 0))
+                                  for source in VIEW_SOURCES for view in ("frontal", "lateral")}
         row["unknown"] = int(sum(n for (src, _), n in count.items() if src == "unknown"))
         rows.append(row)
     return pl.DataFrame(rows) if rows else pl.DataFrame(schema={"split": pl.String})
-
-
-def below_min_warning(table, min_positives: int) -> str | None:
-    """One line naming the findings with too few positive groups to evaluate, or None."""
-    low = table.filter(table["below_min"].is_not_null())
-    if not low.height:
-        return None
-    named = ", ".join(f"{r['finding']} (val {r['val_groups']}, test {r['test_groups']})" for r in low.iter_rows(named=True))
-    return (f"{low.height} finding(s) have fewer than {min_positives} positive groups in val or test, so their "
-            f"metrics there are unreliable: {named}")

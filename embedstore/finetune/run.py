@@ -102,6 +102,7 @@ def finetune(
     Trains on the images whose split is "train", early-stops on "val". See the module docstring
     for resume and reuse.
     """
+    from embedstore.finetune.loop import TrainConfig
     from embedstore.models.registry import resolve_device
     from embedstore.store import stable_hash
     from embedstore.store.lock import WriteLock
@@ -120,7 +121,9 @@ def finetune(
     if objective == "bce" and head_init != "random":  # absent = random head, as before head_init existed
         settings["head_init"] = head_init
     key = stable_hash({"parent": parent, "record_hash": parent_version.record_hash, "data": data.fingerprint(), **settings})
-    config = _train_config(settings, resolve_device(device))  # validates before anything is written
+    # the training settings, validated before anything is written
+    config = TrainConfig(device=resolve_device(device),
+                         **{k: v for k, v in settings.items() if k not in ("objective", "head_init")})
 
     done = None if force else find_finetuned(st, key, complete=True)
     if done:
@@ -157,15 +160,6 @@ def finetune(
         lock.release()
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _train_config(settings: dict, device: str):
-    from embedstore.finetune.loop import TrainConfig
-
-    return TrainConfig(epochs=settings["epochs"], lr=settings["lr"], weight_decay=settings["weight_decay"],
-                       batch_size=settings["batch_size"], accumulate=settings["accumulate"], warmup=settings["warmup"],
-                       train=settings["train"], patience=settings["patience"], seed=settings["seed"], device=device,
-                       precision=settings["precision"])
 
 
 # ---- training data -------------------------------------------------------------------------------
@@ -223,9 +217,7 @@ class TrainingData:
         from embedstore.finetune.data import PairDataset, decode_images
 
         tr, va = np.flatnonzero(self.split == "train"), np.flatnonzero(self.split == "val")
-        texts = None
-        if objective == "contrastive":
-            texts = self.candidate_texts(tr)
+        texts = self.candidate_texts(tr) if objective == "contrastive" else None
         train = PairDataset(decode_images([self.paths[i] for i in tr], image_size), self.labels[tr], texts,
                             mean, std, augment=True, seed=seed)
         val = PairDataset(decode_images([self.paths[i] for i in va], image_size), self.labels[va], None, mean, std)
@@ -380,15 +372,13 @@ class _HeadCapture:
         return self.loaded.encode_texts(texts)
 
     def collect(self, ids) -> None:
-        for i, row in zip(np.asarray(ids).tolist(), self._last):
-            self.logits[int(i)] = row
+        self.logits.update(zip(np.asarray(ids).tolist(), self._last))
 
 
 def _write_version(st, version: str, data: TrainingData, result: FinetuneResult, batch_size: int,
                    workers: int | None, progress: bool, device: str) -> None:
     """Re-encode images and texts into `version` (skipping what is stored), index it, write its run."""
     from embedstore.encode import encode_into, encode_prompts
-
     from embedstore.models import load_model
     from embedstore.models.heads import load_head
 
@@ -440,9 +430,8 @@ def _write_run(st, version: str, data: TrainingData, result: FinetuneResult, hea
 
     rows = [{"finding": None, "metric": "best_epoch", "value": float(result.best_epoch)},
             {"finding": None, "metric": "best_val_macro_auroc", "value": float(result.best_val_auroc)}]
-    rows += [{"finding": None, "metric": f"val_macro_auroc@epoch{h['epoch']}", "value": float(h["val_auroc"])}
-             for h in result.history]
-    rows += [{"finding": None, "metric": f"train_loss@epoch{h['epoch']}", "value": float(h["loss"])}
+    rows += [{"finding": None, "metric": f"{metric}@epoch{h['epoch']}", "value": float(h[key])}
+             for metric, key in (("val_macro_auroc", "val_auroc"), ("train_loss", "loss"))
              for h in result.history]
     tables: dict[str, Any] = {"metrics": pl.DataFrame([{**r, "lo": None, "hi": None} for r in rows], schema=METRIC_COLUMNS)}
     if head is not None:

@@ -211,8 +211,7 @@ def overprediction_chart(frame: pl.DataFrame):
     scale = alt.Scale(type="sqrt", domain=[0, top])
     line = pl.DataFrame({"prevalence": [0.0, top], "predicted_rate": [0.0, top]})
     ident = alt.Chart(line).mark_line(color="#888", strokeDash=[4, 4]).encode(
-        x=alt.X("prevalence:Q", scale=alt.Scale(type="sqrt", domain=[0, top])),
-        y=alt.Y("predicted_rate:Q", scale=alt.Scale(type="sqrt", domain=[0, top])))
+        x=alt.X("prevalence:Q", scale=scale), y=alt.Y("predicted_rate:Q", scale=scale))
     pts = (
         alt.Chart(frame)
         .mark_point(filled=True, size=60, opacity=0.8)
@@ -250,8 +249,7 @@ def curve_points(frame: pl.DataFrame, max_points: int = 200) -> tuple[pl.DataFra
 
     roc_rows, pr_rows = [], []
     for (series, finding), g in frame.group_by(["series", "finding"], maintain_order=True):
-        y = g["y_true"].to_numpy()
-        s = g["score"].to_numpy()
+        y, s = g["y_true"].to_numpy(), g["score"].to_numpy()
         if len(np.unique(y)) < 2:
             continue
         fpr, tpr, _ = roc_curve(y, s, drop_intermediate=True)
@@ -304,9 +302,7 @@ def projection_chart(frame: pl.DataFrame, findings: list[str], title: str):
     Every row is kept (no sampling); a point's tooltip names the image and its labels.
     """
     alt = _alt()
-    if not findings:
-        findings = ["(none)"]
-    pick = _select_param("finding", findings, "colour by finding: ")
+    pick = _select_param("finding", findings or ["(none)"], "colour by finding: ")
     # Whole-item match on the ", "-joined list, so "Granuloma" does not match "Calcified Granuloma".
     has = "indexof(', ' + datum.labels + ', ', ', ' + finding + ', ') >= 0"
     return (

@@ -158,17 +158,13 @@ class ReportData:
     # -- paired comparisons ------------------------------------------------------------
     def methods_on(self, version: str) -> list[str]:
         """The methods of `compare_methods` that have a scored test-split run on `version`."""
-        have = []
         runs = self.classifier_runs().filter(pl.col("version") == version)
         configs = [(k, parse_config(c)) for k, c in zip(runs["kind"], runs["config"])]
         on_test = [(k, c) for k, c in configs if c.get("split", "test") == "test"]
-        if any(k == "zeroshot" and c.get("rule") == "pos-neg" for k, c in on_test):
-            have.append("zeroshot:pos-neg")
-        if any(k == "probe" and c.get("classifier", "logreg") == "logreg" for k, c in on_test):
-            have.append("probe")
-        if any(k == "finetune" for k, _ in on_test):
-            have.append("finetuned")
-        return have
+        made_by = {"zeroshot:pos-neg": lambda k, c: k == "zeroshot" and c.get("rule") == "pos-neg",
+                   "probe": lambda k, c: k == "probe" and c.get("classifier", "logreg") == "logreg",
+                   "finetuned": lambda k, c: k == "finetune"}
+        return [method for method, made in made_by.items() if any(made(k, c) for k, c in on_test)]
 
     def paired_comparisons(self) -> tuple[pl.DataFrame, list[str]]:
         """Per-finding and macro paired differences (side 2 - side 1, same test images): the

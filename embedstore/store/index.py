@@ -24,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from embedstore.errors import InputError, StoreError
 from embedstore.files import atomic_path
+from embedstore.results import Row
 from embedstore.store import schema
 
 # Exact inner product up to this many vectors; HNSW above (build time grows, search stays fast).
@@ -50,7 +51,6 @@ DEFAULTS = {
     "hnsw-sq8": {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION, "k_factor": 4},
     "ivf-pq": {"k_factor": 16},  # nlist ~ 4 sqrt(n), m = d / 8 unless given
 }
-TUNABLE = {"efSearch", "nprobe"}
 
 
 @dataclass
@@ -79,7 +79,7 @@ def in_memory(ids: np.ndarray, X: np.ndarray) -> Callable[[np.ndarray], tuple[np
 
 
 @dataclass
-class IndexResult:
+class IndexResult(Row):
     """What `embedstore index` built: the version, its vector count, the kind, how it was chosen
     (`by size` or `by hand`) and its parameters (efSearch / nprobe as tuned, bytes a vector)."""
 
@@ -89,9 +89,6 @@ class IndexResult:
     chosen: str
     checksum: str
     params: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     def to_polars(self):
         """One row: version, count, kind, chosen, checksum, params (JSON text)."""

@@ -19,8 +19,8 @@ FIT_ROLES = ("train", "val")  # `fit_images.role`: the images a fine-tune traine
 
 @dataclass(frozen=True)
 class Version:
-    """One embedding version, read once: which model made it, from which parent, and where its
-    index and (for a fine-tuned version) its weights are. `models.load_model(version)` loads its model."""
+    """One embedding version, read once: which model made it, from which parent, and (for a
+    fine-tuned version) where its weights are. `models.load_model(version)` loads its model."""
 
     id: str
     parent: str | None
@@ -31,11 +31,8 @@ class Version:
     dim: int | None
     logit_scale: float | None
     record_hash: str
-    index_file: Path
     checkpoint: Path | None  # the fine-tuned weights (open_clip local-dir layout), else None
     finetune: dict | None  # the fine-tune's settings and head (objective, head, head_init, findings, key, ...)
-    created: Any
-    code_version: str | None
 
     @property
     def pretrained(self) -> str | None:
@@ -122,13 +119,11 @@ class VersionTables:
         version = self.resolve_version(version)
         row = self.version_row(version)
         record = json.loads(row["model_record"]) if isinstance(row["model_record"], str) else (row["model_record"] or {})
-        finetune = record.get("finetune")
         return Version(
             id=version, parent=row["parent"], kind=row["kind"], model_name=row["model_name"], model_record=record,
             dtype=row["dtype"], dim=row["dim"], logit_scale=row["logit_scale"], record_hash=row["record_hash"],
-            index_file=self.path / (row["index_file"] or f"index/{version}.faiss"),
             checkpoint=self.path / row["checkpoint"] if row.get("checkpoint") else None,
-            finetune=finetune, created=row["created"], code_version=row["code_version"])
+            finetune=record.get("finetune"))
 
     def next_version_id(self, con=None) -> str:
         """The id the next `create_version` gives ("v1", "v2", ...): read under the store's lock."""
