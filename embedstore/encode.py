@@ -205,22 +205,24 @@ def encode(
         nodes = (stack.enter_context(cluster(ray_address, max(1, workers) + ray_actors, progress))
                  if engine == "ray" else [])
         stack.enter_context(st.writer())  # the lock is held for the whole run, the DuckDB file only while committing
-        before = {m: st.images_placed_by(m) for m in ("hash", GROUP_OVER_GIVEN)}
-        # the store records how the reader drew the data set's splits when it freezes them
-        ids = st.upsert_images(ds.records, Assignment(ds.split_method, ds.split_seed, ds.split_fractions))
-        placed = {m: st.images_placed_by(m) - n for m, n in before.items()}
-        if box_df is not None:
-            st.write_boxes(box_df)
-        ver = _choose_version(st, loaded, precision, version)
+        with st.session():  # the store steps up to the prompts' model work open the file once, not eight times
+            before = {m: st.images_placed_by(m) for m in ("hash", GROUP_OVER_GIVEN)}
+            # the store records how the reader drew the data set's splits when it freezes them
+            ids = st.upsert_images(ds.records, Assignment(ds.split_method, ds.split_seed, ds.split_fractions))
+            placed = {m: st.images_placed_by(m) - n for m, n in before.items()}
+            if box_df is not None:
+                st.write_boxes(box_df)
+            ver = _choose_version(st, loaded, precision, version)
         summary = EncodeResult(version=ver, split_by_hash=placed["hash"], split_given_overridden=placed[GROUP_OVER_GIVEN])
         summary.texts = encode_prompts(st, ver, loaded, ds.findings)
-        st.clear_errors(ver, [r.image_id for r in ds.records], ds.source)  # errors describe the latest attempt
         missing = [
             {"image_id": r.image_id, "path": r.path, "stage": "read", "reason": "no image file for this record"}
             for r in ds.records if not r.path
         ] + [{"image_id": None, "path": b["file"], "stage": "read", "reason": b["reason"]} for b in ds.bad_reports]
         start = time.perf_counter()
-        before = st.index_state(ver)
+        with st.session():
+            st.clear_errors(ver, [r.image_id for r in ds.records], ds.source)  # errors describe the latest attempt
+            before = st.index_state(ver)
         recovered = st.ingest_shards(ver)  # whole shards an interrupted Ray run left: stored, not encoded again
         summary.recovered, summary.failed, summary.errors = recovered.encoded, recovered.failed, recovered.errors
         known = st.encoded_hashes(ver)
@@ -279,15 +281,52 @@ def encode_prompts(st, version: str, loaded, findings: list[str], batch: int = 6
     table = prompt_table(findings)
     if table.is_empty():
         return 0
-    st.upsert_prompts(table)
-    have = st.text_hashes(version)
+    with st.session():
+        st.upsert_prompts(table)
+        have = st.text_hashes(version)
     todo = table.unique("text", keep="first", maintain_order=True)
     todo = todo.filter([text_hash(t) not in have for t in todo["text"]])
-    for start in range(0, todo.height, batch):
-        chunk = todo.slice(start, batch)
-        M = np.asarray(loaded.encode_texts(chunk["text"].to_list()), dtype=np.float32)
-        st.add_text_vectors(version, chunk, M)
+    chunks = [todo.slice(start, batch) for start in range(0, todo.height, batch)]
+    vectors = [_prompt_vectors(loaded, c["text"].to_list()) for c in chunks]  # the file closed meanwhile
+    if chunks:
+        with st.session():  # each chunk still its own transaction
+            for chunk, M in zip(chunks, vectors):
+                st.add_text_vectors(version, chunk, M)
     return todo.height
+
+
+# Prompt vectors this process embedded, per model (its record with the weights' hash, dtype and
+# device): every encode of a data set embeds the same label prompts, so a process that fills
+# several stores with one model (tests, a notebook) embeds them once. Cleared when it grows large.
+_PROMPT_VECTORS: dict[str, dict[str, np.ndarray]] = {}
+PROMPT_CACHE_MAX = 100_000  # vectors, all models together
+
+
+def _prompt_vectors(loaded, texts: list[str]) -> np.ndarray:
+    """`loaded.encode_texts(texts)` as float32, the texts this process already embedded with the
+    same model taken from `_PROMPT_VECTORS` (only for models whose record names their weights)."""
+    key = _model_key(loaded)
+    if key is None:
+        return np.asarray(loaded.encode_texts(texts), dtype=np.float32)
+    known = _PROMPT_VECTORS.setdefault(key, {})
+    todo = list(dict.fromkeys(t for t in texts if t not in known))
+    if todo:
+        if sum(map(len, _PROMPT_VECTORS.values())) + len(todo) > PROMPT_CACHE_MAX:
+            _PROMPT_VECTORS.clear()
+            known = _PROMPT_VECTORS.setdefault(key, {})
+        known.update(zip(todo, np.asarray(loaded.encode_texts(todo), dtype=np.float32)))
+    return np.stack([known[t] for t in texts]).astype(np.float32, copy=False)
+
+
+def _model_key(loaded) -> str | None:
+    """The weights, dtype and device a model embeds with; None when its record does not name its weights."""
+    from embedstore.store import stable_hash
+
+    record = _record_dict(loaded)
+    dtype, device = getattr(loaded, "dtype", None), getattr(loaded, "device", None)
+    if not record.get("weights_sha256") or dtype is None or device is None:
+        return None
+    return stable_hash({"record": record, "dtype": str(dtype), "device": str(device)})
 
 
 def encode_into(st, version: str, loaded, ids=None, batch_size: int = 32, workers: int | None = None,

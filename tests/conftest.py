@@ -16,8 +16,9 @@ import pytest
 SLOW_FIXTURES = {"site_b_study", "site_b_tuned", "phantom_store", "phantom_report"}
 
 # Tests slow by themselves, marked here rather than in their files (some of which are being edited
-# elsewhere): node id (a parametrised case in full) -> why. Each is > ~5 s on a quiet 2-core
-# machine, or the costly members of a family whose cheap members stay in the fast subset.
+# elsewhere): node id (a parametrised case in full) -> why. Each is > ~3 s of CPU on a quiet 2-core
+# machine (its server or subprocesses included), or the costly members of a family whose cheap
+# members stay in the fast subset; each reason names the fast test that keeps its area covered.
 SLOW_TESTS = {
     "tests/test_store_busy.py::test_a_writer_exits_75_while_another_process_holds_the_store[finetune]":
         "fine-tunes an epoch before it reaches the lock; the other six writers stay fast",
@@ -28,7 +29,9 @@ SLOW_TESTS = {
     "tests/test_stored_metrics.py::test_stored_runs_equal_an_independent_recomputation_from_the_store_tables":
         "every analysis run and recomputed",
     "tests/test_review_fixes_probe.py::test_fit_logreg_reaches_the_exact_optimum_at_d512[100.0]":
-        "the C=1.0 case stays fast",
+        "a d=512 fit checked against the exact optimum; test_probe.py's Newton-Cholesky cases stay fast",
+    "tests/test_review_fixes_probe.py::test_fit_logreg_reaches_the_exact_optimum_at_d512[1.0]":
+        "~8 s CPU; test_probe.py's test_fit_logreg_reaches_newton_choleskys_optimum_to_1e_5 cases stay fast",
     "tests/test_read_only_store.py::test_query_with_new_text_answers_on_a_read_only_store_and_caches_nothing":
         "a fresh process that imports torch and open_clip; the four reading commands stay fast",
     # every option reaching the code: the ones that load open_clip, spawn workers or encode twice
@@ -38,6 +41,47 @@ SLOW_TESTS = {
     "tests/test_cli_encode.py::test_workers_option_decodes_in_worker_processes": "spawns decoding processes",
     "tests/test_serve_browser.py::test_search_open_a_result_and_see_its_overlay": "a browser session",
     "tests/test_serve.py::test_an_image_its_thumbnail_and_its_overlay": "Grad-CAM overlays",
+    # > ~3 s of CPU each on a quiet machine (measured per test, a shared fixture's build left out)
+    "tests/test_serve.py::test_an_uploaded_image_is_a_query":
+        "the server loads the model for it (~6 s CPU there); test_query.py's "
+        "test_cli_image_file_query_ranks_by_the_files_vector and test_uploads_oversized_empty_or_not_an_image stay fast",
+    "tests/test_serve_warm.py::test_without_model_warm_stored_text_loads_nothing_and_each_free_text_loads_the_model":
+        "a server of its own that loads the model per free-text query (~15 s CPU); "
+        "test_model_warm_loads_the_model_once_for_free_text_and_image_queries stays fast",
+    "tests/test_compare.py::test_compare_refuses_versions_whose_test_sets_differ":
+        "its own 30-image store encoded three times, twice by open_clip (~9 s CPU); "
+        "test_compare_refuses_one_version_twice_and_is_empty_without_shared_runs stays fast",
+    "tests/test_cli_json_is_the_api.py::test_analysis_commands":
+        "every analysis through the CLI and the API (~9 s CPU); test_store_commands stays fast, and "
+        "test_runs.py's test_where_limits_the_images_an_analysis_scores runs the analyses' CLI",
+    "tests/test_runs.py::test_cli_commands_and_no_torch": "five commands in fresh processes (~8 s CPU); test_cli_no_torch.py stays fast",
+    "tests/test_metrics.py::test_macro_interval_covers_the_true_macro_auroc":
+        "200 simulated studies x 300 replicates (~8 s CPU); test_nominal_95_interval_covers_the_truth_90_to_99_percent_of_the_time, "
+        "test_intervals_are_the_2_5_and_97_5_percentiles_of_the_patient_bootstrap_replicates (macro interval) and "
+        "test_macro_metrics_equal_sklearn_macro_over_the_evaluable_findings stay fast",
+    "tests/test_metrics.py::test_overall_intervals_are_percentiles_of_weighted_replicates":
+        "200 replicates recomputed by scikit-learn (~7 s CPU); "
+        "test_intervals_are_the_2_5_and_97_5_percentiles_of_the_patient_bootstrap_replicates stays fast",
+    "tests/test_finetune.py::test_contrastive_keeps_zero_shot_working_on_the_new_version":
+        "two fine-tunes (~6 s CPU); test_bce_finetune_writes_a_new_version_and_leaves_the_parent_alone stays fast",
+    "tests/test_finetune.py::test_a_run_that_fails_while_writing_its_version_finishes_it_when_run_again":
+        "a fine-tune, then its completion (~4.5 s CPU); "
+        "test_a_run_killed_after_its_run_was_written_is_completed_by_the_next_call stays fast",
+    "tests/test_finetune.py::test_a_finetuned_version_is_never_scored_on_the_images_it_was_fitted_on":
+        "a copied store and a dozen analyses (~5 s CPU); test_probe.py's "
+        "test_probe_reads_only_the_where_rows_and_refuses_a_tuned_versions_own_images stays fast",
+    "tests/test_index.py::test_an_older_ivf_pq_file_with_its_float_copy_is_still_searched":
+        "ivf-pq codebooks trained again (~6 s CPU); test_ivf_pq_query_re_ranks_only_its_candidates_from_duckdb stays fast",
+    "tests/test_index.py::test_index_command_rebuilds_by_hand_and_later_rebuilds_keep_the_kind":
+        "several index builds (~7 s CPU); test_the_kind_is_chosen_by_size_and_stated_in_versions stays fast",
+    "tests/test_explain_store.py::test_agreement_scores_the_test_split_and_counts_what_it_left_out":
+        "Grad-CAM over the test split (~7 s CPU); test_agreement_run_is_stored_and_reused stays fast",
+    "tests/test_store_busy.py::test_an_analysis_stores_its_run_while_another_process_holds_the_writer_lock[agreement]":
+        "Grad-CAM agreement in a subprocess (~6 s CPU); the zeroshot, probe and separability cases stay fast",
+    "tests/test_cli_encode.py::test_a_malformed_report_is_recorded_the_rest_encoded_exit_3_and_strict_stops":
+        "four encodes (~5 s CPU); test_exit_3_for_a_corrupt_image_among_good_ones stays fast",
+    "tests/test_cli_encode.py::test_images_option_finds_images_kept_elsewhere":
+        "~4.5 s CPU; test_dataset_option_picks_the_reader and test_labels_option_picks_the_label_scheme stay fast",
 }
 
 

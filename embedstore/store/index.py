@@ -468,10 +468,10 @@ class IndexFiles:
             [version, version])
         return {"checksum": checksum, "index_count": index_count, "rows": rows, "exists": self.index_path(version).exists()}
 
-    def index_is_current(self, version: str, check_file: bool = True) -> bool:
+    def index_is_current(self, version: str, check_file: bool = True, state: dict | None = None) -> bool:
         """True when the index file exists, its checksum is the recorded one and its
-        recorded count equals DuckDB's rows."""
-        st = self.index_state(version)
+        recorded count equals DuckDB's rows (`state`: an `index_state` just read, else read here)."""
+        st = self.index_state(version) if state is None else state
         if not st["exists"] or st["checksum"] is None or st["index_count"] != st["rows"]:
             return False
         return not check_file or file_checksum(self.index_path(version)) == st["checksum"]
@@ -484,9 +484,10 @@ class IndexFiles:
         import json
 
         with self.writer():  # the file is held only to read the vectors and to record the index
-            if kind is None:
-                kind, params = self._recorded_choice(version)
-            ids, X = self.image_vectors(version)
+            with self.session():  # its reads on one connection
+                if kind is None:
+                    kind, params = self._recorded_choice(version)
+                ids, X = self.image_vectors(version)
             index = build(ids, X, kind=kind, params=params, exact_max=EXACT_MAX if exact_max is None else exact_max)
             del X
             checksum = write_atomic(index, self.index_path(version))
@@ -551,9 +552,9 @@ class IndexFiles:
         added to it (HNSW builds are slow); otherwise it is rebuilt from DuckDB (a run that
         replaced vectors left the index marked stale: `add_image_vectors`).
         """
-        if self.index_is_current(version):
-            return False
         after = self.index_state(version)
+        if self.index_is_current(version, state=after):
+            return False
         appended = after["rows"] - (before["rows"] or 0)
         if (before["exists"] and before["index_count"] == before["rows"] and appended > 0 and appended == encoded
                 and before["checksum"] is not None and file_checksum(self.index_path(version)) == before["checksum"]):
