@@ -387,7 +387,7 @@ def _tight_float32_classes(n=12, seed=0):
     return X.astype(np.float32), y
 
 
-def test_silhouette_binary_in_float64_with_a_single_negative_and_a_zero_vector_equals_sklearn():
+def test_silhouettes_in_float64_with_a_single_negative_and_a_zero_vector_equal_sklearn():
     """Float32 vectors are scored in float64; a finding with exactly one negative still has a
     silhouette (that point scores 0); a zero vector's distance to itself is 0, as in scikit-learn."""
     X, y = _tight_float32_classes()
