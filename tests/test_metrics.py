@@ -547,3 +547,71 @@ def test_rows_with_a_positive_none_left_have_no_positive_row_figures():
     assert mt.metric_value(t, "n_ranked") == 0
     row = t.filter(t["finding"].is_null() & (t["metric"] == "lrap_positive_rows"))
     assert np.isnan(row["value"][0]) and row["lo"][0] is None
+
+
+def test_auroc_ap_and_macro_auroc_equal_sklearn_on_the_known_labels():
+    """auroc_ap is scikit-learn's AUROC and AP of one score vector (ties included); macro_auroc
+    (the fine-tune loop's early-stopping score) averages the AUROC of the findings with both
+    classes among their known labels (1 / 0; -1 and NaN left out), None for the others."""
+    rng = np.random.default_rng(11)
+    n = 80
+    S = np.round(rng.normal(size=(n, 4)), 1)  # rounded: ties
+    Y = (rng.random((n, 4)) < 0.3).astype(np.float64)
+    Y[:, 0] = (S[:, 0] + rng.normal(scale=1.0, size=n) > 0.5)
+    Y[rng.random((n, 4)) < 0.15] = -1
+    Y[rng.random((n, 4)) < 0.1] = np.nan
+    Y[:, 2] = np.where(np.isnan(Y[:, 2]), np.nan, 0.0)  # one class only
+    Y[:, 3] = np.where(np.isfinite(Y[:, 3]), Y[:, 3], -1)
+    for j in (0, 1):
+        k = (Y[:, j] == 0) | (Y[:, j] == 1)
+        auc, ap = mt.auroc_ap(Y[k, j], S[k, j])
+        assert auc == pytest.approx(skm.roc_auc_score(Y[k, j], S[k, j]))
+        assert ap == pytest.approx(skm.average_precision_score(Y[k, j], S[k, j]))
+        assert auc != pytest.approx(ap)
+    mean, per = mt.macro_auroc(S, Y)
+    want = []
+    for j in range(4):
+        k = (Y[:, j] == 0) | (Y[:, j] == 1)
+        want.append(skm.roc_auc_score(Y[k, j], S[k, j]) if 0 < Y[k, j].sum() < k.sum() else None)
+    assert per[2] is None and None not in (per[0], per[1], per[3])
+    assert per == [pytest.approx(w) if w is not None else None for w in want]
+    assert mean == pytest.approx(np.mean([w for w in want if w is not None]))
+    one_positive = np.zeros((n, 1))
+    one_positive[0] = 1
+    assert mt.macro_auroc(S[:, :1], one_positive)[1][0] == pytest.approx(skm.roc_auc_score(one_positive[:, 0], S[:, 0]))
+    nan_mean, none = mt.macro_auroc(S[:, 2:3], Y[:, 2:3])
+    assert np.isnan(nan_mean) and none == [None]
+
+
+def test_point_metrics_is_a_metrics_table_of_floats_without_intervals():
+    rows = ((f, m, v) for f, m, v in [(None, "n", 3), ("A", "auroc", 0.75)])
+    table = mt.point_metrics(rows)
+    assert dict(table.schema) == mt.METRIC_COLUMNS
+    assert table.to_dicts() == [{"finding": None, "metric": "n", "value": 3.0, "lo": None, "hi": None},
+                                {"finding": "A", "metric": "auroc", "value": 0.75, "lo": None, "hi": None}]
+    assert mt.point_metrics([]).is_empty() and dict(mt.point_metrics([]).schema) == mt.METRIC_COLUMNS
+
+
+@pytest.mark.parametrize("bins", [10, 4])
+def test_ece_replicates_are_the_ece_of_each_resample_per_finding(bins):
+    """Each weight row of W (integer counts here) gives, per finding, the ECE of the known rows
+    repeated that many times, as `expected_calibration_error` (reliability bins) computes it;
+    masked entries are left out whatever their probability; a probability on a bin edge falls in the
+    bin below it (bins closed on the right), as in `reliability`."""
+    rng = np.random.default_rng(12)
+    n, F = 90, 3
+    prob = rng.random((n, F))
+    prob[:6, 0] = [0.0, 0.25, 0.5, 0.75, 1.0, 0.1]  # edges
+    Y01 = (rng.random((n, F)) < prob ** 2).astype(np.int64)
+    known = rng.random((n, F)) > 0.2
+    known[:6, 0] = True
+    prob = np.where(known, prob, np.nan)
+    W = np.vstack([np.ones(n), rng.integers(0, 3, n), rng.poisson(1.0, n)]).astype(np.float32)
+    got = mt.ece_replicates(Y01, known, prob, W, bins=bins)
+    assert got.shape == (3, F)
+    for b in range(3):
+        for f in range(F):
+            k = known[:, f]
+            w = W[b, k].astype(int)
+            want = mt.expected_calibration_error(np.repeat(Y01[k, f], w), np.repeat(prob[k, f], w), bins=bins)
+            assert got[b, f] == pytest.approx(want, rel=1e-5, abs=1e-7), (b, f)
