@@ -581,6 +581,7 @@ def test_auroc_ap_and_macro_auroc_equal_sklearn_on_the_known_labels():
     assert mt.macro_auroc(S[:, :1], one_positive)[1][0] == pytest.approx(skm.roc_auc_score(one_positive[:, 0], S[:, 0]))
     nan_mean, none = mt.macro_auroc(S[:, 2:3], Y[:, 2:3])
     assert np.isnan(nan_mean) and none == [None]
+    assert mt.macro_auroc(S[:, :2], np.ones((n, 2)))[1] == [None, None]  # positives only: one class too
 
 
 def test_point_metrics_is_a_metrics_table_of_floats_without_intervals():
@@ -602,7 +603,7 @@ def test_ece_replicates_are_the_ece_of_each_resample_per_finding(bins):
     n, F = 90, 3
     prob = rng.random((n, F))
     prob[:6, 0] = [0.0, 0.25, 0.5, 0.75, 1.0, 0.1]  # edges
-    Y01 = (rng.random((n, F)) < prob ** 2).astype(np.int64)
+    Y01 = (rng.random((n, F)) < prob).astype(np.int64)  # calibrated: bins err both ways (merging two would show)
     known = rng.random((n, F)) > 0.2
     known[:6, 0] = True
     prob = np.where(known, prob, np.nan)
