@@ -616,3 +616,23 @@ def test_ece_replicates_are_the_ece_of_each_resample_per_finding(bins):
             w = W[b, k].astype(int)
             want = mt.expected_calibration_error(np.repeat(Y01[k, f], w), np.repeat(prob[k, f], w), bins=bins)
             assert got[b, f] == pytest.approx(want, rel=1e-5, abs=1e-7), (b, f)
+
+
+def test_brier_intervals_leave_masked_labels_out_of_every_replicate():
+    """As above with uncertain (-1) and blank (NaN) labels, masked by default: each replicate's
+    Brier score is over the known rows only (their weights), not NaN and not counting a masked
+    row as 0."""
+    rng = np.random.default_rng(13)
+    groups = np.repeat(np.arange(60), 2)
+    Y = np.repeat(rng.random((60, 2)) < 0.4, 2, axis=0).astype(np.float32)
+    prob = np.clip(0.3 + 0.4 * Y + 0.2 * rng.normal(size=Y.shape), 0, 1)
+    Y[rng.random(Y.shape) < 0.1] = -1
+    Y[rng.random(Y.shape) < 0.1] = np.nan
+    t = mt.evaluate_run(Y, prob, ["a", "b"], {"": prob > 0.5}, groups=groups, prob=prob, n_boot=150, seed=6,
+                        min_positives=1).metrics
+    W = mt.bootstrap_weights(groups, 150, seed=6)
+    for j, f in enumerate("ab"):
+        k = (Y[:, j] == 0) | (Y[:, j] == 1)
+        reps = [skm.brier_score_loss(Y[k, j], prob[k, j], sample_weight=w[k]) for w in W]
+        row = t.filter((t["finding"] == f) & (t["metric"] == "brier"))
+        assert row.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])), rel=1e-5)
