@@ -636,3 +636,19 @@ def test_brier_intervals_leave_masked_labels_out_of_every_replicate():
         reps = [skm.brier_score_loss(Y[k, j], prob[k, j], sample_weight=w[k]) for w in W]
         row = t.filter((t["finding"] == f) & (t["metric"] == "brier"))
         assert row.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])), rel=1e-5)
+
+
+def test_ece_intervals_are_percentiles_of_the_resampled_ece():
+    """A finding's ECE interval: the 2.5 and 97.5 percentiles of the ECE of each bootstrap
+    resample (integer weights: the rows repeated), as `expected_calibration_error` computes it."""
+    rng = np.random.default_rng(14)
+    groups = np.repeat(np.arange(60), 2)
+    Y = np.repeat(rng.random((60, 2)) < 0.4, 2, axis=0).astype(np.float32)
+    prob = np.clip(0.3 + 0.4 * Y + 0.2 * rng.normal(size=Y.shape), 0, 1)
+    t = mt.evaluate_run(Y, prob, ["a", "b"], {"": prob > 0.5}, groups=groups, prob=prob, n_boot=100, seed=3,
+                        min_positives=1).metrics
+    W = mt.bootstrap_weights(groups, 100, seed=3).astype(int)
+    for j, f in enumerate("ab"):
+        reps = [mt.expected_calibration_error(np.repeat(Y[:, j], w), np.repeat(prob[:, j], w)) for w in W]
+        row = t.filter((t["finding"] == f) & (t["metric"] == "ece"))
+        assert row.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])), rel=1e-5)
