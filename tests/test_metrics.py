@@ -652,3 +652,18 @@ def test_ece_intervals_are_percentiles_of_the_resampled_ece():
         reps = [mt.expected_calibration_error(np.repeat(Y[:, j], w), np.repeat(prob[:, j], w)) for w in W]
         row = t.filter((t["finding"] == f) & (t["metric"] == "ece"))
         assert row.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])), rel=1e-5)
+
+
+def test_macro_f1_has_an_interval_from_the_findings_f1_replicates():
+    """macro_f1's interval: percentiles of the per-replicate mean of the evaluable findings' F1
+    replicates (as macro_brier's above), not a point without an interval."""
+    rng = np.random.default_rng(15)
+    groups = np.repeat(np.arange(60), 2)
+    Y = np.repeat(rng.random((60, 2)) < 0.4, 2, axis=0).astype(np.float32)
+    S = 0.3 + 0.4 * Y + 0.3 * rng.normal(size=Y.shape)
+    P = (S > 0.5).astype(np.int8)
+    t = mt.evaluate_run(Y, S, ["a", "b"], {"": P}, groups=groups, n_boot=100, seed=4, min_positives=1).metrics
+    W = mt.bootstrap_weights(groups, 100, seed=4)
+    reps = np.array([[skm.f1_score(Y[:, j], P[:, j], sample_weight=w, zero_division=0) for w in W] for j in range(2)])
+    macro = t.filter(t["finding"].is_null() & (t["metric"] == "macro_f1"))
+    assert macro.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps.mean(axis=0), [0.025, 0.975])), rel=1e-5)
