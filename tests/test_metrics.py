@@ -547,3 +547,123 @@ def test_rows_with_a_positive_none_left_have_no_positive_row_figures():
     assert mt.metric_value(t, "n_ranked") == 0
     row = t.filter(t["finding"].is_null() & (t["metric"] == "lrap_positive_rows"))
     assert np.isnan(row["value"][0]) and row["lo"][0] is None
+
+
+def test_auroc_ap_and_macro_auroc_equal_sklearn_on_the_known_labels():
+    """auroc_ap is scikit-learn's AUROC and AP of one score vector (ties included); macro_auroc
+    (the fine-tune loop's early-stopping score) averages the AUROC of the findings with both
+    classes among their known labels (1 / 0; -1 and NaN left out), None for the others."""
+    rng = np.random.default_rng(11)
+    n = 80
+    S = np.round(rng.normal(size=(n, 4)), 1)  # rounded: ties
+    Y = (rng.random((n, 4)) < 0.3).astype(np.float64)
+    Y[:, 0] = (S[:, 0] + rng.normal(scale=1.0, size=n) > 0.5)
+    Y[rng.random((n, 4)) < 0.15] = -1
+    Y[rng.random((n, 4)) < 0.1] = np.nan
+    Y[:, 2] = np.where(np.isnan(Y[:, 2]), np.nan, 0.0)  # one class only
+    Y[:, 3] = np.where(np.isfinite(Y[:, 3]), Y[:, 3], -1)
+    for j in (0, 1):
+        k = (Y[:, j] == 0) | (Y[:, j] == 1)
+        auc, ap = mt.auroc_ap(Y[k, j], S[k, j])
+        assert auc == pytest.approx(skm.roc_auc_score(Y[k, j], S[k, j]))
+        assert ap == pytest.approx(skm.average_precision_score(Y[k, j], S[k, j]))
+        assert auc != pytest.approx(ap)
+    mean, per = mt.macro_auroc(S, Y)
+    want = []
+    for j in range(4):
+        k = (Y[:, j] == 0) | (Y[:, j] == 1)
+        want.append(skm.roc_auc_score(Y[k, j], S[k, j]) if 0 < Y[k, j].sum() < k.sum() else None)
+    assert per[2] is None and None not in (per[0], per[1], per[3])
+    assert per == [pytest.approx(w) if w is not None else None for w in want]
+    assert mean == pytest.approx(np.mean([w for w in want if w is not None]))
+    one_positive = np.zeros((n, 1))
+    one_positive[0] = 1
+    assert mt.macro_auroc(S[:, :1], one_positive)[1][0] == pytest.approx(skm.roc_auc_score(one_positive[:, 0], S[:, 0]))
+    nan_mean, none = mt.macro_auroc(S[:, 2:3], Y[:, 2:3])
+    assert np.isnan(nan_mean) and none == [None]
+    assert mt.macro_auroc(S[:, :2], np.ones((n, 2)))[1] == [None, None]  # positives only: one class too
+
+
+def test_point_metrics_is_a_metrics_table_of_floats_without_intervals():
+    rows = ((f, m, v) for f, m, v in [(None, "n", 3), ("A", "auroc", 0.75)])
+    table = mt.point_metrics(rows)
+    assert dict(table.schema) == mt.METRIC_COLUMNS
+    assert table.to_dicts() == [{"finding": None, "metric": "n", "value": 3.0, "lo": None, "hi": None},
+                                {"finding": "A", "metric": "auroc", "value": 0.75, "lo": None, "hi": None}]
+    assert mt.point_metrics([]).is_empty() and dict(mt.point_metrics([]).schema) == mt.METRIC_COLUMNS
+
+
+@pytest.mark.parametrize("bins", [10, 4])
+def test_ece_replicates_are_the_ece_of_each_resample_per_finding(bins):
+    """Each weight row of W (integer counts here) gives, per finding, the ECE of the known rows
+    repeated that many times, as `expected_calibration_error` (reliability bins) computes it;
+    masked entries are left out whatever their probability; a probability on a bin edge falls in the
+    bin below it (bins closed on the right), as in `reliability`."""
+    rng = np.random.default_rng(12)
+    n, F = 90, 3
+    prob = rng.random((n, F))
+    prob[:6, 0] = [0.0, 0.25, 0.5, 0.75, 1.0, 0.1]  # edges
+    Y01 = (rng.random((n, F)) < prob).astype(np.int64)  # calibrated: bins err both ways (merging two would show)
+    known = rng.random((n, F)) > 0.2
+    known[:6, 0] = True
+    prob = np.where(known, prob, np.nan)
+    W = np.vstack([np.ones(n), rng.integers(0, 3, n), rng.poisson(1.0, n)]).astype(np.float32)
+    got = mt.ece_replicates(Y01, known, prob, W, bins=bins)
+    assert got.shape == (3, F)
+    for b in range(3):
+        for f in range(F):
+            k = known[:, f]
+            w = W[b, k].astype(int)
+            want = mt.expected_calibration_error(np.repeat(Y01[k, f], w), np.repeat(prob[k, f], w), bins=bins)
+            assert got[b, f] == pytest.approx(want, rel=1e-5, abs=1e-7), (b, f)
+
+
+def test_brier_intervals_leave_masked_labels_out_of_every_replicate():
+    """As above with uncertain (-1) and blank (NaN) labels, masked by default: each replicate's
+    Brier score is over the known rows only (their weights), not NaN and not counting a masked
+    row as 0."""
+    rng = np.random.default_rng(13)
+    groups = np.repeat(np.arange(60), 2)
+    Y = np.repeat(rng.random((60, 2)) < 0.4, 2, axis=0).astype(np.float32)
+    prob = np.clip(0.3 + 0.4 * Y + 0.2 * rng.normal(size=Y.shape), 0, 1)
+    Y[rng.random(Y.shape) < 0.1] = -1
+    Y[rng.random(Y.shape) < 0.1] = np.nan
+    t = mt.evaluate_run(Y, prob, ["a", "b"], {"": prob > 0.5}, groups=groups, prob=prob, n_boot=150, seed=6,
+                        min_positives=1).metrics
+    W = mt.bootstrap_weights(groups, 150, seed=6)
+    for j, f in enumerate("ab"):
+        k = (Y[:, j] == 0) | (Y[:, j] == 1)
+        reps = [skm.brier_score_loss(Y[k, j], prob[k, j], sample_weight=w[k]) for w in W]
+        row = t.filter((t["finding"] == f) & (t["metric"] == "brier"))
+        assert row.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])), rel=1e-5)
+
+
+def test_ece_intervals_are_percentiles_of_the_resampled_ece():
+    """A finding's ECE interval: the 2.5 and 97.5 percentiles of the ECE of each bootstrap
+    resample (integer weights: the rows repeated), as `expected_calibration_error` computes it."""
+    rng = np.random.default_rng(14)
+    groups = np.repeat(np.arange(60), 2)
+    Y = np.repeat(rng.random((60, 2)) < 0.4, 2, axis=0).astype(np.float32)
+    prob = np.clip(0.3 + 0.4 * Y + 0.2 * rng.normal(size=Y.shape), 0, 1)
+    t = mt.evaluate_run(Y, prob, ["a", "b"], {"": prob > 0.5}, groups=groups, prob=prob, n_boot=100, seed=3,
+                        min_positives=1).metrics
+    W = mt.bootstrap_weights(groups, 100, seed=3).astype(int)
+    for j, f in enumerate("ab"):
+        reps = [mt.expected_calibration_error(np.repeat(Y[:, j], w), np.repeat(prob[:, j], w)) for w in W]
+        row = t.filter((t["finding"] == f) & (t["metric"] == "ece"))
+        assert row.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])), rel=1e-5)
+
+
+def test_macro_f1_has_an_interval_from_the_findings_f1_replicates():
+    """macro_f1's interval: percentiles of the per-replicate mean of the evaluable findings' F1
+    replicates (as macro_brier's above), not a point without an interval."""
+    rng = np.random.default_rng(15)
+    groups = np.repeat(np.arange(60), 2)
+    Y = np.repeat(rng.random((60, 2)) < 0.4, 2, axis=0).astype(np.float32)
+    S = 0.3 + 0.4 * Y + 0.3 * rng.normal(size=Y.shape)
+    P = (S > 0.5).astype(np.int8)
+    t = mt.evaluate_run(Y, S, ["a", "b"], {"": P}, groups=groups, n_boot=100, seed=4, min_positives=1).metrics
+    W = mt.bootstrap_weights(groups, 100, seed=4)
+    reps = np.array([[skm.f1_score(Y[:, j], P[:, j], sample_weight=w, zero_division=0) for w in W] for j in range(2)])
+    macro = t.filter(t["finding"].is_null() & (t["metric"] == "macro_f1"))
+    assert macro.select("lo", "hi").row(0) == pytest.approx(tuple(np.quantile(reps.mean(axis=0), [0.025, 0.975])), rel=1e-5)

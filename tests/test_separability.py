@@ -285,3 +285,178 @@ def test_separability_run_passes_its_parameters_and_is_reused(tmp_path):
     assert not forced.reused and forced.run_id != run.run_id
     default = sp.separability(st, version, tsne_max=30)[0]
     assert (default.config["k"], default.config["seed"], default.config["uncertain"]) == (15, 0, "mask")
+
+
+def test_separability_tables_are_its_parts_with_the_settings_passed(syn):
+    """The metrics table is per_finding's rows (with the k passed) followed by single_finding's, in
+    METRIC_COLUMNS' types; the projections get the seed and tsne_max passed; the defaults are
+    KNN_K, seed 0 and TSNE_MAX, and project=False leaves the projections out."""
+    Y01, known = mt.apply_policy(syn.Y)
+    tr, te = syn.split == "train", syn.split == "test"
+    fit, scored = (syn.X[tr], Y01[tr], known[tr]), (syn.X[te], Y01[te], known[te])
+    ids = np.arange(te.sum(), dtype=np.int64) * 3 + 11
+    got = sp.separability_tables(*fit, *scored, ids, syn.findings, k=4, seed=3, tsne_max=20)
+    rows = sp.per_finding(*fit, *scored, syn.findings, k=4) + sp.single_finding(*scored, syn.findings)
+    assert dict(got["metrics"].schema) == mt.METRIC_COLUMNS
+    assert got["metrics"].equals(pl.DataFrame(rows, schema=mt.METRIC_COLUMNS))
+    assert {"n_single", "davies_bouldin"} <= set(got["metrics"].filter(pl.col("finding").is_null())["metric"])
+    assert got["projections"].equals(sp.projections(syn.X[tr], syn.X[te], ids, seed=3, tsne_max=20))
+    default = sp.separability_tables(*fit, *scored, ids, syn.findings, tsne_max=20)
+    rows = sp.per_finding(*fit, *scored, syn.findings, k=sp.KNN_K) + sp.single_finding(*scored, syn.findings)
+    assert default["metrics"].equals(pl.DataFrame(rows, schema=mt.METRIC_COLUMNS))
+    assert not default["metrics"].equals(got["metrics"])  # k reaches the kNN figures
+    assert default["projections"].equals(sp.projections(syn.X[tr], syn.X[te], ids, seed=0, tsne_max=20))
+    assert not default["projections"].equals(got["projections"])  # the seed reaches the t-SNE sample
+    assert set(sp.separability_tables(*fit, *scored, ids, syn.findings, project=False)) == {"metrics"}
+
+
+def test_separability_reads_the_where_rows_names_a_missing_split_and_refuses_a_tuned_versions_own_images(tmp_path):
+    """`where` selects the images read (the figures are those of `separability_tables` on them);
+    a version without train or test images is refused naming the split and what it was needed
+    for; a fine-tuned version is not scored on the images it was trained or early-stopped on."""
+    from dataclasses import replace
+
+    from embedstore.analyses.runs import load_data
+    from embedstore.errors import InputError
+    from store_helpers import copy_store
+    from store_helpers import open_store as Store
+
+    syn = synthetic.make(n=400, n_findings=3, d=8, seed=6)
+    path = tmp_path / "store"
+    st = Store(path)
+    version = synthetic.to_store(syn, st)
+    where = "view = 'frontal'"
+    run = sp.separability(st, version, where=where, tsne_max=30)[0]
+    data = load_data(st, version, where)
+    assert 0 < len(data.ids) < len(syn.ids) and set(data.ids.tolist()) == set(st.images(where)["id"].to_list())
+    Y01, known = mt.apply_policy(data.Y)
+    tr, te = data.split == "train", data.split == "test"
+    want = sp.separability_tables(data.X[tr], Y01[tr], known[tr], data.X[te], Y01[te], known[te], data.ids[te],
+                                  data.findings, tsne_max=30)
+    key = ["finding", "metric"]
+    assert run.config["where"] == where
+    assert run.metrics.sort(key, nulls_last=True).equals(want["metrics"].sort(key, nulls_last=True))
+    assert run.tables["projections"].equals(want["projections"])
+
+    full = load_data(st, version)
+    no_train = replace(full, split=np.where(full.split == "train", "val", full.split))
+    with pytest.raises(InputError, match=r"in split 'train' \(needed to fit LDA, kNN and PCA\)"):
+        sp.separability(st, data=no_train)
+    no_test = replace(full, split=np.where(full.split == "test", "val", full.split))
+    with pytest.raises(InputError, match=r"in split 'test' \(needed to score\)"):
+        sp.separability(st, data=no_test)
+
+    tuned = copy_store(path, tmp_path / "tuned")
+    storage = tuned._storage
+    test_ids = full.ids[full.split == "test"]
+    v2 = storage.create_version(version, {"name": "tuned", "embed_dim": 8, "logit_scale": 100.0}, {}, "float32",
+                                "finetune", fit_ids={"train": test_ids[:3], "val": test_ids[3:5]})
+    storage.add_image_vectors(v2, full.ids, [f"t{i}" for i in range(len(full.ids))], full.X)
+    storage.complete_version(v2)
+    with pytest.raises(InputError, match=rf"^separability would score version {v2} on 3 image\(s\) it .* and 2 it was"):
+        sp.separability(tuned, v2, tsne_max=30)
+
+
+def test_fisher_ratio_of_a_small_spread_and_single_finding_indices_of_float32_vectors_in_float64():
+    """fisher_ratio's "no spread" is a variance of exactly 0, not a small one; the cluster indices of
+    stored (float32) vectors are scikit-learn's on the same numbers in float64 (in float32
+    Davies-Bouldin loses ~4e-4 on vectors far from the origin)."""
+    # means 0.1 and 1.1, variances 0.01 and 0.01: 1 / 0.02
+    assert sp.fisher_ratio(np.array([0.0, 0.2, 1.0, 1.2]), np.array([0, 0, 1, 1])) == pytest.approx(50.0)
+    rng = np.random.default_rng(0)
+    X = (np.array([10.0, -10, 10]) + 1e-3 * rng.normal(size=(40, 3))).astype(np.float32)
+    labels = np.repeat([0, 1], 20)
+    X[labels == 1, 0] += 2e-3
+    Y = np.stack([labels == 0, labels == 1], axis=1).astype(int)
+    rows = {r["metric"]: r["value"] for r in sp.single_finding(X, Y, np.ones_like(Y, bool), ["a", "b"])}
+    X64 = X.astype(np.float64)
+    assert rows["davies_bouldin"] == pytest.approx(davies_bouldin_score(X64, labels), rel=1e-9)
+    assert rows["calinski_harabasz"] == pytest.approx(calinski_harabasz_score(X64, labels), rel=1e-9)
+
+
+def _tight_float32_classes(n=12, seed=0):
+    """n stored (float32) unit-ish vectors close to one direction: five positives a little to one
+    side, the rest to the other. Their cosine distances are ~1e-6, below float32's resolution of
+    1 - cos, so a figure computed in float32 is visibly off (~1e-1 relative)."""
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) < 5).astype(int)
+    X = np.zeros((n, 3))
+    X[:, 0] = 1
+    X[:, 1] = np.where(y == 1, 1e-3, -1e-3) + 3e-4 * rng.normal(size=n)
+    X[:, 2] = 3e-4 * rng.normal(size=n)
+    return X.astype(np.float32), y
+
+
+def test_silhouettes_in_float64_with_a_single_negative_and_a_zero_vector_equal_sklearn():
+    """Float32 vectors are scored in float64; a finding with exactly one negative still has a
+    silhouette (that point scores 0); a zero vector's distance to itself is 0, as in scikit-learn."""
+    X, y = _tight_float32_classes()
+    one_negative = np.r_[0, np.ones(len(y) - 1)].astype(int)
+    Y = np.stack([y, one_negative], axis=1)
+    got = sp.silhouette_binary(X, Y, np.ones_like(Y, bool))
+    X64 = X.astype(np.float64)
+    for j in range(2):
+        assert got[j] == pytest.approx(silhouette_score(X64, Y[:, j], metric="cosine"), rel=1e-6), j
+    assert sp.silhouette_cosine(X, y) == pytest.approx(silhouette_score(X64, y, metric="cosine"), rel=1e-6)
+    Z = X64.copy()
+    Z[2] = 0.0
+    got = sp.silhouette_binary(Z, y[:, None], np.ones((len(y), 1), bool))[0]
+    assert got == pytest.approx(silhouette_score(Z, y, metric="cosine"), rel=1e-6)
+    assert sp.silhouette_cosine(Z, y) == pytest.approx(silhouette_score(Z, y, metric="cosine"), rel=1e-6)
+
+
+def test_per_finding_centroid_distance_in_float64_and_with_a_single_test_positive():
+    """The centroid distance of float32 test vectors is computed in float64 (here ~2e-6, which
+    float32 gets ~3 % wrong), and a finding with exactly one test positive has one."""
+    X, y = _tight_float32_classes()
+    Y = np.stack([y, np.r_[1, np.zeros(len(y) - 1)]], axis=1).astype(int)
+    known = np.ones_like(Y, bool)
+    rows = sp.per_finding(X, Y, known, X, Y, known, ["a", "b"], k=3)
+    got = {r["finding"]: r["value"] for r in rows if r["metric"] == "centroid_distance"}
+    U = X.astype(np.float64) / np.linalg.norm(X.astype(np.float64), axis=1, keepdims=True)
+    for j, f in enumerate(["a", "b"]):
+        m = Y[:, j] == 1
+        c1, c0 = U[m].mean(axis=0), U[~m].mean(axis=0)
+        assert got[f] == pytest.approx(1 - c1 @ c0 / (np.linalg.norm(c1) * np.linalg.norm(c0)), rel=1e-6), f
+
+
+def test_knn_neighbours_of_a_large_train_set_are_the_k_nearest_for_k_1_and_2():
+    """k = 1 gives one column; on a train set too large for numpy to sort it whole, the k columns
+    are the k nearest (argpartition at k - 1), not k - 1 of them and any other."""
+    rng = np.random.default_rng(4)
+    Xtr, Xte = rng.normal(size=(3000, 4)), rng.normal(size=(30, 4))
+    cos = (Xte / np.linalg.norm(Xte, axis=1, keepdims=True)) @ (Xtr / np.linalg.norm(Xtr, axis=1, keepdims=True)).T
+    for k in (1, 2, 15):
+        nn = sp.knn_neighbours(Xtr, Xte, k=k)
+        assert nn.shape == (30, k)
+        np.testing.assert_array_equal(np.sort(nn, axis=1), np.sort(np.argsort(-cos, axis=1)[:, :k], axis=1))
+
+
+def test_projections_at_their_size_limits_and_on_wide_vectors():
+    """Three train and three test images are enough for PCA (with as many axes as train images);
+    fewer give an empty table with the projection schema; the default seed is 0; t-SNE runs on at
+    most 50 PCA axes (vectors wider than 50) with perplexity at most 30 (samples above 91)."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    rng = np.random.default_rng(5)
+    Xtr, Xte = rng.normal(size=(80, 6)), rng.normal(size=(100, 6))
+    ids = np.arange(500, 600)
+    assert sp.projections(Xtr[:3], Xte[:4], ids[:4]).height == 4
+    assert sp.projections(Xtr, Xte[:3], ids[:3])["method"].to_list() == ["pca"] * 3
+    empty = sp.projections(Xtr[:2], Xte, ids)
+    assert empty.is_empty() and dict(empty.schema) == {"method": pl.Utf8, "id": pl.Int64, "x": pl.Float64, "y": pl.Float64}
+    default = sp.projections(Xtr, Xte[:40], ids[:40], tsne_max=10).filter(pl.col("method") == "tsne")
+    assert default["id"].to_list() == ids[np.sort(np.random.default_rng(0).choice(40, size=10, replace=False))].tolist()
+
+    def tsne_of(Z, n):
+        return TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=0, max_iter=500,
+                    n_jobs=1).fit_transform(Z)
+
+    got = sp.projections(Xtr, Xte, ids, tsne_max=100).filter(pl.col("method") == "tsne")  # perplexity 30, not 33
+    Z = PCA(n_components=6, svd_solver="covariance_eigh").fit(Xtr).transform(Xte)
+    np.testing.assert_allclose(got.select("x", "y").to_numpy(), tsne_of(Z, 100), rtol=1e-5, atol=1e-5)
+    Wtr, Wte = rng.normal(size=(80, 60)), rng.normal(size=(12, 60))
+    got = sp.projections(Wtr, Wte, ids[:12]).filter(pl.col("method") == "tsne")
+    Z = PCA(n_components=50, svd_solver="covariance_eigh").fit(Wtr).transform(Wte)
+    np.testing.assert_allclose(got.select("x", "y").to_numpy(), tsne_of(Z, 12), rtol=1e-5, atol=1e-5)

@@ -217,3 +217,65 @@ def test_zeroshot_refuses_unknown_templates_before_reading_the_store():
 
     with pytest.raises(InputError, match="templates 'mean' is not one of single, ensemble"):
         zs.zeroshot(None, templates="mean")
+
+
+def test_single_without_the_preferred_template_takes_one_row_and_opposite_prompts_average_to_zero():
+    """`single` falls back to the first row (one prompt, not an average) when no row has the
+    preferred template; the preferred templates are prompts.toml's, one per polarity; prompts that
+    cancel out ensemble to the zero vector, not NaN."""
+    from embedstore.data.prompts import prompts_for
+
+    texts = pl.DataFrame({"finding": ["A", "A", "A"], "polarity": ["positive", "positive", "negative"],
+                          "template": ["t1", "t2", "t3"]})
+    M = np.array([[3.0, 0.0], [0.0, 1.0], [0.0, -2.0]], dtype=np.float32)
+    single = zs.prompt_vectors(texts, M, ["A"], "single", {"positive": "other", "negative": "t3"})
+    np.testing.assert_allclose(single.positive[0], [1.0, 0.0])
+    np.testing.assert_allclose(single.negative[0], [0.0, -1.0])
+    preferred = zs._preferred_templates()
+    rows = prompts_for("Edema")
+    for polarity in ("positive", "negative"):
+        assert preferred[polarity] == next(r["template"] for r in rows if r["polarity"] == polarity) != ""
+    np.testing.assert_array_equal(zs.ensemble(np.array([[1.0, 0.0], [-1.0, 0.0]])), [0.0, 0.0])
+
+
+def test_zeroshot_reads_the_where_rows_labels_its_runs_by_rule_and_refuses_a_tuned_versions_own_images(tmp_path):
+    """Through the store: `where` selects the images (the runs equal those on the same rows passed
+    as data); `Runs.to_polars()` tells the runs apart by rule; a missing calibration split is
+    refused naming the version; a fine-tuned version is not scored on its own training images."""
+    from dataclasses import replace
+
+    from embedstore.analyses.runs import load_data
+    from embedstore.errors import InputError
+    from store_helpers import copy_store
+    from store_helpers import open_store as Store
+
+    syn = synthetic.make(n=400, n_findings=3, d=8, seed=7)
+    path = tmp_path / "store"
+    st = Store(path)
+    version = synthetic.to_store(syn, st)
+    where = "view = 'frontal'"
+    runs = zs.zeroshot(st, version, rule=["cosine", "pos-neg"], where=where, n_boot=0)
+    assert sorted(runs.to_polars()["rule"].unique().to_list()) == ["cosine", "pos-neg"]
+    data = load_data(st, version, where)
+    assert 0 < len(data.ids) < len(syn.ids)
+    same = zs.zeroshot(st, version, rule=["cosine", "pos-neg"], n_boot=0, data=data)
+    key = ["finding", "metric"]
+    for a, b in zip(runs, same):
+        assert a.config["where"] == where and b.config["where"] is None and a.run_id != b.run_id
+        assert a.metrics.sort(key, nulls_last=True).equals(b.metrics.sort(key, nulls_last=True))
+
+    full = load_data(st, version)
+    no_val = replace(full, split=np.where(full.split == "val", "train", full.split))
+    with pytest.raises(InputError, match=rf"no image of version {version} is in split 'val'"):
+        zs.zeroshot(st, rule="cosine", n_boot=0, data=no_val)
+
+    tuned = copy_store(path, tmp_path / "tuned")
+    storage = tuned._storage
+    test_ids = full.ids[full.split == "test"]
+    v2 = storage.create_version(version, {"name": "tuned", "embed_dim": 8, "logit_scale": 100.0}, {}, "float32",
+                                "finetune", fit_ids={"train": test_ids[:3], "val": test_ids[3:5]})
+    storage.add_image_vectors(v2, full.ids, [f"t{i}" for i in range(len(full.ids))], full.X)
+    storage.add_text_vectors(v2, syn.texts.select("text"), syn.M)
+    storage.complete_version(v2)
+    with pytest.raises(InputError, match=rf"^zeroshot on split 'test' would score version {v2} on 3 image\(s\) it .* and 2 it was"):
+        zs.zeroshot(tuned, v2, rule="cosine", n_boot=0)
