@@ -97,6 +97,23 @@ def copy_store(store: Path, dest: Path):
     return open_store(dest)
 
 
+def copy_tuned_on_test_images(path: Path, dest: Path, data, texts=None):
+    """A copy of the store at `path` with a complete fine-tuned version (parent: `data`'s version)
+    whose fit ids are 3 of its test images (train) and 2 more (val): the images a tuned version must
+    never be scored on. `texts` is (text frame, vectors) when the analysis needs prompts. Returns
+    (store, new version)."""
+    tuned = copy_store(path, dest)
+    storage = tuned._storage
+    test_ids = data.ids[data.split == "test"]
+    version = storage.create_version(data.version, {"name": "tuned", "embed_dim": 8, "logit_scale": 100.0}, {},
+                                     "float32", "finetune", fit_ids={"train": test_ids[:3], "val": test_ids[3:5]})
+    storage.add_image_vectors(version, data.ids, [f"t{i}" for i in range(len(data.ids))], data.X)
+    if texts is not None:
+        storage.add_text_vectors(version, *texts)
+    storage.complete_version(version)
+    return tuned, version
+
+
 def build_store(root: Path, n: int = 40, seed: int = 0, model: str = MODEL):
     """A store of n PNGs encoded with `model` (a registry name) as v1: (Store, Dataset)."""
     paths = write_pngs(root / "img", n, seed=seed, size=24)

@@ -318,7 +318,7 @@ def test_separability_reads_the_where_rows_names_a_missing_split_and_refuses_a_t
 
     from embedstore.analyses.runs import load_data
     from embedstore.errors import InputError
-    from store_helpers import copy_store
+    from store_helpers import copy_tuned_on_test_images
     from store_helpers import open_store as Store
 
     syn = synthetic.make(n=400, n_findings=3, d=8, seed=6)
@@ -346,13 +346,7 @@ def test_separability_reads_the_where_rows_names_a_missing_split_and_refuses_a_t
     with pytest.raises(InputError, match=r"in split 'test' \(needed to score\)"):
         sp.separability(st, data=no_test)
 
-    tuned = copy_store(path, tmp_path / "tuned")
-    storage = tuned._storage
-    test_ids = full.ids[full.split == "test"]
-    v2 = storage.create_version(version, {"name": "tuned", "embed_dim": 8, "logit_scale": 100.0}, {}, "float32",
-                                "finetune", fit_ids={"train": test_ids[:3], "val": test_ids[3:5]})
-    storage.add_image_vectors(v2, full.ids, [f"t{i}" for i in range(len(full.ids))], full.X)
-    storage.complete_version(v2)
+    tuned, v2 = copy_tuned_on_test_images(path, tmp_path / "tuned", full)
     with pytest.raises(InputError, match=rf"^separability would score version {v2} on 3 image\(s\) it .* and 2 it was"):
         sp.separability(tuned, v2, tsne_max=30)
 

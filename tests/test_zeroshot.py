@@ -246,7 +246,7 @@ def test_zeroshot_reads_the_where_rows_labels_its_runs_by_rule_and_refuses_a_tun
 
     from embedstore.analyses.runs import load_data
     from embedstore.errors import InputError
-    from store_helpers import copy_store
+    from store_helpers import copy_tuned_on_test_images
     from store_helpers import open_store as Store
 
     syn = synthetic.make(n=400, n_findings=3, d=8, seed=7)
@@ -269,13 +269,6 @@ def test_zeroshot_reads_the_where_rows_labels_its_runs_by_rule_and_refuses_a_tun
     with pytest.raises(InputError, match=rf"no image of version {version} is in split 'val'"):
         zs.zeroshot(st, rule="cosine", n_boot=0, data=no_val)
 
-    tuned = copy_store(path, tmp_path / "tuned")
-    storage = tuned._storage
-    test_ids = full.ids[full.split == "test"]
-    v2 = storage.create_version(version, {"name": "tuned", "embed_dim": 8, "logit_scale": 100.0}, {}, "float32",
-                                "finetune", fit_ids={"train": test_ids[:3], "val": test_ids[3:5]})
-    storage.add_image_vectors(v2, full.ids, [f"t{i}" for i in range(len(full.ids))], full.X)
-    storage.add_text_vectors(v2, syn.texts.select("text"), syn.M)
-    storage.complete_version(v2)
+    tuned, v2 = copy_tuned_on_test_images(path, tmp_path / "tuned", full, texts=(syn.texts.select("text"), syn.M))
     with pytest.raises(InputError, match=rf"^zeroshot on split 'test' would score version {v2} on 3 image\(s\) it .* and 2 it was"):
         zs.zeroshot(tuned, v2, rule="cosine", n_boot=0)
