@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.embedstore-installed
 
-.PHONY: test test-fast demo install clean bench mutation
+.PHONY: test test-fast slow-tests demo install clean bench mutation
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n 2
+
+# Re-measure which tests are slow (about 4 min): every test of the fast subset with at least 1 s of
+# its own time goes to tests/slow_measured.txt, which conftest.py marks `slow`.
+slow-tests: $(STAMP)
+	$(PY) scripts/measure_slow_tests.py
 
 demo: $(STAMP)
 	$(VENV)/bin/embedstore demo --out demo-out

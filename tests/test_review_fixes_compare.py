@@ -31,14 +31,16 @@ def test_methods_scored_differently_are_refused_naming_the_settings(store):
 
 
 def test_one_differing_setting_is_named_alone(store):
-    store.zeroshot(rule="pos-neg", n_boot=50)  # now calibrated like the probe; only the label policy differs
+    store.probe(uncertain="negative", n_boot=50)
+    store.zeroshot(rule="pos-neg", n_boot=50)  # calibrated like the probe; only the label policy differs
     with pytest.raises(InputError, match="uncertain") as err:
         store.compare(methods=["zeroshot:pos-neg", "probe"], n_boot=50)
     assert "calibrate_on" not in str(err.value)
 
 
 def test_methods_scored_alike_are_compared(store):
-    store.probe(n_boot=50)  # the latest probe is now scored like the zero-shot run
+    store.zeroshot(rule="pos-neg", n_boot=50)
+    store.probe(n_boot=50)  # the latest probe is scored like the zero-shot run
     df = store.compare(methods=["zeroshot:pos-neg", "probe"], n_boot=50)
     assert df.filter(pl.col("metric") == "macro_auroc").height == 1
 
