@@ -219,6 +219,13 @@ def test_bad_boxes_are_input_errors(row, words):
         agreement({("a", "F"): hand_map()}, boxes(row))
 
 
+def test_a_box_is_checked_x_against_x_and_y_against_y():
+    per_item, _ = agreement({("a", "F"): hand_map()}, boxes(("a", "F", 0, 6, 3, 9)), baselines=False, n_boot=10)
+    assert per_item["box_share"].to_list() == pytest.approx([0.09])  # x_max 3 < y_min 6 is a fine box
+    with pytest.raises(InputError, match="is empty"):
+        agreement({("a", "F"): hand_map()}, boxes(("a", "F", 5, 0, 5, 4)))  # no width, though x_max > y_min
+
+
 def test_missing_heatmap_and_bad_threshold_are_input_errors():
     with pytest.raises(InputError, match="no heatmap for image 'z'"):
         agreement({("a", "F"): hand_map()}, boxes(("z", "F", 2, 2, 6, 6)))
@@ -334,9 +341,11 @@ def test_val_threshold_per_finding_with_five_val_items_else_pooled():
     assert per_item["val_threshold"][0] == pytest.approx(0.38)  # G's four alone, pooled: their own optimum
     five = val + [("w4", "G")]
     maps[("w4", "G")] = ring_map(0.3)
-    per_item, _ = agreement(maps, boxes(("t", "F", 2, 2, 6, 6), ("t", "G", 2, 2, 6, 6)), baselines=False, n_boot=10,
-                            val_boxes=boxes(*[(i, f, 2, 2, 6, 6) for i, f in five]))
+    per_item, summary = agreement(maps, boxes(("t", "F", 2, 2, 6, 6), ("t", "G", 2, 2, 6, 6)), baselines=False,
+                                  n_boot=10, val_boxes=boxes(*[(i, f, 2, 2, 6, 6) for i, f in five]))
     assert dict(zip(per_item["finding"], per_item["val_threshold"])) == pytest.approx({"F": 0.64, "G": 0.38})  # each its own
+    cut = summary.filter(pl.col("metric") == "val_threshold").sort("finding", nulls_last=True)
+    assert cut["value"].to_list() == pytest.approx([0.64, 0.38, 0.64])  # the summary says the same; all ten pooled: F's
 
 
 def test_without_val_items_the_val_dice_is_left_out():
@@ -371,6 +380,9 @@ def test_value_cut_keeps_pixels_at_the_value_and_otsu_of_a_flat_map_keeps_all():
     assert Threshold.parse("otsu").mask(np.full((3, 3), 0.4, np.float32)).all()
     three = np.array([[0.0, 0.1, 0.9, 1.0]], np.float32)  # two clusters: Otsu keeps the upper one
     np.testing.assert_array_equal(Threshold.parse("otsu").mask(three), [[False, False, True, True]])
+    np.testing.assert_array_equal(Threshold.parse("otsu").mask(3 * three), [[False, False, True, True]])  # any units
+    flat = item_metrics(np.zeros((10, 10)), box_mask(BOX, 10, 10), "otsu")  # a flat map's mask is every pixel
+    assert (flat["recall"], flat["precision"]) == pytest.approx((1.0, 0.16))
 
 
 def test_box_mask_clips_to_the_image():

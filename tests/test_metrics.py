@@ -100,6 +100,8 @@ def test_ranking_rows_weighted_equal_sklearn_sample_weights():
     assert avg(rows["lrap"]) == pytest.approx(skm.label_ranking_average_precision_score(y, s, sample_weight=w))
     assert avg(rows["coverage_error"]) == pytest.approx(skm.coverage_error(y, s, sample_weight=w))
     assert avg(rows["ranking_loss"]) == pytest.approx(skm.label_ranking_loss(y, s, sample_weight=w))
+    tiled = mt.ranking_rows(y[:20], s[:20], chunk=3)  # blocks of 3 rows, the last one short, give the same rows
+    assert all(np.array_equal(tiled[k], rows[k][:20]) for k in rows)
 
 
 def test_a_finding_below_min_positive_groups_is_not_evaluable_and_left_out_of_macro():
@@ -329,7 +331,7 @@ def test_mean_interval_of_one_value_and_of_none():
     assert (one.value, one.lo, one.hi) == pytest.approx((0.3, 0.3, 0.3))
     none = mt.mean_interval([], [], n_boot=50)
     assert np.isnan([none.value, none.lo, none.hi]).all()
-    v = np.arange(10.0)
+    v = np.random.default_rng(4).random(10)  # documented defaults: 1000 replicates, seed 0
     assert vars(mt.mean_interval(v, np.arange(10))) == vars(mt.mean_interval(v, np.arange(10), n_boot=1000, seed=0))
 
 
@@ -393,10 +395,12 @@ def test_evaluable_findings_count_known_positive_and_negative_groups_at_the_bar(
     Y[:31, 1] = 1  # 9 negative groups: not
     Y[:10, 2] = 1
     Y[10:31, 2] = np.nan  # 9 known negatives (masked rows are not negatives)
-    ev = mt.evaluate_run(Y, np.random.default_rng(1).normal(size=Y.shape), list("abc"), {"": Y > 0.5}, n_boot=0,
+    Y = np.c_[Y, (np.arange(n) < 30).astype(np.float32)]  # 30 positive and exactly 10 negative groups: evaluable
+    ev = mt.evaluate_run(Y, np.random.default_rng(1).normal(size=Y.shape), list("abcd"), {"": Y > 0.5}, n_boot=0,
                          min_positives=10)
     rows = {r["finding"]: r for r in ev.findings.iter_rows(named=True)}
     assert rows["a"]["evaluable"] and rows["a"]["reason"] is None
+    assert rows["d"]["evaluable"] and rows["d"]["reason"] is None
     assert not rows["b"]["evaluable"] and rows["b"]["reason"] == "9 negative groups on the scored split, fewer than 10"
     assert not rows["c"]["evaluable"] and rows["c"]["reason"] == "9 negative groups on the scored split, fewer than 10"
     assert (rows["c"]["positives"], rows["c"]["n"]) == (10, 19)
@@ -485,6 +489,8 @@ def test_overall_metrics_without_complete_rows_or_with_one_finding():
     quiet = mt.evaluate(np.zeros((10, 2)), np.zeros((10, 2)), np.zeros((10, 2), np.int8), ["a", "b"], n_boot=20,
                         min_positives=1)
     assert mt.metric_value(quiet, "micro_f1") == 0.0  # nothing to find, nothing found: zero_division=0
+    micro = quiet.filter(quiet["metric"] == "micro_f1")
+    assert micro.select("lo", "hi").row(0) == (0.0, 0.0)  # and so in every replicate
 
 
 def test_brier_intervals_are_percentiles_of_weighted_replicates():
