@@ -322,6 +322,7 @@ def test_evaluate_passes_every_setting_and_defaults_to_1000_replicates_seed_0():
     assert lo(mt.evaluate(Y, S, P, ["a", "b"], n_boot=100, seed=1, alpha=0.5)) > lo(base)  # so does alpha
     assert lo(mt.evaluate(Y, S, P, ["a", "b"], n_boot=0)) is None  # and n_boot: no replicate, no interval
     assert mt.evaluate(Y, S, P, ["a", "b"]).equals(mt.evaluate(Y, S, P, ["a", "b"], n_boot=1000, seed=0))
+    assert mt.evaluate_run(Y, S, ["a", "b"], {"": P}).metrics.equals(mt.evaluate(Y, S, P, ["a", "b"]))  # its defaults too
     few = mt.evaluate(Y, S, P, ["a", "b"], n_boot=0, min_positives=200)
     assert mt.metric_value(few, "n_macro_findings") == 0 and np.isnan(mt.metric_value(few, "macro_auroc"))
 
@@ -442,6 +443,7 @@ def test_bootstrap_weights_without_replicates_or_rows_are_empty_and_integer_grou
     assert mt.bootstrap_weights(np.array([], dtype=str), 4).shape == (4, 0)
     W = mt.bootstrap_weights(6, 300, seed=2)  # six rows, each its own group
     assert W.shape == (300, 6) and (W.sum(axis=1) == 6).all() and not (W[:, 0] == W[:, 1]).all()
+    assert mt.bootstrap_weights(6, 1, seed=2).sum() == 6  # one replicate is a replicate, not an empty one
     np.testing.assert_array_equal(mt.group_codes(3), [0, 1, 2])
     codes = mt.group_codes(["b", "a", "b", "c"])
     assert codes[0] == codes[2] != codes[1] != codes[3] and set(codes) == {0, 1, 2}
