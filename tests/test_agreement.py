@@ -381,6 +381,8 @@ def test_value_cut_keeps_pixels_at_the_value_and_otsu_of_a_flat_map_keeps_all():
     three = np.array([[0.0, 0.1, 0.9, 1.0]], np.float32)  # two clusters: Otsu keeps the upper one
     np.testing.assert_array_equal(Threshold.parse("otsu").mask(three), [[False, False, True, True]])
     np.testing.assert_array_equal(Threshold.parse("otsu").mask(3 * three), [[False, False, True, True]])  # any units
+    at_cut = item_metrics(np.full((4, 4), 0.7, np.float32), np.eye(4, dtype=bool), "value:0.7")  # 0.7 in float32
+    assert at_cut["recall"] == 1.0
     flat = item_metrics(np.zeros((10, 10)), box_mask(BOX, 10, 10), "otsu")  # a flat map's mask is every pixel
     assert (flat["recall"], flat["precision"]) == pytest.approx((1.0, 0.16))
 
@@ -540,6 +542,7 @@ def test_no_annotated_item_gives_empty_tables_with_their_columns():
     per_item, summary = agreement({("a", "F"): hand_map()}, boxes(("a", "F", 2, 2, 6, 6)).head(0), n_boot=10)
     assert per_item.is_empty() and {"image_id", "n_boxes", "pointing", VAL_DICE} <= set(per_item.columns)
     assert summary.is_empty() and {"finding", "heatmap", "metric", "value", "lo", "hi"} <= set(summary.columns)
+    assert summarise(per_item).schema == summary.schema  # summarise alone keeps the columns too
 
 
 def test_per_item_rows_count_boxes_and_use_the_threshold_given():
@@ -557,6 +560,13 @@ def test_agreement_and_summarise_defaults():
     p2, s2 = agreement(maps, df, threshold="top:0.15", baselines=True, centre_sigma=0.25, n_boot=1000, ci=0.95, seed=0)
     assert per_item.equals(p2) and summary.equals(s2)
     assert summarise(per_item).equals(summarise(per_item, "top:0.15", n_boot=1000, ci=0.95, seed=0))
+    # three items: each interval end is the all-lowest or all-highest mean whatever n_boot and seed;
+    # eight items tell other defaults apart
+    more = {(i, "F"): np.random.default_rng(k).random((10, 10)).astype(np.float32) for k, i in enumerate("abcdefgh")}
+    more_df = boxes(*[(i, "F", k % 4, 1, k % 4 + 5, 6) for k, i in enumerate("abcdefgh")])
+    p8, s8 = agreement(more, more_df)
+    assert s8.equals(agreement(more, more_df, n_boot=1000, seed=0)[1])
+    assert summarise(p8).equals(summarise(p8, n_boot=1000, seed=0))
     narrow = summarise(per_item, ci=0.5).filter(pl.col("finding").is_null() & (pl.col("metric") == "iou"))
     wide = summary.filter(pl.col("finding").is_null() & (pl.col("metric") == "iou") & (pl.col("heatmap") == "model"))
     assert (narrow.filter(pl.col("heatmap") == "model")["hi"][0] - narrow.filter(pl.col("heatmap") == "model")["lo"][0]
@@ -582,10 +592,11 @@ def test_int_masks_and_small_grids():
     """A 0/1 integer mask counts as the boolean mask; pixel metrics on a grid of `max_side` are
     scikit-learn's on the resampled pixels; the grid averages area (a 3x shrink of a 1-in-3
     pattern is 1/3 everywhere); a thin horizontal image keeps one row."""
-    from embedstore.explain.agreement import pixel_ranking_metrics
+    from embedstore.explain.agreement import dice_curve, pixel_ranking_metrics
 
     h, m = hand_map(), box_mask(BOX, 10, 10)
     assert item_metrics(h, m.astype(int)) == pytest.approx(item_metrics(h, m))
+    np.testing.assert_array_equal(dice_curve(h, m.astype(int)), dice_curve(h, m))
     big = np.random.default_rng(4).random((128, 96)).astype(np.float32)
     big_m = box_mask(np.array([[10, 20, 50, 70]]), 128, 96)
     small_h, small_m = on_pixel_grid(big, big_m, 64)
@@ -593,6 +604,11 @@ def test_int_masks_and_small_grids():
     assert got["pixel_auroc"] == pytest.approx(roc_auc_score(small_m.ravel(), small_h.ravel()))
     stripes = np.tile(np.array([1.0, 0.0, 0.0], np.float32), (1536, 512))
     assert on_pixel_grid(stripes, np.zeros(stripes.shape, bool))[0] == pytest.approx(np.full((512, 512), 1 / 3), abs=1e-6)
+    for height, width in ((700, 300), (777, 613), (600, 512)):  # a binary map's equal areas tie at any size
+        box = np.zeros((height, width), np.float32)
+        box[100:400, 50:250] = 1.0
+        values = np.unique(on_pixel_grid(box, box > 0)[0])
+        assert 1.0 in values and (np.diff(values) > 1e-6).all(), (height, width)
     wide = on_pixel_grid(np.ones((3, 2000), np.float32), np.ones((3, 2000), bool))
     assert wide[0].shape == (1, 512)
 
