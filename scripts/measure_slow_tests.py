@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -23,7 +22,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import machine  # noqa: E402
 LIST = ROOT / "tests" / "slow_measured.txt"
+RAW = ROOT / "slow-tests-output.txt"  # the last measurement's pytest output, for --from
+PASSED = re.compile(r"(\d+) passed")
 DURATION = re.compile(r"^([\d.]+)s (setup|call|teardown)\s+(.+?)\s*$")
 
 
@@ -32,6 +36,7 @@ def run_fast_subset() -> str:
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-n", "2", "-p", "no:cacheprovider",
            "--durations=0", "--durations-min=0"]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    RAW.write_text(done.stdout, encoding="utf-8")
     if done.returncode != 0:
         sys.exit(f"the fast subset failed (exit {done.returncode}); fix it before measuring:\n{done.stdout[-3000:]}")
     return done.stdout
@@ -47,18 +52,13 @@ def own_seconds(pytest_output: str) -> dict[str, float]:
     return seconds
 
 
-def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return f"{model}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at the end"
-
-
 def write_list(seconds: dict[str, float], threshold: float, keep_fast: set[str]) -> list[str]:
     slow = sorted((s, node) for node, s in seconds.items() if s >= threshold and node not in keep_fast)
     header = [
         "# Tests marked `slow` because they measured at least "
         f"{threshold:g} s of their own (call + teardown) in the fast subset, 2 xdist workers.",
-        f"# Written by `make slow-tests` (scripts/measure_slow_tests.py) on {time.strftime('%Y-%m-%d')}: {machine()}.",
+        f"# Written by `make slow-tests` (scripts/measure_slow_tests.py) on {time.strftime('%Y-%m-%d')}: {machine()}, "
+        f"load {os.getloadavg()[0]:.1f} at the end.",
         "# seconds<TAB>node id; conftest.py reads the node ids.",
     ]
     LIST.write_text("\n".join(header + [f"{s:.2f}\t{node}" for s, node in reversed(slow)]) + "\n", encoding="utf-8")
@@ -75,6 +75,10 @@ def main() -> None:
 
     output = args.saved.read_text(encoding="utf-8") if args.saved else run_fast_subset()
     seconds = own_seconds(output)
+    passed = sum(int(n) for n in PASSED.findall(output.splitlines()[-1] if output.strip() else ""))
+    if not seconds or len(seconds) < passed:  # a changed output format must not empty the list
+        sys.exit(f"read durations of {len(seconds)} tests but {passed} passed; is it `--durations=0 "
+                 f"--durations-min=0` output of the whole fast subset? {LIST.name} left as it was")
     slow = write_list(seconds, args.threshold, set(KEEP_FAST))
     print(f"{len(slow)} of {len(seconds)} measured tests at or over {args.threshold:g} s "
           f"({sum(seconds[n] for n in slow):.0f} of {sum(seconds.values()):.0f} s): {LIST.relative_to(ROOT)}")

@@ -588,6 +588,15 @@ def test_summary_skips_only_the_undefined_metric_and_unknown_images_are_their_ow
     assert partial.equals(full)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1e-4])
+def test_equal_heat_over_equal_areas_ties_on_the_pixel_grid_at_any_size_and_scale(scale):
+    for height, width in ((700, 300), (777, 613), (600, 512)):
+        box = np.zeros((height, width), np.float32)
+        box[100:400, 50:250] = scale
+        values = np.unique(on_pixel_grid(box, box > 0)[0])
+        assert values.max() == pytest.approx(scale) and (np.diff(values) > 1e-6 * scale).all(), (height, width)
+
+
 def test_int_masks_and_small_grids():
     """A 0/1 integer mask counts as the boolean mask; pixel metrics on a grid of `max_side` are
     scikit-learn's on the resampled pixels; the grid averages area (a 3x shrink of a 1-in-3
@@ -604,11 +613,6 @@ def test_int_masks_and_small_grids():
     assert got["pixel_auroc"] == pytest.approx(roc_auc_score(small_m.ravel(), small_h.ravel()))
     stripes = np.tile(np.array([1.0, 0.0, 0.0], np.float32), (1536, 512))
     assert on_pixel_grid(stripes, np.zeros(stripes.shape, bool))[0] == pytest.approx(np.full((512, 512), 1 / 3), abs=1e-6)
-    for height, width in ((700, 300), (777, 613), (600, 512)):  # a binary map's equal areas tie at any size
-        box = np.zeros((height, width), np.float32)
-        box[100:400, 50:250] = 1.0
-        values = np.unique(on_pixel_grid(box, box > 0)[0])
-        assert 1.0 in values and (np.diff(values) > 1e-6).all(), (height, width)
     wide = on_pixel_grid(np.ones((3, 2000), np.float32), np.ones((3, 2000), bool))
     assert wide[0].shape == (1, 512)
 

@@ -46,6 +46,7 @@ def test_methods_scored_alike_are_compared(store):
 
 
 def test_a_where_filter_on_one_side_is_refused(store):
+    store.zeroshot(rule="pos-neg", n_boot=50)
     store.probe(where="view = 'frontal'", n_boot=50)
     with pytest.raises(InputError, match="where"):
         store.compare(methods=["zeroshot:pos-neg", "probe"], n_boot=50)

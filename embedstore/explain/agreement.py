@@ -17,7 +17,8 @@ that finding's boxes on the image and T the thresholded heatmap:
   half; average precision as scikit-learn defines it), through
   `embedstore.analyses.metrics.weighted_auroc_ap` with one row of unit weights. When the longer
   side exceeds MAX_PIXEL_SIDE (512) px, both are computed on a grid resampled to at most 512 px:
-  H by area averaging, M as "any overlap" (a coarse pixel is in M when any of its pixels is), so
+  H by area averaging (rounded to 1e-6 of its range, so equal heat over equal areas ties at any
+  size), M as "any overlap" (a coarse pixel is in M when any of its pixels is), so
   a small box never vanishes. NaN when M covers the whole image (no negative pixel).
 - `dice@val_threshold`: Dice at a `value:V` cut fitted on VALIDATION items, never on the items
   scored. H is min-max normalised to [0, 1] and V runs over VALUE_GRID (0, 0.02, ..., 1); V
@@ -61,6 +62,7 @@ METRICS = ("pointing", "energy", *THRESHOLDED, "pixel_auroc", "pixel_auprc", VAL
 HEATMAPS = ("model", "random", "random_box", "centre")
 BOX_COLUMNS = ("image_id", "finding", "x_min", "y_min", "x_max", "y_max")
 MAX_PIXEL_SIDE = 512
+PIXEL_GRID_DECIMALS = 6  # a shrunk heatmap is rounded to 1e-6 of its range (see _rounded_to_range)
 VALUE_GRID = np.round(np.linspace(0.0, 1.0, 51), 2)
 MIN_VAL_ITEMS = 5
 
@@ -181,11 +183,19 @@ def on_pixel_grid(h: np.ndarray, m: np.ndarray, max_side: int = MAX_PIXEL_SIDE) 
 
     scale = max_side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))  # OpenCV wants (width, height)
-    # OpenCV's area weights are float32 sums, so equal areas can average to 0.99999994 or 1.0 by
-    # position: rounded, equal heat over equal areas ties (pixel AUROC/AUPRC count ties) at any size.
-    small_h = np.round(cv2.resize(np.asarray(h, dtype=np.float32), size, interpolation=cv2.INTER_AREA), 6)
+    small_h = cv2.resize(np.asarray(h, dtype=np.float32), size, interpolation=cv2.INTER_AREA)
     small_m = cv2.resize(m.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0
-    return small_h, small_m
+    return _rounded_to_range(small_h), small_m
+
+
+def _rounded_to_range(h: np.ndarray) -> np.ndarray:
+    # OpenCV's area weights are float32 sums, so equal heat over equal areas can average to
+    # 0.99999994 or 1.0 by position. Rounded to 1e-6 of the map's range (so in any units, and the
+    # ranking kept), such pixels tie again as pixel AUROC / AUPRC count ties.
+    lo, span = float(h.min()), float(h.max() - h.min())
+    if span <= 0:
+        return h
+    return lo + np.round((h - lo) / span, PIXEL_GRID_DECIMALS) * span
 
 
 def normalised(heatmap: np.ndarray) -> np.ndarray:
