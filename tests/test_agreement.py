@@ -588,13 +588,14 @@ def test_summary_skips_only_the_undefined_metric_and_unknown_images_are_their_ow
     assert partial.equals(full)
 
 
-@pytest.mark.parametrize("scale", [1.0, 1e-4])
-def test_equal_heat_over_equal_areas_ties_on_the_pixel_grid_at_any_size_and_scale(scale):
+@pytest.mark.parametrize("scale, background", [(1.0, 0.0), (1e-4, 0.0), (1.0, 0.5)])
+def test_equal_heat_over_equal_areas_ties_on_the_pixel_grid_at_any_size_and_scale(scale, background):
     for height, width in ((700, 300), (777, 613), (600, 512)):
-        box = np.zeros((height, width), np.float32)
+        box = np.full((height, width), background * scale, np.float32)
         box[100:400, 50:250] = scale
-        values = np.unique(on_pixel_grid(box, box > 0)[0])
-        assert values.max() == pytest.approx(scale) and (np.diff(values) > 1e-6 * scale).all(), (height, width)
+        values = np.unique(on_pixel_grid(box, box > background * scale)[0])
+        assert (values.min(), values.max()) == pytest.approx((background * scale, scale), rel=1e-6), (height, width)
+        assert (np.diff(values) > 1e-6 * scale * (1 - background)).all(), (height, width)
 
 
 def test_int_masks_and_small_grids():
