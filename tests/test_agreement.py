@@ -588,7 +588,7 @@ def test_summary_skips_only_the_undefined_metric_and_unknown_images_are_their_ow
     assert partial.equals(full)
 
 
-@pytest.mark.parametrize("scale, background", [(1.0, 0.0), (1e-4, 0.0), (1.0, 0.5)])
+@pytest.mark.parametrize("scale, background", [(1.0, 0.0), (1e-4, 0.0), (1.0, 0.5), (1.0, -1.0)])
 def test_equal_heat_over_equal_areas_ties_on_the_pixel_grid_at_any_size_and_scale(scale, background):
     for height, width in ((700, 300), (777, 613), (600, 512)):
         box = np.full((height, width), background * scale, np.float32)
@@ -596,6 +596,13 @@ def test_equal_heat_over_equal_areas_ties_on_the_pixel_grid_at_any_size_and_scal
         values = np.unique(on_pixel_grid(box, box > background * scale)[0])
         assert (values.min(), values.max()) == pytest.approx((background * scale, scale), rel=1e-6), (height, width)
         assert (np.diff(values) > 1e-6 * scale * (1 - background)).all(), (height, width)
+
+
+def test_the_pixel_grid_of_a_map_at_the_edge_of_float32_stays_finite():
+    h = np.zeros((600, 600), np.float32)
+    h[:300], h[300:] = 3e38, -3e38
+    small, _ = on_pixel_grid(h, h > 0)
+    assert small.dtype == np.float32 and np.isfinite(small).all() and small.max() > 0 > small.min()
 
 
 def test_int_masks_and_small_grids():

@@ -192,10 +192,12 @@ def _rounded_to_range(h: np.ndarray) -> np.ndarray:
     # OpenCV's area weights are float32 sums, so equal heat over equal areas can average to
     # 0.99999994 or 1.0 by position. Rounded to 1e-6 of the map's range (so in any units, and the
     # ranking kept), such pixels tie again as pixel AUROC / AUPRC count ties.
-    lo, span = float(h.min()), float(h.max() - h.min())
-    if span <= 0:
+    lo, hi = float(h.min()), float(h.max())
+    span = hi - lo
+    if not np.isfinite(span) or span <= 0:  # flat, or beyond float64: nothing to round against
         return h
-    return lo + np.round((h - lo) / span, PIXEL_GRID_DECIMALS) * span
+    steps = np.round((h.astype(np.float64) - lo) / span, PIXEL_GRID_DECIMALS)  # float64: no overflow at float32's edge
+    return (lo + steps * span).astype(h.dtype)
 
 
 def normalised(heatmap: np.ndarray) -> np.ndarray:

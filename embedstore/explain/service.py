@@ -243,7 +243,7 @@ def agreement(st, boxes: str | None = None, box_format: str = "auto", target: st
               "split": split, "scored": n_scored, "left_out": left_out, "splits": _split_fingerprint(images),
               "val_cut": {"grid": [float(agr.VALUE_GRID[0]), float(agr.VALUE_GRID[-1]), len(agr.VALUE_GRID)],
                           "min_val_items": agr.MIN_VAL_ITEMS},
-              "pixel_grid": {"max_side": agr.MAX_PIXEL_SIDE, "decimals": agr.PIXEL_GRID_DECIMALS}}
+              "pixel_grid": {"max_side": agr.MAX_PIXEL_SIDE, "decimals": agr.PIXEL_GRID_DECIMALS, "rounding": "range"}}
     result: dict = {}
 
     def compute():
