@@ -137,7 +137,8 @@ def write_report(names: list[str]) -> dict[str, int]:
     out = ["# Surviving mutants", "",
            "Written by `scripts/mutation.py` from the last mutmut run (`mutants/`). Each mutant that no test "
            "killed, its diff and a judgement: **equivalent** (it cannot change what the module computes or "
-           "returns), or **not killed** (a behaviour change no fast test sees, and why no test is added). "
+           "returns), **not killed** (a behaviour change no fast test sees, and why no test is added), or **not "
+           "killed in this run (real)** (a test written for it after the run, named, fails on it; not re-run). "
            "Judgements are kept in `bench/mutation_judgements.toml`: by mutant, or by a rule over the diff "
            "for a kind of mutant read and judged once.", ""]
     tally: dict[str, int] = {}
